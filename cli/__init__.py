@@ -1,0 +1,191 @@
+"""The enstune command line: thin commands over the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from enstune.errors import EnstuneError
+
+app = typer.Typer(help="Optuna studies of ensembles fine-tuned from one pre-trained checkpoint.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+study_app = typer.Typer(help="Create, run and inspect studies.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+Storage = Annotated[str | None, typer.Option("--storage", help="Storage URL (default: ENSTUNE_STORAGE or embedded).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one line on stderr and exit code 1 (ENSTUNE_DEBUG=1 shows tracebacks)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except KeyboardInterrupt:
+            err.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback
+            if os.environ.get("ENSTUNE_DEBUG"):
+                raise
+            from enstune.storage import mask_url_text, resolve_url
+
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            url = resolve_url(kwargs.get("storage"))
+            text = mask_url_text(text, url) if url else text
+            prefix = "error" if isinstance(exc, EnstuneError) else f"internal error ({type(exc).__name__})"
+            err.print(f"{prefix}: {text}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@_one_line_errors
+def templates() -> None:
+    """List study templates."""
+    from enstune.config import list_templates, load_template
+
+    table = Table("template", "method", "search space", "trials", "description")
+    for name in list_templates():
+        spec = load_template(name)
+        space = ", ".join(spec.space) or "—"
+        table.add_row(name, spec.method, space, str(spec.n_trials), spec.description)
+    out.print(table)
+
+
+@study_app.command("create")
+@_one_line_errors
+def study_create(
+    template: str,
+    name: Annotated[str | None, typer.Option("--name", help="Study name (default: the template's).")] = None,
+    storage: Storage = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key: key=value.")] = None,
+) -> None:
+    """Create a study from a template (idempotent)."""
+    from enstune import study as st
+    from enstune.storage import mask_url, resolve_url
+
+    study_name, created = st.create(template, name=name, storage_url=storage, overrides=overrides or [])
+    verb = "created" if created else "exists"
+    out.print(f"study {study_name} {verb} in {mask_url(resolve_url(storage))}", markup=False, highlight=False)
+
+
+@study_app.command("run")
+@_one_line_errors
+def study_run(
+    name: str,
+    storage: Storage = None,
+    n_trials: Annotated[int | None, typer.Option("--n-trials", help="Trials for this worker (default: until the study's budget is used).")] = None,  # noqa: E501
+    devices: Annotated[str, typer.Option("--devices", help="cpu or cuda:0,cuda:1,…")] = "cpu",
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
+) -> None:
+    """Work on a study: run trials until its budget is used (shared with every other worker)."""
+    from enstune import study as st
+    from enstune.progress import RichReporter
+
+    study = st.run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
+                   reporter_factory=lambda budget: RichReporter(budget, console=err))
+    out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
+
+
+def trials_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    """A rich table of trial rows (see ``enstune.study.trial_rows``)."""
+    names = sorted({k for r in rows for k in r["params"]})
+    table = Table(*(["#", "state"] + names + ["val ens acc (k=1..K)", "test ens", "member test acc"]), title=title)
+    for r in rows:
+        a = r["user_attrs"]
+        curve = " ".join(f"{v:.3f}" for v in a.get("val_ens_acc", []))
+        test = a.get("test_ens_acc", [])
+        members = " ".join(f"{v:.3f}" for v in a.get("test_member_acc", []))
+        state = "DIVERGED" if a.get("diverged") else r["state"]
+        table.add_row(str(r["number"]), state, *[str(r["params"].get(n, "")) for n in names], curve,
+                      f"{test[-1]:.4f}" if test else "", members)
+    return table
+
+
+@study_app.command("list")
+@_one_line_errors
+def study_list(storage: Storage = None, as_json: AsJson = False) -> None:
+    """List the studies in the storage."""
+    from enstune import study as st
+
+    rows = st.list_studies(storage)
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("study", "template", "trials", "best val ens acc")
+    for r in rows:
+        best = "" if r["best_value"] is None else f"{r['best_value']:.4f}"
+        table.add_row(r["name"], str(r["template"]), str(r["trials"]), best)
+    out.print(table)
+
+
+@study_app.command("show")
+@_one_line_errors
+def study_show(name: str, storage: Storage = None, as_json: AsJson = False) -> None:
+    """Show a study's spec and trials."""
+    from enstune import study as st
+
+    info = st.show(name, storage)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        return
+    spec = info["spec"]
+    best = "—" if info["best_value"] is None else f"{info['best_value']:.4f}"
+    out.print(f"study {name} ({spec['template']}, method {spec['method']}, K={spec['members']}) in "
+              f"{info['storage']}: {info['n_trials']}/{info['budget']} trials, best val ens acc {best}",
+              markup=False, highlight=False)
+    out.print(trials_table(info["trials"]))
+
+
+@study_app.command("delete")
+@_one_line_errors
+def study_delete(
+    name: str,
+    storage: Storage = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a study and all its trials."""
+    from enstune import study as st
+
+    if not yes and not typer.confirm(f"delete study {name} and all its trials?"):
+        raise typer.Exit(1)
+    st.delete(name, storage)
+    out.print(f"study {name} deleted", markup=False, highlight=False)
+
+
+@app.command()
+@_one_line_errors
+def dashboard(
+    storage: Storage = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+) -> None:
+    """Serve optuna-dashboard on the same storage."""
+    import optuna_dashboard
+
+    from enstune.storage import open_storage
+
+    store = open_storage(storage)
+    err.print(f"optuna-dashboard on http://{host}:{port}/", markup=False, highlight=False)
+    optuna_dashboard.run_server(store, host=host, port=port)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="enstune")

@@ -1,0 +1,29 @@
+"""Metrics on cached predictions: a member or an ensemble costs no extra forward pass."""
+
+from __future__ import annotations
+
+import torch
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of class probabilities ``probs`` (N, C) against ``labels`` (N,)."""
+    if len(labels) == 0:
+        raise ValueError("accuracy of an empty split is undefined")
+    return (probs.argmax(dim=1) == labels.to(probs.device)).float().mean().item()
+
+
+class EnsembleCurve:
+    """Accuracy of the ensembles of members 1..k (mean of probabilities), updated member by member."""
+
+    def __init__(self, labels: torch.Tensor) -> None:
+        self.labels = labels.cpu()
+        self._sum: torch.Tensor | None = None
+        self.members: list[float] = []
+        self.ensembles: list[float] = []
+
+    def add(self, probs: torch.Tensor) -> float:
+        """Add one member's probabilities; return the accuracy of the ensemble so far."""
+        self._sum = probs.clone() if self._sum is None else self._sum + probs
+        self.members.append(accuracy(probs, self.labels))
+        self.ensembles.append(accuracy(self._sum / len(self.members), self.labels))
+        return self.ensembles[-1]

@@ -1,0 +1,114 @@
+"""Runs one member job: initialise, train, predict on val/test; shared jobs go through the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from enstune.cache import MemberCache, content_key, save_atomic
+from enstune.config import Task
+from enstune.data import Split, TaskData, load_task_data
+from enstune.errors import EnstuneError
+from enstune.methods import MemberJob
+from enstune.models import create_model, from_pretrained
+from enstune.training import EpochCallback, predict, train
+
+PRETRAIN_SEED = 10_000
+
+
+@dataclass
+class MemberResult:
+    """A trained member: weights and predictions (CPU tensors), and what it cost."""
+
+    key: str
+    state: dict[str, torch.Tensor]
+    val_probs: torch.Tensor
+    test_probs: torch.Tensor
+    epochs: int
+    seconds: float
+    cached: bool = False
+
+
+class Workspace:
+    """What a worker holds for one task: its data (per device), checkpoint files, the member cache."""
+
+    def __init__(self, task: Task, home: Path) -> None:
+        self.task, self.home = task, Path(home)
+        self.data: TaskData = load_task_data(task, self.home)
+        self.cache = MemberCache(self.home / "cache" / "members")
+        self._splits: dict[tuple[str, str], Split] = {}
+
+    def split(self, name: str, device: torch.device) -> Split:
+        """Split ``name`` moved to ``device`` once."""
+        key = (name, str(device))
+        if key not in self._splits:
+            s: Split = getattr(self.data, name)
+            self._splits[key] = Split(s.x.to(device), s.y.to(device))
+        return self._splits[key]
+
+    def checkpoint(self, index: int) -> Path:
+        """The file of pre-trained checkpoint ``index``; the demo pre-trains its own on first use."""
+        if self.task.checkpoints:
+            if index >= len(self.task.checkpoints):
+                raise EnstuneError(f"task lists {len(self.task.checkpoints)} checkpoints, the plan needs #{index}")
+            return Path(self.task.checkpoints[index].format(home=self.home))
+        if self.data.source is None or self.data.pretrain is None:
+            raise EnstuneError(f"dataset {self.task.dataset!r} needs task.checkpoints (pre-trained weight files)")
+        path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}.pt"
+        if not path.is_file():
+            self._pretrain(index, path)
+        return path
+
+    def _pretrain(self, index: int, path: Path) -> None:
+        source = self.data.source
+        assert source is not None and self.data.pretrain is not None
+        torch.manual_seed(PRETRAIN_SEED + index)
+        model = create_model(self.task.model, source.num_classes)
+        train(model, source.train, self.data.pretrain, seed=PRETRAIN_SEED + index, augment=source.augment)
+        # An ordinary checkpoint file: loaded later exactly like a downloaded one.
+        save_atomic({"state_dict": model.state_dict(), "model": self.task.model}, path)
+
+    def job_key(self, job: MemberJob, parent: MemberResult | None) -> str:
+        """Content key of a job: task, starting point, recipe and seed."""
+        if job.checkpoint is not None:
+            path = self.checkpoint(job.checkpoint)
+            stat = path.stat()
+            start = {"checkpoint": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+        else:
+            assert parent is not None
+            start = {"parent": parent.key}
+        t = self.task
+        task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed}
+        return content_key(task=task, start=start, recipe=dataclasses.asdict(job.recipe), seed=job.seed)
+
+    def run(
+        self,
+        job: MemberJob,
+        parent: MemberResult | None,
+        device: torch.device,
+        on_epoch: EpochCallback | None = None,
+    ) -> MemberResult:
+        """Train member ``job`` on ``device`` (or take it from the cache when it is shared)."""
+        key = self.job_key(job, parent)
+        if job.shared and (hit := self.cache.get(key)) is not None:
+            return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
+        torch.manual_seed(job.seed)  # the new head's initialisation
+        if job.checkpoint is not None:
+            model = from_pretrained(self.task.model, self.checkpoint(job.checkpoint), self.data.num_classes)
+        else:
+            assert parent is not None
+            model = create_model(self.task.model, self.data.num_classes)
+            model.load_state_dict(parent.state)
+        model.to(device)
+        stats = train(model, self.split("train", device), job.recipe, seed=job.seed,
+                      augment=self.data.augment, on_epoch=on_epoch)
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        result = MemberResult(key, state, predict(model, self.split("val", device)),
+                              predict(model, self.split("test", device)), stats.epochs, stats.seconds)
+        if job.shared:
+            self.cache.put(key, {"state": state, "val": result.val_probs, "test": result.test_probs,
+                                 "epochs": stats.epochs})
+        return result

@@ -1,0 +1,85 @@
+"""A method turns a TrialConfig into a plan: the member jobs of one ensemble."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from enstune.config import Finetune, TrialConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one member is trained: schedule, length, optimizer settings."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    momentum: float = 0.9
+    batch_size: int = 256
+    warmup_epochs: float = 0.0
+    schedule: str = "cosine"
+    label_smoothing: float = 0.0
+
+    @classmethod
+    def from_finetune(cls, ft: Finetune) -> Recipe:
+        """The ×1 recipe."""
+        return cls(ft.epochs, ft.lr, ft.weight_decay, ft.momentum, ft.batch_size, ft.warmup_epochs,
+                   "cosine", ft.label_smoothing)
+
+    def cycle(self, lr_mult: float, epoch_mult: float) -> Recipe:
+        """The cycle recipe: lr × lr_mult, epochs × epoch_mult rounded down (at least 1), no warm-up."""
+        return replace(self, lr=self.lr * lr_mult, epochs=max(1, math.floor(self.epochs * epoch_mult)),
+                       warmup_epochs=0.0)
+
+
+@dataclass(frozen=True)
+class MemberJob:
+    """Train member ``index`` from pre-trained ``checkpoint`` (new head) or from member ``parent``."""
+
+    index: int
+    recipe: Recipe
+    seed: int
+    checkpoint: int | None = None
+    parent: int | None = None
+    # True when the job does not depend on the trial's cycle parameters, so trials may share it.
+    shared: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.checkpoint is None) == (self.parent is None):
+            raise ValueError(f"a job starts from a checkpoint or a parent member, got {self}")
+        if self.parent is not None and not 1 <= self.parent < self.index:
+            raise ValueError(f"member {self.index} cannot start from member {self.parent}")
+
+
+def member_seed(seed: int, index: int) -> int:
+    """The seed of member ``index`` of an ensemble with trial seed ``seed``."""
+    return seed * 1000 + index
+
+
+def first_member(cfg: TrialConfig, checkpoint: int = 0, index: int = 1) -> MemberJob:
+    """A plain ×1 fine-tune from a pre-trained checkpoint."""
+    return MemberJob(index, Recipe.from_finetune(cfg.recipe), member_seed(cfg.seed, index),
+                     checkpoint=checkpoint, shared=True)
+
+
+class Method(ABC):
+    """An ensembling method: a plan of member jobs for a trial."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    # Leading members whose results do not depend on the trial's parameters:
+    # the pruner never judges a trial at these steps.
+    shared_members: ClassVar[int] = 0
+    # Number of pre-trained checkpoints the plan needs for ``members`` members.
+    uses_checkpoints: ClassVar[bool] = False
+
+    @abstractmethod
+    def plan(self, cfg: TrialConfig) -> list[MemberJob]:
+        """The member jobs, in member order."""
+
+    def checkpoints_needed(self, members: int) -> int:
+        """How many pre-trained checkpoints a plan of ``members`` members starts from."""
+        return members if self.uses_checkpoints else 1

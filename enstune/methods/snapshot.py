@@ -1,0 +1,36 @@
+"""Snapshot ensembles from the first fine-tuned model: SSE (a chain) and StarSSE (a star)."""
+
+from __future__ import annotations
+
+from enstune.config import TrialConfig
+from enstune.methods import register_method
+from enstune.methods._base import MemberJob, Method, first_member, member_seed
+
+
+def _cycles(cfg: TrialConfig, parent_of: dict[int, int]) -> list[MemberJob]:
+    first = first_member(cfg)
+    cycle = first.recipe.cycle(cfg.lr_mult, cfg.epoch_mult)
+    return [first] + [
+        MemberJob(k, cycle, member_seed(cfg.seed, k), parent=parent_of[k]) for k in range(2, cfg.members + 1)
+    ]
+
+
+@register_method
+class SSE(Method):
+    name = "sse"
+    description = "member 1 with the ×1 recipe; member k from member k-1 with the cycle recipe"
+    shared_members = 1
+
+    def plan(self, cfg: TrialConfig) -> list[MemberJob]:
+        return _cycles(cfg, {k: k - 1 for k in range(2, cfg.members + 1)})
+
+
+@register_method
+class StarSSE(Method):
+    name = "starsse"
+    description = "member 1 with the ×1 recipe; members 2..K each from member 1 with the cycle recipe"
+    shared_members = 1
+
+    def plan(self, cfg: TrialConfig) -> list[MemberJob]:
+        return _cycles(cfg, {k: 1 for k in range(2, cfg.members + 1)})
+

@@ -1,0 +1,44 @@
+"""Small networks for the embedded demo, with timm's head interface."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from enstune.models import register_model
+
+
+class MLP(nn.Module):
+    """A BatchNorm MLP on flattened images; ``forward_features`` is the embedding."""
+
+    pretrained_cfg = {"classifier": "head"}
+
+    def __init__(self, in_features: int, width: int, depth: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i in range(depth):
+            layers += [nn.Linear(in_features if i == 0 else width, width), nn.BatchNorm1d(width), nn.ReLU()]
+        self.features = nn.Sequential(*layers)
+        self.num_features = width
+        self.head = nn.Linear(width, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding fed to the head."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits from the embedding."""
+        return self.head(x)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a freshly initialised one."""
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@register_model
+def demo_mlp(num_classes: int) -> nn.Module:
+    """The demo network: 8×8 digits → 256 → 256 → classes."""
+    return MLP(64, 256, 2, num_classes)

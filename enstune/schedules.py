@@ -1,0 +1,62 @@
+"""Per-step learning-rate schedules as multipliers of the peak learning rate."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from enstune.errors import ConfigError
+
+# factor(step, total_steps, warmup_steps) -> multiplier of the peak lr
+Schedule = Callable[[int, int, int], float]
+_REGISTRY: dict[str, Schedule] = {}
+
+
+def register_schedule(fn: Schedule) -> Schedule:
+    """Register a schedule under its function name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_schedules() -> list[str]:
+    """Names of the registered schedules."""
+    return sorted(_REGISTRY)
+
+
+def get_schedule(name: str) -> Schedule:
+    """The schedule called ``name``."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown schedule {name!r}; known: {', '.join(list_schedules())}")
+    return _REGISTRY[name]
+
+
+def _warmup(step: int, warmup: int) -> float | None:
+    # Linear warm-up reaches the peak on the last warm-up step.
+    return (step + 1) / warmup if step < warmup else None
+
+
+@register_schedule
+def cosine(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay from the peak to zero at ``total``."""
+    w = _warmup(step, warmup)
+    if w is not None:
+        return w
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+@register_schedule
+def constant(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then the peak learning rate throughout."""
+    w = _warmup(step, warmup)
+    return 1.0 if w is None else w
+
+
+@register_schedule
+def triangular(step: int, total: int, warmup: int) -> float:
+    """FGE's cycle: linear from the peak down to 1% at mid-cycle and back up."""
+    w = _warmup(step, warmup)
+    if w is not None:
+        return w
+    t = (step - warmup) / max(1, total - warmup)
+    return 1.0 - 0.99 * (1.0 - abs(2.0 * t - 1.0))

@@ -1,0 +1,213 @@
+"""Optuna glue: spec → study, trial → TrialConfig → plan → members → reports, attrs and pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from enstune.config import StudySpec, TrialConfig, load_template, spec_from_dict, to_dict
+from enstune.errors import ConfigError, DivergedError, EnstuneError
+from enstune.evaluation import EnsembleCurve
+from enstune.executor import Executor
+from enstune.members import MemberResult, Workspace
+from enstune.methods import get_method
+from enstune.progress import Reporter
+from enstune.pruning import MethodAwarePruner
+from enstune.storage import home_dir, mask_url, open_storage
+
+SPEC_ATTR = "spec"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+RECIPE_PARAMS = ("epochs", "lr", "weight_decay")
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
+    """Sample the spec's search space into a TrialConfig."""
+    values: dict[str, Any] = {}
+    for name, p in spec.space.items():
+        if p.choices:
+            values[name] = trial.suggest_categorical(name, list(p.choices))
+        elif all(isinstance(v, int) for v in (p.low, p.high)) and (p.step is None or isinstance(p.step, int)):
+            values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+        else:
+            values[name] = trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
+    recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
+    method = values.pop("method", spec.method)
+    return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members, **values)
+
+
+def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    if spec.sampler == "grid" and spec.space:
+        return optuna.samplers.GridSampler({n: list(p.choices) for n, p in spec.space.items()}, seed=spec.seed)
+    if spec.sampler == "tpe" and spec.space:
+        return optuna.samplers.TPESampler(seed=spec.seed)
+    return optuna.samplers.RandomSampler(seed=spec.seed)
+
+
+def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    inner = optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup_trials, n_warmup_steps=0)
+    return MethodAwarePruner(inner, spec.method)
+
+
+def load_spec(study: optuna.Study) -> StudySpec:
+    """The StudySpec stored with ``study``."""
+    data = study.user_attrs.get(SPEC_ATTR)
+    if data is None:
+        raise EnstuneError(f"study {study.study_name!r} was not created by enstune (no spec attribute)")
+    return spec_from_dict(data)
+
+
+def _load(name: str, storage: Any) -> optuna.Study:
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise EnstuneError(f"no study named {name!r} in this storage") from None
+
+
+def create(template: str, name: str | None = None, storage_url: str | None = None,
+           overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
+    """Create a study from a template; return (name, created). Same name and spec again: a no-op."""
+    spec = load_template(template, overrides)  # validated before anything touches the storage
+    name = name or template
+    storage = open_storage(storage_url)
+    wanted = to_dict(spec)
+    if name in optuna.get_all_study_names(storage):
+        existing = _load(name, storage).user_attrs.get(SPEC_ATTR)
+        if existing != wanted:
+            raise EnstuneError(f"study {name!r} already exists with a different spec")
+        return name, False
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    try:
+        study.set_user_attr(SPEC_ATTR, wanted)
+    except BaseException:
+        optuna.delete_study(study_name=name, storage=storage)
+        raise
+    return name, True
+
+
+def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
+    def work(job, parent: MemberResult | None, device) -> MemberResult:  # noqa: ANN001
+        reporter.member_started(job.index, members, job.recipe.epochs)
+        return ws.run(job, parent, device, on_epoch=reporter.epoch_done)
+
+    return work
+
+
+class Objective:
+    """Trains one trial's ensemble member by member, reporting validation ensemble accuracy."""
+
+    def __init__(self, spec: StudySpec, ws: Workspace, executor: Executor, reporter: Reporter) -> None:
+        self.spec, self.ws, self.executor, self.reporter = spec, ws, executor, reporter
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = trial_config(trial, self.spec)
+        jobs = get_method(cfg.method).plan(cfg)
+        self.reporter.trial_started(trial.number, trial.params, len(jobs))
+        val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
+        epochs: list[int] = []
+        seconds = 0.0
+        cached = 0
+        try:
+            for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, len(jobs))):
+                val.add(res.val_probs)
+                test.add(res.test_probs)
+                epochs.append(res.epochs)
+                seconds += res.seconds
+                cached += res.cached
+                for key, value in {
+                    "val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
+                    "val_member_acc": val.members, "test_member_acc": test.members,
+                    "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached,
+                }.items():
+                    trial.set_user_attr(key, value)
+                trial.report(val.ensembles[-1], step=job.index)
+                self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
+        except DivergedError as exc:
+            trial.set_user_attr("diverged", True)
+            raise optuna.TrialPruned(f"diverged: {exc}") from None
+        return val.ensembles[-1]
+
+
+def _best(study: optuna.Study) -> float | None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return max((t.value for t in done), default=None)
+
+
+def run(name: str, storage_url: str | None = None, n_trials: int | None = None, devices: str = "cpu",
+        timeout: float | None = None, reporter_factory: Any = None) -> optuna.Study:
+    """Work on study ``name`` until ``n_trials`` more trials, the study's budget, or ``timeout``."""
+    from enstune.executor import parse_devices
+
+    storage = open_storage(storage_url)
+    study = _load(name, storage)
+    spec = load_spec(study)
+    executor = Executor(parse_devices(devices))
+    if n_trials is not None and n_trials < 0:
+        raise ConfigError(f"--n-trials must be >= 0, got {n_trials}")
+    left = max(spec.n_trials - len(study.get_trials(deepcopy=False)), 0)
+    todo = left if n_trials is None else min(n_trials, left)
+    if todo == 0:
+        return study
+    ws = Workspace(spec.task, home_dir())
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
+    reporter = reporter_factory(todo) if reporter_factory else Reporter()
+    budget = optuna.study.MaxTrialsCallback(spec.n_trials, states=None)
+
+    def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reporter.trial_done(trial.state.name, trial.value, _best(study))
+
+    with reporter:
+        study.optimize(Objective(spec, ws, executor, reporter), n_trials=todo, timeout=timeout,
+                       callbacks=[done, budget], gc_after_trial=False)
+    return study
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One JSON-serialisable row per trial: number, state, params, value and user attrs."""
+    return [
+        {"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
+         "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())}, "user_attrs": t.user_attrs}
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def show(name: str, storage_url: str | None = None) -> dict[str, Any]:
+    """A study's spec, summary and trials."""
+    study = _load(name, open_storage(storage_url))
+    spec = load_spec(study)
+    rows = trial_rows(study)
+    best = _best(study)
+    return {"name": name, "storage": mask_url(storage_url_in_force(storage_url)), "spec": to_dict(spec),
+            "n_trials": len(rows), "budget": spec.n_trials, "best_value": best, "trials": rows}
+
+
+def storage_url_in_force(storage_url: str | None) -> str | None:
+    """The URL ``open_storage`` would use."""
+    from enstune.storage import resolve_url
+
+    return resolve_url(storage_url)
+
+
+def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
+    """Name, template, trial counts and best value of every study in the storage."""
+    out = []
+    for s in optuna.get_all_study_summaries(open_storage(storage_url), include_best_trial=True):
+        spec = s.user_attrs.get(SPEC_ATTR, {})
+        out.append({"name": s.study_name, "template": spec.get("template"), "trials": s.n_trials,
+                    "best_value": s.best_trial.value if s.best_trial else None})
+    return out
+
+
+def delete(name: str, storage_url: str | None = None) -> None:
+    """Delete study ``name`` and its trials."""
+    storage = open_storage(storage_url)
+    _load(name, storage)
+    optuna.delete_study(study_name=name, storage=storage)

@@ -1,0 +1,1 @@
+"""Study templates: one TOML file per template, read through importlib.resources."""
