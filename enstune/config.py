@@ -240,18 +240,31 @@ def list_templates() -> list[str]:
 
 def load_template(name: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
     """Read template ``name``, apply ``--set`` overrides and validate the result."""
+    data = apply_overrides(_template_data(name), list(overrides))
+    data["template"] = name
+    return spec_from_dict(data)
+
+
+def _template_data(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A template's raw dict, merged over the template named by its ``base`` key."""
     if name not in list_templates():
         raise ConfigError(f"unknown template {name!r}; known: {', '.join(list_templates())}")
+    if name in seen:
+        raise ConfigError(f"template {name!r} is its own base")
     text = importlib.resources.files("enstune.studies").joinpath(f"{name}.toml").read_text()
-    return spec_from_text(text, name, list(overrides))
-
-
-def spec_from_text(text: str, template: str, overrides: list[str] = []) -> StudySpec:  # noqa: B006
-    """Parse a TOML template text into a validated StudySpec."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"malformed TOML in template {template!r}: {exc}") from None
-    data = apply_overrides(data, overrides)
-    data["template"] = template
-    return spec_from_dict(data)
+        raise ConfigError(f"malformed TOML in template {name!r}: {exc}") from None
+    base = data.pop("base", None)
+    return _merge(_template_data(base, (*seen, name)), data) if base else data
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = _deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and key != "space":
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = _deepcopy(value)
+    return merged

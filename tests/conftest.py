@@ -1,0 +1,21 @@
+"""Shared fixtures: every test gets its own runs directory; nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """A fresh ENSTUNE_HOME and no ENSTUNE_STORAGE from the environment."""
+    monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path / "runs"))
+    monkeypatch.delenv("ENSTUNE_STORAGE", raising=False)
+    return tmp_path / "runs"
+

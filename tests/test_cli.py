@@ -1,0 +1,132 @@
+import json
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from typer.testing import CliRunner
+
+from cli_helpers import TINY_SET
+from enstune.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+def one_line_error(result, fragment: str) -> None:
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert fragment in lines[0]
+
+
+def test_templates_lists_them():
+    result = invoke("templates")
+    assert result.exit_code == 0
+    for name in ("starsse-demo", "sse-demo", "localde-demo", "globalde-demo", "finetune-demo", "starsse-cifar100"):
+        assert name in result.stdout
+
+
+def test_create_is_idempotent(home):
+    assert invoke("study", "create", "starsse-demo").exit_code == 0
+    again = invoke("study", "create", "starsse-demo")
+    assert again.exit_code == 0 and "exists" in again.stdout
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
+    assert optuna.get_all_study_names(storage) == ["starsse-demo"]
+
+
+def test_create_with_a_different_spec_under_the_same_name_fails():
+    assert invoke("study", "create", "starsse-demo").exit_code == 0
+    one_line_error(invoke("study", "create", "starsse-demo", "--set", "members=3"), "different spec")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["study", "create", "nope"], "unknown template 'nope'"),
+    (["study", "create", "starsse-demo", "--set", "space.lr_mult.choices=[0]"], "must be > 0"),
+    (["study", "create", "starsse-demo", "--set", "bogus=1"], "unknown key bogus"),
+    (["study", "create", "starsse-demo", "--set", "method=nope"], "unknown method 'nope'"),
+    (["study", "create", "starsse-demo", "--storage", "redis://u:hunter2@localhost/0"], "unsupported storage"),
+    (["study", "create", "starsse-demo", "--storage", "postgresql+psycopg://u:hunter2@127.0.0.1:1/db"],
+     "cannot open storage"),
+    (["study", "run", "missing"], "no study named 'missing'"),
+    (["study", "show", "missing"], "no study named 'missing'"),
+])
+def test_bad_input_is_one_line_and_leaves_no_study(args, fragment, home):
+    result = invoke(*args)
+    one_line_error(result, fragment)
+    assert "hunter2" not in result.output
+    listed = invoke("study", "list", "--json")
+    assert listed.exit_code == 0 and json.loads(listed.stdout) == []
+
+
+def test_unreachable_storage_masks_the_password_in_env(monkeypatch):
+    monkeypatch.setenv("ENSTUNE_STORAGE", "postgresql+psycopg://me:s3cret@127.0.0.1:1/db")
+    result = invoke("study", "list")
+    one_line_error(result, "postgresql+psycopg://me:***@127.0.0.1:1/db")
+    assert "s3cret" not in result.output
+
+
+def test_cifar_without_data_names_the_directory(home):
+    assert invoke("study", "create", "starsse-cifar100").exit_code == 0
+    one_line_error(invoke("study", "run", "starsse-cifar100"), str(home / "data" / "cifar-100-python"))
+
+
+def test_bad_devices():
+    assert invoke("study", "create", "starsse-demo").exit_code == 0
+    one_line_error(invoke("study", "run", "starsse-demo", "--devices", "tpu:0"), "device")
+
+
+def test_delete_needs_confirmation():
+    assert invoke("study", "create", "sse-demo").exit_code == 0
+    assert invoke("study", "delete", "sse-demo", input="n\n").exit_code != 0
+    assert "sse-demo" in invoke("study", "list").stdout
+    assert invoke("study", "delete", "sse-demo", "--yes").exit_code == 0
+    assert json.loads(invoke("study", "list", "--json").stdout) == []
+
+
+def test_end_to_end_study_read_back_with_plain_optuna(home):
+    assert invoke("study", "create", "sse-demo", "--name", "tiny", *TINY_SET).exit_code == 0
+    result = invoke("study", "run", "tiny")
+    assert result.exit_code == 0, result.output
+    assert "COMPLETE" in result.stdout
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    trials = study.get_trials()
+    assert len(trials) == 3, "the spec's budget, no more"
+    assert study.user_attrs["spec"]["members"] == 3
+    for t in trials:
+        assert t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        assert set(t.params) == {"lr_mult", "epoch_mult"}
+        attrs = t.user_attrs
+        k = len(attrs["val_ens_acc"])
+        assert sorted(t.intermediate_values) == list(range(1, k + 1))
+        assert [t.intermediate_values[s] for s in range(1, k + 1)] == attrs["val_ens_acc"]
+        for key in ("test_ens_acc", "val_member_acc", "test_member_acc", "member_epochs"):
+            assert len(attrs[key]) == k
+        assert attrs["val_ens_acc"][0] == attrs["val_member_acc"][0]
+        assert all(0.0 <= a <= 1.0 for a in attrs["test_ens_acc"])
+        assert attrs["member_epochs"][0] == 3
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert k == 3 and t.value == attrs["val_ens_acc"][-1]
+    # member 1 is trained once and shared by every trial
+    assert sum(t.user_attrs["cached_members"] for t in trials) == len(trials) - 1
+
+    # a second worker finds the budget used up and leaves the study as it was
+    assert invoke("study", "run", "tiny").exit_code == 0
+    assert len(optuna.load_study(study_name="tiny", storage=storage).get_trials()) == 3
+
+    shown = invoke("study", "show", "tiny", "--json")
+    info = json.loads(shown.stdout)
+    assert info["spec"]["method"] == "sse" and len(info["trials"]) == 3
+
+
+def test_any_optuna_rdb_url_works(tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert invoke("study", "create", "starsse-demo", "--name", "s", "--storage", url, *TINY_SET).exit_code == 0
+    assert invoke("study", "run", "s", "--storage", url, "--n-trials", "1").exit_code == 0
+    study = optuna.load_study(study_name="s", storage=url)
+    assert len(study.get_trials()) == 1 and study.trials[0].user_attrs["val_ens_acc"]

@@ -1,0 +1,67 @@
+import pytest
+
+from enstune.config import StudySpec, apply_overrides, list_templates, load_template, spec_from_dict, to_dict
+from enstune.errors import ConfigError
+
+REQUIRED = {"starsse-demo", "sse-demo", "localde-demo", "globalde-demo", "finetune-demo",
+            "starsse-cifar100", "sse-cifar100"}
+
+
+def test_required_templates_ship():
+    assert REQUIRED <= set(list_templates())
+
+
+@pytest.mark.parametrize("name", list_templates())
+def test_every_template_loads_and_round_trips(name):
+    spec = load_template(name)
+    assert isinstance(spec, StudySpec) and spec.template == name
+    assert spec_from_dict(to_dict(spec)) == spec
+
+
+def test_base_template_is_merged():
+    sse, star = load_template("sse-demo"), load_template("starsse-demo")
+    assert sse.method == "sse" and star.method == "starsse"
+    assert sse.finetune == star.finetune and sse.space == star.space
+
+
+def test_cifar_templates_carry_the_papers_recipe():
+    spec = load_template("starsse-cifar100")
+    assert (spec.finetune.epochs, spec.finetune.lr, spec.finetune.weight_decay) == (25, 5e-3, 5e-4)
+    assert spec.task.model == "resnet50" and spec.members == 5 and len(spec.task.checkpoints) == 5
+    assert {1, 2, 4, 8} <= set(spec.space["lr_mult"].choices)
+
+
+def test_overrides_parse_toml_values_and_nested_keys():
+    spec = load_template("starsse-demo", ["members=3", "finetune.lr=0.5", "space.lr_mult.choices=[1, 2]",
+                                          "method=sse"])
+    assert spec.members == 3 and spec.finetune.lr == 0.5 and spec.method == "sse"
+    assert spec.space["lr_mult"].choices == (1, 2)
+
+
+def test_apply_overrides_leaves_input_alone():
+    data = {"finetune": {"lr": 1.0}}
+    assert apply_overrides(data, ["finetune.lr=2.0"]) == {"finetune": {"lr": 2.0}}
+    assert data == {"finetune": {"lr": 1.0}}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("nope=1", "unknown key nope"),
+    ("finetune.nope=1", "unknown key finetune.nope"),
+    ("members=many", "members must be int"),
+    ("members=0", "members must be >= 1"),
+    ("method=bogus", "unknown method 'bogus'"),
+    ("space.lr_mult.choices=[0, 1]", "space.lr_mult must be > 0"),
+    ("space.epoch_mult.choices=[-1]", "space.epoch_mult must be > 0"),
+    ("space.volume.choices=[1]", "unknown search parameter 'volume'"),
+    ("task.dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("finetune.lr=nan", "finetune.lr must be finite"),
+    ("justtext", "--set expects key=value"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_template("starsse-demo", [override])
+
+
+def test_unknown_template_lists_known():
+    with pytest.raises(ConfigError, match="unknown template 'nope'; known: .*starsse-demo"):
+        load_template("nope")
