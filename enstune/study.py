@@ -55,6 +55,11 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return MethodAwarePruner(inner, spec.method)
 
 
+def load_template_spec(template: str, overrides: list[str]) -> StudySpec:
+    """A template's spec with overrides (what ``create`` would store)."""
+    return load_template(template, overrides)
+
+
 def load_spec(study: optuna.Study) -> StudySpec:
     """The StudySpec stored with ``study``."""
     data = study.user_attrs.get(SPEC_ATTR)

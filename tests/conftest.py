@@ -7,9 +7,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
-
-torch.set_num_threads(2)
 
 
 @pytest.fixture(autouse=True)

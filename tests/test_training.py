@@ -1,0 +1,118 @@
+import threading
+import time
+
+import optuna
+import pytest
+import torch
+from optuna.storages.journal import JournalFileBackend
+
+from cli_helpers import TINY
+from enstune import study as st
+from enstune.config import Task
+from enstune.errors import DivergedError, EnstuneError
+from enstune.executor import Executor, parse_devices
+from enstune.members import Workspace
+from enstune.methods import Recipe, get_method
+from enstune.models import create_model, from_pretrained
+from enstune.training import predict, train
+
+
+@pytest.fixture
+def ws(home):
+    return Workspace(st.load_template_spec("starsse-demo", []).task, home)
+
+
+def test_demo_splits_are_disjoint_and_few_labelled(ws):
+    d = ws.data
+    assert d.num_classes == 10 and d.source is not None
+    assert len(d.train) <= 10 * d.num_classes, "few target labels"
+    assert len(d.val) >= 200 and len(d.test) >= 300, "splits large enough to rank trials"
+    rows = {tuple(x.flatten().tolist()) for s in (d.train, d.val, d.test) for x in s.x}
+    assert len(rows) == len(d.train) + len(d.val) + len(d.test)
+
+
+def test_checkpoints_are_ordinary_files_loaded_like_downloads(ws):
+    path = ws.checkpoint(0)
+    assert path.is_file() and ws.checkpoint(0) == path
+    state = torch.load(path, weights_only=True)["state_dict"]
+    model = from_pretrained("demo_mlp", path, num_classes=10)
+    trunk = {k for k in state if not k.startswith("head.")}
+    assert all(torch.equal(model.state_dict()[k], state[k]) for k in trunk)
+    other = torch.load(ws.checkpoint(1), weights_only=True)["state_dict"]
+    assert not torch.equal(other["features.1.weight"], state["features.1.weight"]), "independent pre-trainings"
+
+
+def test_missing_checkpoint_is_a_clear_error(home):
+    ws = Workspace(Task(checkpoints=("{home}/nope.pt",)), home)
+    with pytest.raises(EnstuneError, match="checkpoint not found: .*nope.pt"):
+        ws.checkpoint(0)
+
+
+def test_training_lowers_the_loss_and_is_deterministic(ws):
+    recipe = Recipe(epochs=5, lr=0.03, weight_decay=5e-4, batch_size=16, warmup_epochs=1)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = create_model("demo_mlp", 10)
+        losses = []
+        train(model, ws.data.train, recipe, seed=1, on_epoch=lambda e, n, loss: losses.append(loss))
+        results.append((losses, predict(model, ws.data.val)))
+    (losses, probs), (losses2, probs2) = results
+    assert len(losses) == 5 and losses[-1] < losses[0]
+    assert losses == losses2 and torch.equal(probs, probs2)
+    assert probs.shape == (len(ws.data.val), 10) and torch.allclose(probs.sum(1), torch.ones(len(probs)))
+
+
+def test_non_finite_loss_raises(ws):
+    model = create_model("demo_mlp", 10)
+    with pytest.raises(DivergedError):
+        train(model, ws.data.train, Recipe(epochs=3, lr=1e12, weight_decay=0, batch_size=8), seed=0)
+
+
+def test_shared_members_come_from_the_cache(ws):
+    cfg = st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
+                          st.load_template_spec("starsse-demo", TINY))
+    job = get_method("starsse").plan(cfg)[0]
+    first = ws.run(job, None, torch.device("cpu"))
+    again = ws.run(job, None, torch.device("cpu"))
+    assert not first.cached and again.cached and again.key == first.key
+    assert torch.equal(first.val_probs, again.val_probs)
+
+
+def test_diverged_trial_is_pruned_and_the_worker_goes_on(home):
+    overrides = TINY + ["space.lr_mult.choices=[1e12, 0.5]", "space.epoch_mult.choices=[1]", "n_trials=2",
+                        "pruner='none'"]
+    st.create("starsse-demo", name="div", overrides=overrides)
+    study = st.run("div")
+    states = {t.params["lr_mult"]: (t.state, t.user_attrs.get("diverged")) for t in study.trials}
+    assert states[1e12] == (optuna.trial.TrialState.PRUNED, True)
+    assert states[0.5] == (optuna.trial.TrialState.COMPLETE, None)
+    plain = optuna.load_study(study_name="div", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(home / "studies.journal"))))
+    assert len(plain.trials) == 2
+
+
+def test_devices_are_checked():
+    assert parse_devices("cpu") == [torch.device("cpu")]
+    for bad in ("", "gpu", "cuda:99"):
+        with pytest.raises(EnstuneError):
+            parse_devices(bad)
+
+
+def test_executor_respects_dependencies_and_yields_in_member_order():
+    jobs = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 1, "epoch_mult": 1}),
+                                                      st.load_template_spec("starsse-demo", [])))
+    started, lock = [], threading.Lock()
+
+    def work(job, parent, device):
+        with lock:
+            started.append(job.index)
+        assert (parent is None) == (job.parent is None)
+        time.sleep(0.05 * (6 - job.index))  # later members finish first
+        return job.index * 10
+
+    for devices in ([torch.device("cpu")], [torch.device("cpu"), torch.device("cpu")]):
+        started.clear()
+        out = list(Executor(devices).run(jobs, work))
+        assert [j.index for j, _ in out] == [1, 2, 3, 4, 5] and [r for _, r in out] == [10, 20, 30, 40, 50]
+        assert started[0] == 1
