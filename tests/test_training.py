@@ -100,7 +100,7 @@ def test_devices_are_checked():
 
 
 def test_executor_respects_dependencies_and_yields_in_member_order():
-    jobs = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 1, "epoch_mult": 1}),
+    jobs = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
                                                       st.load_template_spec("starsse-demo", [])))
     started, lock = [], threading.Lock()
 

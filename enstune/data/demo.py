@@ -19,9 +19,9 @@ from enstune.data._base import Split, TaskData, carve_validation
 from enstune.data.augment import random_shift
 from enstune.methods._base import Recipe
 
-SOURCE_FRACTION = 0.5  # share of the 1797 images that form the source task
-NOISE_STD = 0.35  # corruption of the target domain, in units of the [0, 1] pixel range
-LABELS_PER_CLASS = 5  # target training labels per class
+SOURCE_SIZE = 900  # of the 1797 shuffled images, the first form the source task
+NOISE_STD = 0.3  # corruption of the target domain, in units of the [0, 1] pixel range
+LABELS_PER_CLASS = 10  # target training labels per class
 TEST_SIZE = 400  # target test images
 DATA_SEED = 0  # the digits shuffle and the corruption noise
 # How the demo checkpoints are pre-trained on the source task.
@@ -45,7 +45,7 @@ def _per_class(y: torch.Tensor, n: int) -> torch.Tensor:
 def source_task() -> TaskData:
     """The pre-training task of the demo checkpoints."""
     x, y = _digits()
-    n = round(SOURCE_FRACTION * len(y))
+    n = SOURCE_SIZE
     train, val = carve_validation(Split(x[:n], y[:n]), 0.1, DATA_SEED)
     return TaskData(train, val, val, num_classes=10, augment=partial(random_shift, pad=1))
 
@@ -54,8 +54,7 @@ def source_task() -> TaskData:
 def demo(task, home: Path) -> TaskData:  # noqa: ANN001
     """The demo target task; validation is carved from its training set with ``task.split_seed``."""
     x, y = _digits()
-    n = round(SOURCE_FRACTION * len(y))
-    x, y = x[n:], y[n:]
+    x, y = x[SOURCE_SIZE:], y[SOURCE_SIZE:]
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(DATA_SEED + 1))
     x = (x + NOISE_STD * noise).clamp_(0, 1)
     test = Split(x[:TEST_SIZE], y[:TEST_SIZE])
