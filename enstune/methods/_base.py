@@ -73,13 +73,7 @@ class Method(ABC):
     # Leading members whose results do not depend on the trial's parameters:
     # the pruner never judges a trial at these steps.
     shared_members: ClassVar[int] = 0
-    # Number of pre-trained checkpoints the plan needs for ``members`` members.
-    uses_checkpoints: ClassVar[bool] = False
 
     @abstractmethod
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         """The member jobs, in member order."""
-
-    def checkpoints_needed(self, members: int) -> int:
-        """How many pre-trained checkpoints a plan of ``members`` members starts from."""
-        return members if self.uses_checkpoints else 1

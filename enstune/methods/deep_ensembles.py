@@ -20,7 +20,6 @@ class LocalDE(Method):
 class GlobalDE(Method):
     name = "global_de"
     description = "K fine-tunes with the ×1 recipe, member k from pre-trained checkpoint k-1"
-    uses_checkpoints = True
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         return [first_member(cfg, checkpoint=k - 1, index=k) for k in range(1, cfg.members + 1)]
