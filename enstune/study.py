@@ -16,7 +16,7 @@ from enstune.members import MemberResult, Workspace
 from enstune.methods import get_method
 from enstune.progress import Reporter
 from enstune.pruning import MethodAwarePruner
-from enstune.storage import home_dir, mask_url, open_storage
+from enstune.storage import home_dir, mask_url, open_storage, resolve_url
 
 SPEC_ATTR = "spec"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -53,11 +53,6 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.NopPruner()
     inner = optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup_trials, n_warmup_steps=0)
     return MethodAwarePruner(inner, spec.method)
-
-
-def load_template_spec(template: str, overrides: list[str]) -> StudySpec:
-    """A template's spec with overrides (what ``create`` would store)."""
-    return load_template(template, overrides)
 
 
 def load_spec(study: optuna.Study) -> StudySpec:
@@ -190,15 +185,8 @@ def show(name: str, storage_url: str | None = None) -> dict[str, Any]:
     spec = load_spec(study)
     rows = trial_rows(study)
     best = _best(study)
-    return {"name": name, "storage": mask_url(storage_url_in_force(storage_url)), "spec": to_dict(spec),
+    return {"name": name, "storage": mask_url(resolve_url(storage_url)), "spec": to_dict(spec),
             "n_trials": len(rows), "budget": spec.n_trials, "best_value": best, "trials": rows}
-
-
-def storage_url_in_force(storage_url: str | None) -> str | None:
-    """The URL ``open_storage`` would use."""
-    from enstune.storage import resolve_url
-
-    return resolve_url(storage_url)
 
 
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from cli_helpers import TINY
 from enstune import study as st
-from enstune.config import Task
+from enstune.config import Task, load_template
 from enstune.errors import DivergedError, EnstuneError
 from enstune.executor import Executor, parse_devices
 from enstune.members import Workspace
@@ -19,7 +19,7 @@ from enstune.training import predict, train
 
 @pytest.fixture
 def ws(home):
-    return Workspace(st.load_template_spec("starsse-demo", []).task, home)
+    return Workspace(load_template("starsse-demo", []).task, home)
 
 
 def test_demo_splits_are_disjoint_and_few_labelled(ws):
@@ -71,7 +71,7 @@ def test_non_finite_loss_raises(ws):
 
 def test_shared_members_come_from_the_cache(ws):
     cfg = st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
-                          st.load_template_spec("starsse-demo", TINY))
+                          load_template("starsse-demo", TINY))
     job = get_method("starsse").plan(cfg)[0]
     first = ws.run(job, None, torch.device("cpu"))
     again = ws.run(job, None, torch.device("cpu"))
@@ -101,7 +101,7 @@ def test_devices_are_checked():
 
 def test_executor_respects_dependencies_and_yields_in_member_order():
     jobs = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
-                                                      st.load_template_spec("starsse-demo", [])))
+                                                      load_template("starsse-demo", [])))
     started, lock = [], threading.Lock()
 
     def work(job, parent, device):
