@@ -1,8 +1,9 @@
-"""Content-addressed member results: shared members are trained once per worker pool."""
+"""Content-addressed member results in an Optuna artifact store: trained once, found by any worker."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -21,6 +22,15 @@ def content_key(**parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes: the same checkpoint has the same digest on every machine."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,20 +46,30 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 @dataclass
 class MemberCache:
-    """Member checkpoints and predictions under ``root``, one file per content key."""
+    """Member checkpoints and predictions, one artifact per content key, in ``store``.
 
-    root: Path
+    Writes to a store need not be atomic (a worker may die mid-upload); a torch file is a zip
+    whose directory sits at its end, so a truncated entry fails to load and counts as missing.
+    """
+
+    store: Any  # an optuna.artifacts ArtifactStore
+
+    @staticmethod
+    def artifact_id(key: str) -> str:
+        """The artifact id of member ``key``."""
+        return f"member-{key}.pt"
 
     def get(self, key: str) -> dict[str, Any] | None:
-        """The stored entry for ``key``, or None (an unreadable entry counts as missing)."""
-        path = self.root / f"{key}.pt"
-        if not path.is_file():
-            return None
+        """The stored entry for ``key``, or None (a missing or unreadable entry)."""
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:  # noqa: BLE001 - a damaged entry is retrained and overwritten
+            with self.store.open_reader(self.artifact_id(key)) as f:
+                return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - not found, or damaged: retrained and overwritten
             return None
 
     def put(self, key: str, entry: dict[str, Any]) -> None:
         """Store ``entry`` under ``key``."""
-        save_atomic(entry, self.root / f"{key}.pt")
+        buf = io.BytesIO()
+        torch.save(entry, buf)
+        buf.seek(0)
+        self.store.write(self.artifact_id(key), buf)

@@ -1,19 +1,21 @@
-"""Runs one member job: initialise, train, predict on val/test; shared jobs go through the cache."""
+"""Runs one member job: initialise, train, predict on val/test; every member goes through the cache."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from enstune.cache import MemberCache, content_key, save_atomic
+from enstune.cache import MemberCache, content_key, file_digest, save_atomic
 from enstune.config import Task
 from enstune.data import Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
 from enstune.methods import MemberJob
 from enstune.models import create_model, from_pretrained, list_models
+from enstune.storage import open_artifacts
 from enstune.training import EpochCallback, predict, train
 
 PRETRAIN_SEED = 10_000
@@ -35,11 +37,12 @@ class MemberResult:
 class Workspace:
     """What a worker holds for one task: its data (per device), checkpoint files, the member cache."""
 
-    def __init__(self, task: Task, home: Path) -> None:
+    def __init__(self, task: Task, home: Path, artifacts: Any = None) -> None:
         self.task, self.home = task, Path(home)
         self.data: TaskData = load_task_data(task, self.home)
-        self.cache = MemberCache(self.home / "cache" / "members")
+        self.cache = MemberCache(artifacts if artifacts is not None else open_artifacts())
         self._splits: dict[tuple[str, str], Split] = {}
+        self._digests: dict[Path, str] = {}
         if task.model in list_models():
             # The small nets run batches of a few dozen 8x8 images: intra-op threads only add
             # synchronisation, and spin badly when another process holds a core (measured 0.5 s
@@ -83,8 +86,9 @@ class Workspace:
         """Content key of a job: task, starting point, recipe and seed."""
         if job.checkpoint is not None:
             path = self.checkpoint(job.checkpoint)
-            stat = path.stat()
-            start = {"checkpoint": str(path), "size": stat.st_size, "mtime": stat.st_mtime_ns}
+            if path not in self._digests:
+                self._digests[path] = file_digest(path)
+            start = {"checkpoint": self._digests[path]}
         else:
             assert parent is not None
             start = {"parent": parent.key}
@@ -99,9 +103,9 @@ class Workspace:
         device: torch.device,
         on_epoch: EpochCallback | None = None,
     ) -> MemberResult:
-        """Train member ``job`` on ``device`` (or take it from the cache when it is shared)."""
+        """Train member ``job`` on ``device``, or take it from the cache when any worker trained it."""
         key = self.job_key(job, parent)
-        if job.shared and (hit := self.cache.get(key)) is not None:
+        if (hit := self.cache.get(key)) is not None:
             return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
@@ -116,7 +120,6 @@ class Workspace:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result = MemberResult(key, state, predict(model, self.split("val", device)),
                               predict(model, self.split("test", device)), stats.epochs, stats.seconds)
-        if job.shared:
-            self.cache.put(key, {"state": state, "val": result.val_probs, "test": result.test_probs,
-                                 "epochs": stats.epochs})
+        self.cache.put(key, {"state": state, "val": result.val_probs, "test": result.test_probs,
+                             "epochs": stats.epochs})
         return result

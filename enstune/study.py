@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import itertools
+import os
+import random
+import socket
+import time
+import warnings
 from typing import Any
 
 import optuna
@@ -21,8 +28,11 @@ from enstune.storage import home_dir, mask_url, open_storage, resolve_url
 SPEC_ATTR = "spec"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 RECIPE_PARAMS = ("epochs", "lr", "weight_decay")
+READY_TIMEOUT = 30.0  # seconds a worker waits for a concurrent `study create` to finish
+DEFAULT_HEARTBEAT = 60  # seconds; a dead worker's trial is retried after two silent intervals
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+log = logging.getLogger("enstune.study")
 
 
 def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
@@ -55,12 +65,9 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return MethodAwarePruner(inner, spec.method)
 
 
-def load_spec(study: optuna.Study) -> StudySpec:
-    """The StudySpec stored with ``study``."""
-    data = study.user_attrs.get(SPEC_ATTR)
-    if data is None:
-        raise EnstuneError(f"study {study.study_name!r} was not created by enstune (no spec attribute)")
-    return spec_from_dict(data)
+def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:
+    """The StudySpec stored with ``study``, waiting up to ``wait`` seconds for a creator to store it."""
+    return spec_from_dict(_wait_ready(study, wait))
 
 
 def _load(name: str, storage: Any) -> optuna.Study:
@@ -70,20 +77,51 @@ def _load(name: str, storage: Any) -> optuna.Study:
         raise EnstuneError(f"no study named {name!r} in this storage") from None
 
 
+def budget(spec: StudySpec) -> int:
+    """The study-wide number of trials: ``n_trials``, and never more than a grid holds."""
+    return min(spec.n_trials, len(grid_points(spec))) if spec.sampler == "grid" and spec.space else spec.n_trials
+
+
+def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
+    """Every point of a grid space, in a seeded shuffled order (early trials cover the grid)."""
+    names = list(spec.space)
+    points = [dict(zip(names, values)) for values in itertools.product(*(spec.space[n].choices for n in names))]
+    random.Random(spec.seed).shuffle(points)
+    return points
+
+
+def _wait_ready(study: optuna.Study, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """The stored spec dict; a study being created by another process gets ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (data := study.user_attrs.get(SPEC_ATTR)) is None:
+        if time.monotonic() > deadline:
+            raise EnstuneError(f"study {study.study_name!r} has no enstune spec (not created by enstune, or its "
+                               f"creation was interrupted: delete it with `enstune study delete`)")
+        time.sleep(0.2)
+    return data
+
+
 def create(template: str, name: str | None = None, storage_url: str | None = None,
            overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
-    """Create a study from a template; return (name, created). Same name and spec again: a no-op."""
+    """Create a study from a template; return (name, created). Same name and spec again: a no-op.
+
+    Safe under races: of many concurrent creators exactly one creates the study and queues
+    its grid; the spec is stored last, and is what marks the study ready for workers.
+    """
     spec = load_template(template, overrides)  # validated before anything touches the storage
     name = name or template
     storage = open_storage(storage_url)
     wanted = to_dict(spec)
-    if name in optuna.get_all_study_names(storage):
-        existing = _load(name, storage).user_attrs.get(SPEC_ATTR)
-        if existing != wanted:
-            raise EnstuneError(f"study {name!r} already exists with a different spec")
-        return name, False
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        if _wait_ready(_load(name, storage)) != wanted:
+            raise EnstuneError(f"study {name!r} already exists with a different spec") from None
+        return name, False
+    try:
+        if spec.sampler == "grid" and spec.space:
+            for params in grid_points(spec)[:budget(spec)]:
+                study.enqueue_trial(params)
         study.set_user_attr(SPEC_ATTR, wanted)
     except BaseException:
         optuna.delete_study(study_name=name, storage=storage)
@@ -99,6 +137,22 @@ def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
     return work
 
 
+class OverBudget(Exception):
+    """Other workers spent the study's budget between this worker's check and its new trial."""
+
+
+def _admit(trial: optuna.Trial, spec: StudySpec) -> optuna.trial.FrozenTrial:
+    """This trial's record; a freshly sampled trial beyond the study-wide budget is refused."""
+    trials = trial.study.get_trials(deepcopy=False)
+    me = next(t for t in trials if t.number == trial.number)
+    queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs
+    ahead = sum(1 for t in trials if t.number < trial.number and t.state != TrialState.FAIL)
+    if not queued and ahead >= budget(spec):
+        trial.set_user_attr("over_budget", True)
+        raise OverBudget(f"the study's budget of {budget(spec)} trials is spent")
+    return me
+
+
 class Objective:
     """Trains one trial's ensemble member by member, reporting validation ensemble accuracy."""
 
@@ -106,6 +160,8 @@ class Objective:
         self.spec, self.ws, self.executor, self.reporter = spec, ws, executor, reporter
 
     def __call__(self, trial: optuna.Trial) -> float:
+        retry = "failed_trial" in _admit(trial, self.spec).system_attrs
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(trial, self.spec)
         jobs = get_method(cfg.method).plan(cfg)
         self.reporter.trial_started(trial.number, trial.params, len(jobs))
@@ -113,6 +169,7 @@ class Objective:
         epochs: list[int] = []
         seconds = 0.0
         cached = 0
+        resumed = None
         try:
             for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, len(jobs))):
                 val.add(res.val_probs)
@@ -120,11 +177,14 @@ class Objective:
                 epochs.append(res.epochs)
                 seconds += res.seconds
                 cached += res.cached
-                for key, value in {
-                    "val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
-                    "val_member_acc": val.members, "test_member_acc": test.members,
-                    "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached,
-                }.items():
+                attrs = {"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
+                         "val_member_acc": val.members, "test_member_acc": test.members,
+                         "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached}
+                if retry and resumed is None and (not res.cached or job.index == len(jobs)):
+                    # A retried trial finds its predecessor's finished members in the cache.
+                    resumed = job.index if not res.cached else job.index + 1
+                    attrs["resumed_from_member"] = resumed
+                for key, value in attrs.items():
                     trial.set_user_attr(key, value)
                 trial.report(val.ensembles[-1], step=job.index)
                 self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
@@ -141,32 +201,71 @@ def _best(study: optuna.Study) -> float | None:
     return max((t.value for t in done), default=None)
 
 
-def run(name: str, storage_url: str | None = None, n_trials: int | None = None, devices: str = "cpu",
-        timeout: float | None = None, reporter_factory: Any = None) -> optuna.Study:
-    """Work on study ``name`` until ``n_trials`` more trials, the study's budget, or ``timeout``."""
-    from enstune.executor import parse_devices
+def _open_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, int]:
+    """(trials a worker may start now, trials running): queued ones plus the unspent budget."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    waiting, running = states.count(TrialState.WAITING), states.count(TrialState.RUNNING)
+    live = len(states) - states.count(TrialState.FAIL)
+    return waiting + max(budget(spec) - live, 0), running
 
-    storage = open_storage(storage_url)
-    study = _load(name, storage)
-    spec = load_spec(study)
-    executor = Executor(parse_devices(devices))
+
+def _taken_over(exc: Exception) -> bool:
+    """Whether ``exc`` says this worker's trial was failed by another one (a long storage outage)."""
+    return isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or (
+        isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a"))
+
+
+def run(name: str, storage_url: str | None = None, n_trials: int | None = None, devices: str = "cpu",
+        timeout: float | None = None, reporter_factory: Any = None, heartbeat: int = DEFAULT_HEARTBEAT,
+        artifacts: str | None = None) -> optuna.Study:
+    """Work on study ``name`` until ``n_trials`` more trials, the study's budget, or ``timeout``.
+
+    On a database storage the worker records heartbeats; before each trial, and while others
+    still run when the budget is spent, it fails trials whose worker went silent, which
+    re-queues them for any worker to resume.
+    """
+    from enstune.executor import parse_devices
+    from enstune.storage import open_artifacts
+
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"--n-trials must be >= 0, got {n_trials}")
-    left = max(spec.n_trials - len(study.get_trials(deepcopy=False)), 0)
-    todo = left if n_trials is None else min(n_trials, left)
-    if todo == 0:
+    storage = open_storage(storage_url, heartbeat=heartbeat)
+    study = _load(name, storage)
+    spec = load_spec(study, wait=READY_TIMEOUT)
+    executor = Executor(parse_devices(devices))
+    beats = optuna.storages.fail_stale_trials if isinstance(storage, optuna.storages.RDBStorage) and heartbeat \
+        else None
+    todo, running = _open_trials(study, spec)
+    todo = todo if n_trials is None else min(n_trials, todo)
+    if todo == 0 and not (running and beats):
         return study
-    ws = Workspace(spec.task, home_dir())
+    ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts))
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
-    budget = optuna.study.MaxTrialsCallback(spec.n_trials, states=None)
+    objective = Objective(spec, ws, executor, reporter)
+    deadline = None if timeout is None else time.monotonic() + timeout
 
     def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         reporter.trial_done(trial.state.name, trial.value, _best(study))
 
-    with reporter:
-        study.optimize(Objective(spec, ws, executor, reporter), n_trials=todo, timeout=timeout,
-                       callbacks=[done, budget], gc_after_trial=False)
+    ran = 0
+    with reporter, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
+        while (n_trials is None or ran < n_trials) and (deadline is None or time.monotonic() < deadline):
+            can_start, running = _open_trials(study, spec)
+            if not can_start:
+                if not (running and beats):
+                    break
+                time.sleep(heartbeat)  # a silent trial fails after two intervals and is queued again
+                beats(study)
+                continue
+            try:
+                study.optimize(objective, n_trials=1, callbacks=[done], catch=(OverBudget,), gc_after_trial=False)
+            except Exception as exc:
+                if not _taken_over(exc):
+                    raise
+                log.warning("a trial of this worker was retried elsewhere after a storage outage; carrying on")
+            ran += 1
     return study
 
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from pathlib import Path
 
 from enstune.errors import EnstuneError
 
 ENV_STORAGE = "ENSTUNE_STORAGE"
 ENV_HOME = "ENSTUNE_HOME"
+ENV_ARTIFACTS = "ENSTUNE_ARTIFACTS"
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+# A worker holds one connection most of the time (plus one for its heartbeat thread), so a
+# small pool per worker keeps hundreds of workers under PostgreSQL's connection limit.
+POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
+MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 
 
 def home_dir() -> Path:
@@ -30,10 +36,16 @@ def mask_url(url: str | None) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def open_storage(url: str | None = None):  # noqa: ANN201 - optuna.storages.BaseStorage
-    """An Optuna storage for ``url`` (see ``resolve_url``); unreachable storage is a one-line error."""
+def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa: ANN201 - optuna BaseStorage
+    """An Optuna storage for ``url`` (see ``resolve_url``); unreachable storage is a one-line error.
+
+    With ``heartbeat`` seconds, a database storage records a heartbeat per running trial, and a
+    trial silent for two intervals is failed and re-queued with the same parameters.
+    """
     import optuna
     from optuna.storages.journal import JournalFileBackend
+
+    from enstune.storage.resilient import ResilientRDBStorage
 
     url = resolve_url(url)
     if url is None:
@@ -43,10 +55,18 @@ def open_storage(url: str | None = None):  # noqa: ANN201 - optuna.storages.Base
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
-    engine_kwargs = {} if scheme == "sqlite" else {"pool_pre_ping": True, "pool_size": 2, "max_overflow": 2,
-                                                  "pool_recycle": 300}
+    if heartbeat is not None and heartbeat < 1:
+        raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
+    engine_kwargs = {} if scheme == "sqlite" else POOL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
+        beat = {} if not heartbeat else {
+            "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
+            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
     except Exception as exc:  # noqa: BLE001 - every failure to connect is the same user error
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise EnstuneError(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
@@ -56,3 +76,28 @@ def mask_url_text(text: str, url: str) -> str:
     """``text`` with ``url``'s password removed wherever it appears."""
     m = re.search(r"://[^:/@]*:([^@]*)@", url)
     return text.replace(m.group(1), "***") if m and m.group(1) else text
+
+
+def open_artifacts(location: str | None = None):  # noqa: ANN201 - optuna.artifacts ArtifactStore
+    """An Optuna artifact store: ``location`` / ``ENSTUNE_ARTIFACTS`` (a directory or ``s3://bucket``).
+
+    The default is ``artifacts/`` in the runs directory; workers on several machines share
+    member checkpoints only when they point at the same shared directory or bucket.
+    """
+    from optuna.artifacts import Backoff, Boto3ArtifactStore, FileSystemArtifactStore
+
+    location = location or os.environ.get(ENV_ARTIFACTS) or str(home_dir() / "artifacts")
+    if location.startswith("s3://"):
+        bucket = location[len("s3://"):].strip("/")
+        if not bucket or "/" in bucket:
+            raise EnstuneError(f"artifact store {location!r}: use s3://BUCKET (no key prefix)")
+        try:
+            return Backoff(Boto3ArtifactStore(bucket))
+        except ImportError:
+            raise EnstuneError("s3:// artifact stores need boto3: pip install boto3") from None
+    path = Path(location).expanduser().resolve()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnstuneError(f"cannot use artifact directory {path}: {exc.strerror}") from None
+    return FileSystemArtifactStore(path)

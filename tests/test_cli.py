@@ -129,4 +129,6 @@ def test_any_optuna_rdb_url_works(tmp_path):
     assert invoke("study", "create", "starsse-demo", "--name", "s", "--storage", url, *TINY_SET).exit_code == 0
     assert invoke("study", "run", "s", "--storage", url, "--n-trials", "1").exit_code == 0
     study = optuna.load_study(study_name="s", storage=url)
-    assert len(study.get_trials()) == 1 and study.trials[0].user_attrs["val_ens_acc"]
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+    assert len(done) == 1 and done[0].user_attrs["val_ens_acc"]
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2  # the rest of the grid

@@ -22,7 +22,7 @@ def test_every_plan_is_well_formed(name):
     assert all(j.parent is None or j.parent < j.index for j in jobs)
     assert len({j.seed for j in jobs}) == len(jobs), "members need distinct seeds"
     first = jobs[0]
-    assert first.checkpoint == 0 and first.shared
+    assert first.checkpoint == 0
     assert first.recipe == Recipe.from_finetune(FT) and first.recipe.warmup_epochs == 1
 
 
@@ -40,7 +40,6 @@ def test_sse_is_a_chain_with_the_cycle_recipe():
         assert j.recipe.lr == pytest.approx(0.4)
         assert j.recipe.epochs == math.floor(10 * 0.35) == 3
         assert j.recipe.warmup_epochs == 0 and j.recipe.schedule == "cosine"
-        assert not j.shared
 
 
 def test_starsse_is_a_star_from_member_one():

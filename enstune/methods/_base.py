@@ -44,8 +44,6 @@ class MemberJob:
     seed: int
     checkpoint: int | None = None
     parent: int | None = None
-    # True when the job does not depend on the trial's cycle parameters, so trials may share it.
-    shared: bool = False
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.parent is None):
@@ -62,7 +60,7 @@ def member_seed(seed: int, index: int) -> int:
 def first_member(cfg: TrialConfig, checkpoint: int = 0, index: int = 1) -> MemberJob:
     """A plain ×1 fine-tune from a pre-trained checkpoint."""
     return MemberJob(index, Recipe.from_finetune(cfg.recipe), member_seed(cfg.seed, index),
-                     checkpoint=checkpoint, shared=True)
+                     checkpoint=checkpoint)
 
 
 class Method(ABC):

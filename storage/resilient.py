@@ -1,0 +1,79 @@
+"""An RDBStorage that rides out a database restart: lost connections are retried with back-off."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+log = logging.getLogger("enstune.storage")
+
+# The backend calls Optuna's storage cache makes; each opens its own session, so a retry
+# repeats one whole transaction. Public methods that only delegate to these are left alone.
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials", "_get_best_trial_id",
+    "record_heartbeat", "_get_stale_trial_ids",
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a lost or refused database connection."""
+    import sqlalchemy.exc as sa
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (sa.OperationalError, sa.InterfaceError)):
+            return True
+        if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.patience
+        delay, failed = 0.5, False
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # The first attempt may have committed before its connection dropped.
+                if failed and name == "set_trial_state_values" and self._state_is(args, kwargs):
+                    return True
+                raise
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                failed = True
+                log.warning("storage unreachable (%s); retrying %s in %.1f s", type(exc).__name__, name, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    return call
+
+
+class ResilientRDBStorage(RDBStorage):
+    """Optuna's RDBStorage whose calls wait out a lost database for up to ``patience`` seconds."""
+
+    patience: float = 600.0
+
+    def _state_is(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        trial_id = args[0] if args else kwargs["trial_id"]
+        state = args[1] if len(args) > 1 else kwargs["state"]
+        return RDBStorage.get_trial(self, trial_id).state == TrialState(state)
+
+
+for _name in _RETRIED:
+    setattr(ResilientRDBStorage, _name, _retrying(_name, getattr(RDBStorage, _name)))
