@@ -19,6 +19,8 @@ app = typer.Typer(help="Optuna studies of ensembles fine-tuned from one pre-trai
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 study_app = typer.Typer(help="Create, run and inspect studies.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
+storage_app = typer.Typer(help="A throwaway local PostgreSQL for development, tests and CI.", no_args_is_help=True)
+app.add_typer(storage_app, name="storage")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
@@ -93,13 +95,16 @@ def study_run(
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Trials for this worker (default: until the study's budget is used).")] = None,  # noqa: E501
     devices: Annotated[str, typer.Option("--devices", help="cpu or cuda:0,cuda:1,…")] = "cpu",
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
+    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Heartbeat interval in seconds (database storage): a trial silent for two intervals is retried.")] = 60,  # noqa: E501
+    artifacts: Annotated[str | None, typer.Option("--artifacts", help="Artifact store for member checkpoints: a directory or s3://bucket (default: ENSTUNE_ARTIFACTS or <runs>/artifacts).")] = None,  # noqa: E501
 ) -> None:
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
     from enstune import study as st
     from enstune.progress import RichReporter
 
     study = st.run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
-                   reporter_factory=lambda budget: RichReporter(budget, console=err))
+                   reporter_factory=lambda budget: RichReporter(budget, console=err), heartbeat=heartbeat,
+                   artifacts=artifacts)
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
 
 
@@ -184,6 +189,39 @@ def dashboard(
     store = open_storage(storage)
     err.print(f"optuna-dashboard on http://{host}:{port}/", markup=False, highlight=False)
     optuna_dashboard.run_server(store, host=host, port=port)
+
+
+@storage_app.command("up")
+@_one_line_errors
+def storage_up() -> None:
+    """Start the local PostgreSQL (created on first use; idempotent) and print its URL."""
+    from enstune.storage import home_dir
+    from enstune.storage.postgres import cluster
+
+    out.print(cluster(home_dir()).up(), markup=False, highlight=False)
+
+
+@storage_app.command("url")
+@_one_line_errors
+def storage_url() -> None:
+    """Print the running local PostgreSQL's URL (e.g. for ENSTUNE_STORAGE)."""
+    from enstune.storage import home_dir
+    from enstune.storage.postgres import cluster
+
+    out.print(cluster(home_dir()).url(), markup=False, highlight=False)
+
+
+@storage_app.command("down")
+@_one_line_errors
+def storage_down(
+    purge: Annotated[bool, typer.Option("--purge", help="Also delete the cluster's data.")] = False,
+) -> None:
+    """Stop the local PostgreSQL; its data is kept unless --purge."""
+    from enstune.storage import home_dir
+    from enstune.storage.postgres import cluster
+
+    cluster(home_dir()).down(purge=purge)
+    out.print("local PostgreSQL stopped" + (" and its data deleted" if purge else ""), markup=False)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,8 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 # A worker holds one connection most of the time (plus one for its heartbeat thread), so a
 # small pool per worker keeps hundreds of workers under PostgreSQL's connection limit.
 POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
+CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host is an error
+SCHEMA_ATTEMPTS = 5
 MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 
 
@@ -57,19 +60,39 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
     if heartbeat is not None and heartbeat < 1:
         raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
-    engine_kwargs = {} if scheme == "sqlite" else POOL
+    engine_kwargs = {} if scheme == "sqlite" else dict(POOL)
+    if scheme == "postgresql":
+        engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
         beat = {} if not heartbeat else {
             "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
             "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
-    except Exception as exc:  # noqa: BLE001 - every failure to connect is the same user error
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise EnstuneError(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+        except Exception as exc:  # noqa: BLE001 - every failure to connect is the same user error
+            # Workers opening a fresh database at once race to create Optuna's tables; the
+            # losers see a duplicate key and find the tables there when they try again.
+            if _is_integrity_error(exc) and attempt + 1 < SCHEMA_ATTEMPTS:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EnstuneError(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
+    raise AssertionError("unreachable")
+
+
+def _is_integrity_error(exc: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, sqlalchemy.exc.IntegrityError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def mask_url_text(text: str, url: str) -> str:

@@ -1,0 +1,169 @@
+"""A shared PostgreSQL store: concurrent creators, dead workers, a restarted database, bad URLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import psycopg
+import pytest
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from conftest import reachable_tmpdir
+from enstune.cli import app
+
+ENSTUNE = str(Path(sys.executable).parent / "enstune")
+SECRET = "hunter2-Zq9"
+# Members of about a second each on the demo MLP, so a worker can be caught inside one.
+SLOW = ["members=4", "finetune.epochs=300", "space.lr_mult.choices=[0.5, 1, 2, 4]", "space.epoch_mult.choices=[1]",
+        "n_trials=4", "pruner='none'"]
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``enstune ARGS`` as a separate process (a worker on another machine, as far as it knows)."""
+    return subprocess.Popen([ENSTUNE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def trials(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url).get_trials()
+
+
+def wait_all(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[tuple[int, str, str]]:
+    results = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        results.append((p.returncode, stdout, stderr))
+    return results
+
+
+def test_storage_commands_start_reuse_and_stop_a_local_cluster(monkeypatch):
+    home = reachable_tmpdir("enstune-up-")
+    monkeypatch.setenv("ENSTUNE_HOME", str(home))
+    runner = CliRunner()
+    first = runner.invoke(app, ["storage", "up"])
+    assert first.exit_code == 0, first.output
+    url = first.stdout.strip()
+    assert url.startswith("postgresql+psycopg://") and "127.0.0.1" in url
+    assert runner.invoke(app, ["storage", "up"]).stdout.strip() == url  # idempotent
+    assert runner.invoke(app, ["storage", "url"]).stdout.strip() == url
+    assert runner.invoke(app, ["study", "create", "starsse-demo", "--storage", url]).exit_code == 0
+
+    assert runner.invoke(app, ["storage", "down"]).exit_code == 0
+    gone = runner.invoke(app, ["storage", "url"])
+    assert gone.exit_code == 1 and "storage up" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
+
+    # data survive a restart unless purged
+    assert runner.invoke(app, ["storage", "up"]).stdout.strip() == url
+    assert optuna.get_all_study_names(url) == ["starsse-demo"]
+    assert runner.invoke(app, ["storage", "down", "--purge"]).exit_code == 0
+    assert not (home / "postgres").exists()
+
+
+def test_eight_concurrent_creates_make_one_study_with_its_grid_queued_once(pg):
+    url = pg.url()
+    procs = [cli("study", "create", "starsse-demo", "--name", "race", "--storage", url) for _ in range(8)]
+    results = wait_all(procs, timeout=120)
+    assert all(rc == 0 for rc, _, _ in results), [err for _, _, err in results]
+    verbs = sorted(out.split()[2] for _, out, _ in results)
+    assert verbs == ["created"] + ["exists"] * 7
+    assert optuna.get_all_study_names(url).count("race") == 1
+    queued = trials(url, "race")
+    assert len(queued) == 16 and all(t.state == TrialState.WAITING for t in queued)
+    assert len({tuple(sorted(t.system_attrs["fixed_params"].items())) for t in queued}) == 16
+
+
+def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
+    url = pg.url()
+    env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
+    assert wait_all([cli("study", "create", "starsse-demo", "--name", "kill", *sets(SLOW), env=env)])[0][0] == 0
+    workers = [cli("study", "run", "kill", "--heartbeat", "1", env=env) for _ in range(3)]
+    by_pid = {p.pid: p for p in workers}
+
+    victim, done_members = None, 0
+    deadline = time.monotonic() + 240
+    while victim is None and time.monotonic() < deadline:
+        for t in trials(url, "kill"):
+            a = t.user_attrs
+            # two members reported: the worker is now inside member 3
+            if t.state == TrialState.RUNNING and len(a.get("val_ens_acc", [])) == 2 and "worker" in a:
+                pid = int(a["worker"].rsplit(":", 1)[1])
+                if pid in by_pid:
+                    by_pid[pid].send_signal(signal.SIGKILL)
+                    victim, done_members = t.number, 2
+                    break
+        time.sleep(0.05)
+    assert victim is not None, "no worker was caught inside a member"
+
+    results = wait_all([p for p in workers if p.pid != pid])
+    assert all(rc == 0 for rc, _, _ in results), [err[-500:] for _, _, err in results]
+    everything = trials(url, "kill")
+    states = {t.number: t.state for t in everything}
+    assert TrialState.RUNNING not in states.values() and TrialState.WAITING not in states.values()
+    assert states[victim] == TrialState.FAIL
+    assert [t.state for t in everything if t.state != TrialState.FAIL].count(TrialState.COMPLETE) == 4
+    (retry,) = [t for t in everything if t.system_attrs.get("failed_trial") == victim]
+    assert retry.state == TrialState.COMPLETE
+    assert retry.user_attrs["resumed_from_member"] == done_members + 1
+    # members 1 and 2 came from the artifact store: member 1 was not trained again
+    assert retry.user_attrs["cached_members"] == done_members
+    assert retry.params == everything[victim].params
+
+
+def test_workers_ride_out_a_database_restart(pg, home):
+    url = pg.url()
+    env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
+    assert wait_all([cli("study", "create", "starsse-demo", "--name", "restart", *sets(SLOW), env=env)])[0][0] == 0
+    workers = [cli("study", "run", "restart", "--heartbeat", "5", env=env) for _ in range(2)]
+    deadline = time.monotonic() + 240
+    while not any(t.user_attrs.get("val_ens_acc") for t in trials(url, "restart")):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    pg.down()
+    time.sleep(3)
+    assert pg.up() == url
+    results = wait_all(workers)
+    assert all(rc == 0 for rc, _, _ in results), [err[-500:] for _, _, err in results]
+    assert any("retrying" in err for _, _, err in results)  # they did see the database go away
+    everything = trials(url, "restart")
+    assert [t.state for t in everything].count(TrialState.COMPLETE) == 4
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in everything)
+
+
+@pytest.fixture()
+def password_url(pg):
+    """A role that must log in with a password; returns a URL with the wrong one."""
+    port = pg.url().split(":")[-1].split("/")[0]
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = 'alice'").fetchone() is None:
+            c.execute("CREATE ROLE alice LOGIN PASSWORD 'right-one'")
+        hba = Path(c.execute("SHOW hba_file").fetchone()[0])
+        if "alice" not in hba.read_text():
+            hba.write_text("host all alice 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
+        c.execute("SELECT pg_reload_conf()")
+    return f"postgresql+psycopg://alice:{SECRET}@127.0.0.1:{port}/enstune"
+
+
+@pytest.mark.parametrize("kind", ["scheme", "unreachable", "password"])
+def test_bad_storage_urls_are_one_line_without_the_password(kind, request):
+    url = {
+        "scheme": f"redis://alice:{SECRET}@127.0.0.1:6379/0",
+        "unreachable": f"postgresql+psycopg://alice:{SECRET}@127.0.0.1:1/enstune",
+        "password": request.getfixturevalue("password_url") if kind == "password" else "",
+    }[kind]
+    for args in (["study", "list"], ["study", "run", "x"], ["study", "create", "starsse-demo"]):
+        rc, stdout, stderr = wait_all([cli(*args, "--storage", url)], timeout=60)[0]
+        assert rc == 1
+        assert SECRET not in stdout + stderr
+        assert stderr.startswith("error:") and len(stderr.strip().splitlines()) == 1, stderr
+        assert "***" in stderr
