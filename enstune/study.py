@@ -164,12 +164,13 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(trial, self.spec)
         jobs = get_method(cfg.method).plan(cfg)
+        judged = range(get_method(cfg.method).shared_members + 1, len(jobs))  # steps the pruner may cut
         self.reporter.trial_started(trial.number, trial.params, len(jobs))
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
         epochs: list[int] = []
+        attrs: dict[str, Any] = {}
         seconds = 0.0
         cached = 0
-        resumed = None
         try:
             for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, len(jobs))):
                 val.add(res.val_probs)
@@ -177,22 +178,24 @@ class Objective:
                 epochs.append(res.epochs)
                 seconds += res.seconds
                 cached += res.cached
-                attrs = {"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
-                         "val_member_acc": val.members, "test_member_acc": test.members,
-                         "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached}
-                if retry and resumed is None and (not res.cached or job.index == len(jobs)):
+                attrs.update({"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
+                              "val_member_acc": val.members, "test_member_acc": test.members,
+                              "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached})
+                if retry and "resumed_from_member" not in attrs and (not res.cached or job.index == len(jobs)):
                     # A retried trial finds its predecessor's finished members in the cache.
-                    resumed = job.index if not res.cached else job.index + 1
-                    attrs["resumed_from_member"] = resumed
-                for key, value in attrs.items():
-                    trial.set_user_attr(key, value)
+                    attrs["resumed_from_member"] = job.index if not res.cached else job.index + 1
                 trial.report(val.ensembles[-1], step=job.index)
                 self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
-                if trial.should_prune():
+                if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
         except DivergedError as exc:
-            trial.set_user_attr("diverged", True)
+            attrs["diverged"] = True
             raise optuna.TrialPruned(f"diverged: {exc}") from None
+        finally:
+            # Once per trial, not per member: each attribute is a database round trip. A trial
+            # that dies here loses nothing: its retry reads the members back from the cache.
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
         return val.ensembles[-1]
 
 
