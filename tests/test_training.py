@@ -1,3 +1,4 @@
+import io
 import threading
 import time
 
@@ -77,6 +78,38 @@ def test_shared_members_come_from_the_cache(ws):
     again = ws.run(job, None, torch.device("cpu"))
     assert not first.cached and again.cached and again.key == first.key
     assert torch.equal(first.val_probs, again.val_probs)
+
+
+def test_every_member_is_cached_and_a_damaged_entry_is_retrained(ws):
+    cfg = st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
+                          load_template("starsse-demo", TINY))
+    first, second = get_method("sse").plan(cfg)[:2]
+    one = ws.run(first, None, torch.device("cpu"))
+    two = ws.run(second, one, torch.device("cpu"))
+    assert ws.run(second, one, torch.device("cpu")).cached, "a member started from another is cached too"
+    # a worker killed mid-upload leaves a truncated artifact: it counts as missing
+    aid = ws.cache.artifact_id(two.key)
+    with ws.cache.store.open_reader(aid) as f:
+        blob = f.read()
+    ws.cache.store.write(aid, io.BytesIO(blob[: len(blob) // 2]))
+    again = ws.run(second, one, torch.device("cpu"))
+    assert not again.cached and torch.equal(again.val_probs, two.val_probs)
+    assert ws.run(second, one, torch.device("cpu")).cached, "the retrained member replaced the damaged one"
+
+
+def test_a_trial_sampled_past_the_study_wide_budget_is_refused(home):
+    st.create("starsse-demo", name="b", overrides=TINY + ["sampler='random'", "n_trials=2"])
+    study = optuna.load_study(study_name="b", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(home / "studies.journal"))))
+    spec = st.load_spec(study)
+    first, second, third = study.ask(), study.ask(), study.ask()  # three workers asked at once
+    study.tell(first, 0.5)
+    assert st._admit(second, spec).number == 1
+    with pytest.raises(st.OverBudget):
+        st._admit(third, spec)
+    assert study.trials[2].user_attrs["over_budget"] is True
+    study.tell(third, state=optuna.trial.TrialState.FAIL)
+    assert st._open_trials(study, spec) == (0, 1), "nothing left to start, one trial still running"
 
 
 def test_diverged_trial_is_pruned_and_the_worker_goes_on(home):
