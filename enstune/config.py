@@ -72,6 +72,9 @@ class StudySpec:
     # Completed trials of the same method before the pruner judges anyone.
     prune_startup_trials: int = 4
     space: dict[str, Param] = field(default_factory=dict)
+    # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
+    evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity")
+    interp_points: int = 11  # points on each interpolation segment, end points included
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,13 @@ def validate(spec: StudySpec) -> StudySpec:
         raise ConfigError(f"sampler must be tpe, random or grid, got {spec.sampler!r}")
     if spec.pruner not in ("median", "none"):
         raise ConfigError(f"pruner must be median or none, got {spec.pruner!r}")
+    from enstune.evaluation.evaluators import list_evaluators
+
+    unknown = [e for e in spec.evaluate if e not in list_evaluators()]
+    if unknown:
+        raise ConfigError(f"unknown evaluator {unknown[0]!r}; known: {', '.join(list_evaluators())}")
+    if spec.interp_points < 2:
+        raise ConfigError(f"interp_points must be >= 2, got {spec.interp_points}")
     methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
     for m in methods:
         get_method(m)  # raises with the list of known methods

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -12,7 +13,10 @@ import torch
 from enstune.cache import MemberCache, content_key, file_digest, save_atomic
 from enstune.config import Task
 from enstune.data import Split, TaskData, load_task_data
+from enstune.data._base import batches
 from enstune.errors import EnstuneError
+from enstune.evaluation.evaluators import BN_SUBSET, Members
+from enstune.evaluation.weights import WeightSpace
 from enstune.methods import MemberJob
 from enstune.models import create_model, from_pretrained, list_models
 from enstune.storage import open_artifacts
@@ -81,6 +85,31 @@ class Workspace:
         train(model, source.train, self.data.pretrain, seed=PRETRAIN_SEED + index, augment=source.augment)
         # An ordinary checkpoint file: loaded later exactly like a downloaded one.
         save_atomic({"state_dict": model.state_dict(), "model": self.task.model}, path)
+
+    def evaluation(self, results: list[MemberResult], device: torch.device, seed: int,
+                   points: int) -> Members:
+        """A trial's members, ready for the evaluators, on ``device``."""
+        train = self.split("train", device)
+        if len(train) > BN_SUBSET:
+            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:BN_SUBSET]
+            train = train.subset(keep.to(device))
+
+        def build(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+            model = create_model(self.task.model, self.data.num_classes)
+            model.load_state_dict(state)
+            return model.to(device)
+
+        def bn_batches() -> Iterator[torch.Tensor]:
+            # Training-mode inputs (augmented, as BN saw them in training), BN_SUBSET of them even
+            # when the labelled set is smaller, the same on every call.
+            generator = torch.Generator().manual_seed(seed)
+            for _ in range(-(-BN_SUBSET // len(train))):
+                for x, _ in batches(train, 256, generator, self.data.augment):
+                    yield x
+
+        return Members([r.state for r in results], [r.val_probs for r in results], [r.test_probs for r in results],
+                       train, self.split("val", device), self.split("test", device), WeightSpace(build, bn_batches),
+                       seed, points)
 
     def job_key(self, job: MemberJob, parent: MemberResult | None) -> str:
         """Content key of a job: task, starting point, recipe and seed."""

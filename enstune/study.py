@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from enstune.config import StudySpec, TrialConfig, load_template, spec_from_dict, to_dict
 from enstune.errors import ConfigError, DivergedError, EnstuneError
 from enstune.evaluation import EnsembleCurve
+from enstune.evaluation.evaluators import evaluate
 from enstune.executor import Executor
 from enstune.members import MemberResult, Workspace
 from enstune.methods import get_method
@@ -168,6 +169,7 @@ class Objective:
         self.reporter.trial_started(trial.number, trial.params, len(jobs))
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
         epochs: list[int] = []
+        results: list[MemberResult] = []
         attrs: dict[str, Any] = {}
         seconds = 0.0
         cached = 0
@@ -175,6 +177,7 @@ class Objective:
             for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, len(jobs))):
                 val.add(res.val_probs)
                 test.add(res.test_probs)
+                results.append(res)
                 epochs.append(res.epochs)
                 seconds += res.seconds
                 cached += res.cached
@@ -188,6 +191,8 @@ class Objective:
                 self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
                 if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
+            members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec.interp_points)
+            attrs.update(evaluate(members, self.spec.evaluate))
         except DivergedError as exc:
             attrs["diverged"] = True
             raise optuna.TrialPruned(f"diverged: {exc}") from None

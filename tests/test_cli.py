@@ -112,6 +112,14 @@ def test_end_to_end_study_read_back_with_plain_optuna(home):
         assert attrs["member_epochs"][0] == 3
         if t.state == optuna.trial.TrialState.COMPLETE:
             assert k == 3 and t.value == attrs["val_ens_acc"][-1]
+            # the evaluators ran on the completed trial
+            assert len(attrs["interp_val_acc"]) == len(attrs["interp_train_acc"]) == 11
+            assert attrs["barrier_val"] >= 0 and attrs["barrier_train"] >= 0 and attrs["diversity"] >= 0
+            assert 0 < attrs["soup_test_acc"] <= 1 and attrs["greedy_soup_members"][0] >= 1
+            assert attrs["test_nll"] > 0 and 0 <= attrs["test_ece"] <= 1
+            assert isinstance(attrs["joint_connectivity"], float)
+        else:
+            assert "soup_test_acc" not in attrs
     # member 1 is trained once and shared by every trial
     assert sum(t.user_attrs["cached_members"] for t in trials) == len(trials) - 1
 

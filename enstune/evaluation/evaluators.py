@@ -1,0 +1,105 @@
+"""Evaluators of a completed trial, in a registry; each returns user attributes for the trial."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from enstune.data._base import Split
+from enstune.evaluation import accuracy
+from enstune.evaluation.metrics import diversity, ece, nll
+from enstune.evaluation.weights import State, WeightSpace, barrier
+from enstune.training import predict
+
+BN_SUBSET = 2048  # training images for BN recalibration and train accuracy along segments
+
+
+@dataclass
+class Members:
+    """A trial's finished members and what evaluators need to rebuild and test them."""
+
+    states: list[State]
+    val_probs: list[torch.Tensor]
+    test_probs: list[torch.Tensor]
+    train: Split  # a training subset on the evaluation device
+    val: Split
+    test: Split
+    weights: WeightSpace
+    seed: int
+    interp_points: int = 11
+
+    def ensemble(self, split: str) -> torch.Tensor:
+        """Mean probabilities of all members on ``val`` or ``test``."""
+        probs = self.val_probs if split == "val" else self.test_probs
+        return torch.stack(probs).mean(0)
+
+
+Evaluator = Callable[[Members], dict[str, Any]]
+_EVALUATORS: dict[str, Evaluator] = {}
+
+
+def register_evaluator(name: str) -> Callable[[Evaluator], Evaluator]:
+    """Add an evaluator under ``name``."""
+
+    def add(fn: Evaluator) -> Evaluator:
+        _EVALUATORS[name] = fn
+        return fn
+
+    return add
+
+
+def list_evaluators() -> list[str]:
+    """Names of the registered evaluators."""
+    return sorted(_EVALUATORS)
+
+
+def evaluate(members: Members, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """Run evaluators ``names`` and merge their attributes."""
+    out: dict[str, Any] = {}
+    for name in names:
+        out.update(_EVALUATORS[name](members))
+    return out
+
+
+@register_evaluator("calibration")
+def _calibration(m: Members) -> dict[str, Any]:
+    val, test = m.ensemble("val"), m.ensemble("test")
+    return {"val_nll": nll(val, m.val.y), "test_nll": nll(test, m.test.y), "test_ece": ece(test, m.test.y)}
+
+
+@register_evaluator("diversity")
+def _diversity(m: Members) -> dict[str, Any]:
+    return {"diversity": diversity(m.test_probs, m.test.y), "val_diversity": diversity(m.val_probs, m.val.y)}
+
+
+@register_evaluator("soups")
+def _soups(m: Members) -> dict[str, Any]:
+    k = len(m.states)
+    uniform = m.weights.model(m.states, [1 / k] * k)
+    val_accs = [accuracy(p, m.val.y) for p in m.val_probs]
+    chosen, greedy_val = m.weights.greedy_soup(m.states, val_accs, m.val)
+    greedy = m.weights.model([m.states[i] for i in chosen], [1 / len(chosen)] * len(chosen))
+    return {"soup_val_acc": accuracy(predict(uniform, m.val), m.val.y),
+            "soup_test_acc": accuracy(predict(uniform, m.test), m.test.y),
+            "greedy_soup_members": [i + 1 for i in sorted(chosen)], "greedy_soup_val_acc": greedy_val,
+            "greedy_soup_test_acc": accuracy(predict(greedy, m.test), m.test.y)}
+
+
+@register_evaluator("connectivity")
+def _connectivity(m: Members) -> dict[str, Any]:
+    k = len(m.states)
+    if k < 2:
+        return {}
+    train, val = m.weights.segment(m.states[0], m.states[-1], [m.train, m.val], m.interp_points)
+    out: dict[str, Any] = {"interp_train_acc": train, "interp_val_acc": val,
+                           "barrier_train": barrier(train), "barrier_val": barrier(val)}
+    if k > 2:
+        i, j = sorted(random.Random(m.seed).sample(range(k), 2))
+        train, val = m.weights.segment(m.states[i], m.states[j], [m.train, m.val], m.interp_points)
+        out.update({"pair": [i + 1, j + 1], "barrier_train_pair": barrier(train), "barrier_val_pair": barrier(val)})
+    out["joint_connectivity"] = m.weights.joint_connectivity(m.states, m.val, seed=m.seed)
+    return out

@@ -1,0 +1,1 @@
+"""Regularizers: extra loss terms for members 2..K."""
