@@ -176,6 +176,62 @@ def study_delete(
 
 @app.command()
 @_one_line_errors
+def regimes(
+    name: str,
+    storage: Storage = None,
+    as_json: AsJson = False,
+    band: Annotated[float | None, typer.Option("--band", help="Fixed optimal band in accuracy (default: --z paired standard errors).")] = None,  # noqa: E501
+    z: Annotated[float, typer.Option("--z", help="Optimal: within z paired standard errors of the best on validation.")] = 1.0,  # noqa: E501
+    barrier: Annotated[float, typer.Option("--barrier", help="Barrier above which a trial left the basin.")] = 0.05,
+    degradation: Annotated[float, typer.Option("--degradation", help="Member degradation above which a trial left the basin.")] = 0.05,  # noqa: E501
+) -> None:
+    """Label completed trials more-local, optimal or semi-local, with the evidence and a regime map."""
+    from enstune import study as st
+    from enstune.regimes import Thresholds, classify
+
+    info = st.show(name, storage)
+    th = Thresholds(band, z, barrier, degradation)
+    labelled = classify(info["trials"], info["spec"]["method"], th)
+    if as_json:
+        sys.stdout.write(json.dumps({"study": name, "thresholds": th.__dict__,
+                                     "trials": [g.to_dict() for g in labelled]}, indent=2) + "\n")
+        return
+    optimal = f"within {band} of the best" if band is not None else f"within {z} paired SE of the best"
+    out.print(f"thresholds: optimal {optimal} (validation); semi-local: barrier > {barrier}, "
+              f"degradation > {degradation}, or more diverse than the optimum", markup=False, highlight=False)
+    table = Table("#", "method", "lr_mult", "epoch_mult", "regime", "val ens", "gain", "degr.", "diversity",
+                  "barrier", "why", title=f"regimes of {name}")
+    for g in labelled:
+        table.add_row(str(g.number), g.method, str(g.lr_mult), str(g.epoch_mult), g.label, f"{g.val_ens_acc:.3f}",
+                      f"{g.gain:+.3f}", f"{g.degradation:+.3f}", _fmt(g.diversity, ".1f"), _fmt(g.barrier, ".3f"),
+                      g.reason)
+    out.print(table)
+    for method in sorted({g.method for g in labelled}):
+        out.print(regime_map([g for g in labelled if g.method == method], info["trials"], method))
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def regime_map(labelled: list[Any], rows: list[dict[str, Any]], method: str) -> Table:
+    """A grid of regimes over (lr_mult, epoch_mult), like the paper's Figure 1; unlabelled trials by state."""
+    cells: dict[tuple[Any, Any], str] = {}
+    for r in rows:
+        if r["params"].get("method", method) == method and "lr_mult" in r["params"]:
+            cells[(r["params"]["lr_mult"], r["params"].get("epoch_mult"))] = r["state"].lower()
+    for g in labelled:
+        cells[(g.lr_mult, g.epoch_mult)] = f"{g.label} {g.val_ens_acc:.3f}"
+    lrs = sorted({k[0] for k in cells})
+    eps = sorted({k[1] for k in cells if k[1] is not None})
+    table = Table("lr_mult \\ epoch_mult", *map(str, eps), title=f"regime map ({method})")
+    for lr in lrs:
+        table.add_row(str(lr), *[cells.get((lr, ep), "") for ep in eps])
+    return table
+
+
+@app.command()
+@_one_line_errors
 def dashboard(
     storage: Storage = None,
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",

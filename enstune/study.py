@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import itertools
+import logging
 import os
 import random
 import socket
@@ -13,11 +13,12 @@ import warnings
 from typing import Any
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from enstune.config import StudySpec, TrialConfig, load_template, spec_from_dict, to_dict
 from enstune.errors import ConfigError, DivergedError, EnstuneError
-from enstune.evaluation import EnsembleCurve
+from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
 from enstune.executor import Executor
 from enstune.members import MemberResult, Workspace
@@ -181,7 +182,7 @@ class Objective:
                 epochs.append(res.epochs)
                 seconds += res.seconds
                 cached += res.cached
-                attrs.update({"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
+                attrs.update({"val_size": len(self.ws.data.val), "val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
                               "val_member_acc": val.members, "test_member_acc": test.members,
                               "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached})
                 if retry and "resumed_from_member" not in attrs and (not res.cached or job.index == len(jobs)):
@@ -191,6 +192,8 @@ class Objective:
                 self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
                 if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
+            attrs["val_correct"] = pack_correct(torch.stack([r.val_probs for r in results]).mean(0),
+                                                self.ws.data.val.y)
             members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec.interp_points)
             attrs.update(evaluate(members, self.spec.evaluate))
         except DivergedError as exc:

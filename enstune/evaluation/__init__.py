@@ -27,3 +27,15 @@ class EnsembleCurve:
         self.members.append(accuracy(probs, self.labels))
         self.ensembles.append(accuracy(self._sum / len(self.members), self.labels))
         return self.ensembles[-1]
+
+
+def pack_correct(probs: torch.Tensor, labels: torch.Tensor) -> str:
+    """Per-example correctness of ``probs`` as a hex bitset (compact enough for a trial attribute)."""
+    bits = "".join("1" if c else "0" for c in (probs.argmax(dim=1) == labels.to(probs.device)).tolist())
+    return f"{len(bits)}:" + (format(int(bits, 2), "x") if bits else "0")
+
+
+def unpack_correct(packed: str) -> list[bool]:
+    """The inverse of ``pack_correct``."""
+    n, hexa = packed.split(":")
+    return [b == "1" for b in format(int(hexa, 16), f"0{int(n)}b")]
