@@ -33,7 +33,7 @@ def _worker(url: str | None, name: str, trials: int, queue: mp.Queue) -> None:
     import optuna
 
     from enstune.storage import open_storage
-    from enstune.study import _admit, _open_trials, _pruner, _sampler, load_spec, trial_config
+    from enstune.study import _admit, _open_trials, _pruner, _sampler, load_spec, set_user_attrs, trial_config
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, heartbeat=60)
@@ -52,8 +52,7 @@ def _worker(url: str | None, name: str, trials: int, queue: mp.Queue) -> None:
                 if 1 < k < MEMBERS and trial.should_prune():
                     raise optuna.TrialPruned()
         finally:
-            for key in ATTRS:
-                trial.set_user_attr(key, acc)
+            set_user_attrs(trial, dict.fromkeys(ATTRS, acc))
         return acc[-1]
 
     errors = 0

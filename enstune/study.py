@@ -26,6 +26,7 @@ from enstune.methods import get_method
 from enstune.progress import Reporter
 from enstune.pruning import MethodAwarePruner
 from enstune.storage import home_dir, mask_url, open_storage, resolve_url
+from enstune.storage.resilient import ResilientRDBStorage
 
 SPEC_ATTR = "spec"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -139,6 +140,16 @@ def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
     return work
 
 
+def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+    """Set ``attrs`` on ``trial``: in one transaction where the storage can, else one by one."""
+    storage = getattr(trial.study._storage, "_backend", trial.study._storage)  # under Optuna's cache
+    if isinstance(storage, ResilientRDBStorage):
+        storage.set_trial_user_attrs(trial._trial_id, attrs)
+        return
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
 class OverBudget(Exception):
     """Other workers spent the study's budget between this worker's check and its new trial."""
 
@@ -202,8 +213,7 @@ class Objective:
         finally:
             # Once per trial, not per member: each attribute is a database round trip. A trial
             # that dies here loses nothing: its retry reads the members back from the cache.
-            for key, value in attrs.items():
-                trial.set_user_attr(key, value)
+            set_user_attrs(trial, attrs)
         return val.ensembles[-1]
 
 
