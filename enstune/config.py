@@ -73,7 +73,7 @@ class StudySpec:
     prune_startup_trials: int = 4
     space: dict[str, Param] = field(default_factory=dict)
     # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
-    evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity")
+    evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
     interp_points: int = 11  # points on each interpolation segment, end points included
 
 

@@ -47,6 +47,7 @@ class Workspace:
         self.cache = MemberCache(artifacts if artifacts is not None else open_artifacts())
         self._splits: dict[tuple[str, str], Split] = {}
         self._digests: dict[Path, str] = {}
+        self._ood: dict[str, list[Split]] | None = None
         if task.model in list_models():
             # The small nets run batches of a few dozen 8x8 images: intra-op threads only add
             # synchronisation, and spin badly when another process holds a core (measured 0.5 s
@@ -107,9 +108,11 @@ class Workspace:
                 for x, _ in batches(train, 256, generator, self.data.augment):
                     yield x
 
+        if self._ood is None and self.data.ood is not None:
+            self._ood = self.data.ood()
         return Members([r.state for r in results], [r.val_probs for r in results], [r.test_probs for r in results],
                        train, self.split("val", device), self.split("test", device), WeightSpace(build, bn_batches),
-                       seed, points)
+                       seed, points, self._ood)
 
     def job_key(self, job: MemberJob, parent: MemberResult | None) -> str:
         """Content key of a job: task, starting point, recipe and seed."""

@@ -118,6 +118,7 @@ def test_end_to_end_study_read_back_with_plain_optuna(home):
             assert 0 < attrs["soup_test_acc"] <= 1 and attrs["greedy_soup_members"][0] >= 1
             assert attrs["test_nll"] > 0 and 0 <= attrs["test_ece"] <= 1
             assert isinstance(attrs["joint_connectivity"], float)
+            assert len(attrs["ood_ens_acc_by_severity"]) == 5 and 0 < attrs["ood_ens_acc"] <= 1
         else:
             assert "soup_test_acc" not in attrs
     # member 1 is trained once and shared by every trial

@@ -39,6 +39,8 @@ class TaskData:
     # The task the checkpoints are pre-trained on, when enstune makes its own checkpoints.
     source: TaskData | None = None
     pretrain: Recipe | None = None
+    # Out-of-distribution test sets, {family: [severity 1..5]}, made on first use.
+    ood: Callable[[], dict[str, list[Split]]] | None = None
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -17,6 +17,7 @@ import torch
 from enstune.data import register_dataset
 from enstune.data._base import Split, TaskData, carve_validation
 from enstune.data.augment import random_shift
+from enstune.data.corruptions import corrupt
 from enstune.methods._base import Recipe
 
 SOURCE_SIZE = 900  # of the 1797 shuffled images, the first form the source task
@@ -24,6 +25,10 @@ NOISE_STD = 0.3  # corruption of the target domain, in units of the [0, 1] pixel
 LABELS_PER_CLASS = 10  # target training labels per class
 TEST_SIZE = 400  # target test images
 DATA_SEED = 0  # the digits shuffle and the corruption noise
+# Severities of the demo's OOD test sets (8x8 digits already carry noise 0.3); contrast and
+# JPEG quality follow CIFAR-10-C's tables.
+OOD = {"gaussian_noise": (0.1, 0.2, 0.3, 0.4, 0.5), "gaussian_blur": (0.4, 0.6, 0.8, 1.0, 1.2),
+       "contrast": (0.75, 0.5, 0.4, 0.3, 0.15), "jpeg": (80, 65, 58, 50, 40)}
 # How the demo checkpoints are pre-trained on the source task.
 PRETRAIN = Recipe(epochs=30, lr=0.1, weight_decay=5e-4, batch_size=64, warmup_epochs=1)
 
@@ -61,4 +66,4 @@ def demo(task, home: Path) -> TaskData:  # noqa: ANN001
     train, val = carve_validation(Split(x[TEST_SIZE:], y[TEST_SIZE:]), task.val_fraction, task.split_seed)
     train = train.subset(_per_class(train.y, LABELS_PER_CLASS))
     return TaskData(train, val, test, num_classes=10, augment=partial(random_shift, pad=1),
-                    source=source_task(), pretrain=PRETRAIN)
+                    source=source_task(), pretrain=PRETRAIN, ood=partial(corrupt, test, OOD, DATA_SEED + 2))

@@ -31,6 +31,7 @@ class Members:
     weights: WeightSpace
     seed: int
     interp_points: int = 11
+    ood: dict[str, list[Split]] | None = None  # {family: [severity 1..5]}, on the CPU
 
     def ensemble(self, split: str) -> torch.Tensor:
         """Mean probabilities of all members on ``val`` or ``test``."""
@@ -103,3 +104,30 @@ def _connectivity(m: Members) -> dict[str, Any]:
         out.update({"pair": [i + 1, j + 1], "barrier_train_pair": barrier(train), "barrier_val_pair": barrier(val)})
     out["joint_connectivity"] = m.weights.joint_connectivity(m.states, m.val, seed=m.seed)
     return out
+
+
+@register_evaluator("ood")
+def _ood(m: Members) -> dict[str, Any]:
+    """Ensemble, mean member and uniform soup accuracy on the corrupted test sets, by severity."""
+    if not m.ood:
+        return {}
+    k = len(m.states)
+    members = [m.weights.build(s) for s in m.states]
+    soup = m.weights.model(m.states, [1 / k] * k)
+    device = next(soup.parameters()).device
+    severities = max(len(v) for v in m.ood.values())
+    ens, single, soups = ([[] for _ in range(severities)] for _ in range(3))
+    for splits in m.ood.values():
+        for s, cpu_split in enumerate(splits):
+            split = Split(cpu_split.x.to(device), cpu_split.y.to(device))
+            probs = [predict(model, split) for model in members]
+            ens[s].append(accuracy(torch.stack(probs).mean(0), split.y))
+            single[s].append(sum(accuracy(p, split.y) for p in probs) / k)
+            soups[s].append(accuracy(predict(soup, split), split.y))
+
+    def mean(rows: list[list[float]]) -> list[float]:
+        return [sum(r) / len(r) for r in rows]
+
+    out = {"ood_ens_acc_by_severity": mean(ens), "ood_member_acc_by_severity": mean(single),
+           "ood_soup_acc_by_severity": mean(soups)}
+    return out | {key.removesuffix("_by_severity"): sum(v) / len(v) for key, v in out.items()}
