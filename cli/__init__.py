@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -105,6 +106,9 @@ def study_run(
     study = st.run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
                    reporter_factory=lambda budget: RichReporter(budget, console=err), heartbeat=heartbeat,
                    artifacts=artifacts)
+    from enstune.report import publish
+
+    publish(name, storage)  # the pictures and the regime note in optuna-dashboard
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
 
 
@@ -208,6 +212,20 @@ def regimes(
     out.print(table)
     for method in sorted({g.method for g in labelled}):
         out.print(regime_map([g for g in labelled if g.method == method], info["trials"], method))
+
+
+@app.command()
+@_one_line_errors
+def report(
+    name: str,
+    out_dir: Annotated[Path, typer.Option("--out", help="Directory for the PNG files.")] = Path("report"),
+    storage: Storage = None,
+) -> None:
+    """Draw a study's pictures (paper Figures 1-4, regime maps) as PNGs and into optuna-dashboard."""
+    from enstune.report import publish
+
+    for path in publish(name, storage, out_dir):
+        out.print(str(path), markup=False, highlight=False)
 
 
 def _fmt(value: float | None, spec: str) -> str:
