@@ -216,6 +216,39 @@ def regimes(
 
 @app.command()
 @_one_line_errors
+def recommend(
+    dataset: Annotated[str, typer.Option("--dataset", help="The new dataset (e.g. cifar100, sun397, demo).")],
+    method: Annotated[str, typer.Option("--method", help="sse or starsse.")] = "starsse",
+    top: Annotated[int, typer.Option("--top", help="How many proposals.")] = 5,
+    enqueue_into: Annotated[str | None, typer.Option("--enqueue", help="Queue the proposals as the first trials of this study.")] = None,  # noqa: E501
+    storage: Storage = None,
+    as_json: AsJson = False,
+) -> None:
+    """Propose (lr_mult, epoch_mult) for a dataset from finished studies and the paper's Table 3."""
+    from enstune.methods import get_method
+    from enstune.recommend import enqueue, paper_optima, rank, study_optima
+
+    get_method(method)
+    if top < 1:
+        raise EnstuneError(f"--top must be >= 1, got {top}")
+    proposals = rank(dataset.lower(), method, study_optima(storage) + paper_optima())[:top]
+    queued = enqueue(enqueue_into, proposals, storage) if enqueue_into else []
+    if as_json:
+        sys.stdout.write(json.dumps({"dataset": dataset, "method": method, "proposals": [p.to_dict() for p in proposals],
+                                     "enqueued": [p.to_dict() for p in queued]}, indent=2) + "\n")
+        return
+    table = Table("rank", "lr_mult", "epoch_mult", "from", "evidence", title=f"{method} on {dataset}")
+    for i, p in enumerate(proposals, 1):
+        table.add_row(str(i), str(p.lr_mult), str(p.epoch_mult), p.tier, "; ".join(p.sources))
+    out.print(table)
+    if enqueue_into:
+        out.print(f"queued {len(queued)} of {len(proposals)} in study {enqueue_into} (the others are outside its "
+                  f"search space)" if len(queued) < len(proposals) else
+                  f"queued {len(queued)} in study {enqueue_into}", markup=False, highlight=False)
+
+
+@app.command()
+@_one_line_errors
 def report(
     name: str,
     out_dir: Annotated[Path, typer.Option("--out", help="Directory for the PNG files.")] = Path("report"),

@@ -1,0 +1,152 @@
+"""Cycle multipliers for a new dataset: from the optimal trials of finished studies and the paper's Table 3.
+
+Ranking, for a method:
+1. optimal trials of studies on the same dataset (best validation accuracy first);
+2. the paper's optima for that dataset (Table 3, one per pre-training);
+3. every other known optimum of the method, pooled: a setting optimal in more places ranks
+   higher, ties broken towards the middle of the known optima (log scale).
+Each proposal lists where it came from.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+# StarSSE paper, Table 3: (pre-training, dataset, method) -> optimal (lr_mult, epoch_mult).
+PAPER_OPTIMA: dict[tuple[str, str, str], tuple[float, float]] = {}
+_TABLE3 = [  # pre-training, dataset, SSE optimal, StarSSE optimal
+    ("SV ResNet-50", "cifar10", (2, 0.25), (2, 0.5)),
+    ("SV ResNet-50", "cifar100", (2, 1), (4, 1)),
+    ("SV ResNet-50", "sun397", (32, 0.125), (32, 0.125)),
+    ("SV ResNet-50", "chestx", (4, 2), (2, 2)),
+    ("SV ResNet-50", "clipart", (1, 0.5), (2, 0.5)),
+    ("SSL ResNet-50", "cifar10", (1, 1), (2, 1)),
+    ("SSL ResNet-50", "cifar100", (2, 0.5), (4, 0.5)),
+    ("SSL ResNet-50", "sun397", (1, 1), (2, 1)),
+    ("SSL ResNet-50", "chestx", (1, 1), (1, 2)),
+    ("SSL ResNet-50", "clipart", (4, 0.5), (4, 0.5)),
+    ("SV Swin-T", "cifar100", (2, 0.25), (4, 0.5)),
+    ("SV Swin-T", "sun397", (16, 0.125), (16, 0.25)),
+    ("CLIP ViT-B/32", "imagenet", (2, 1), (2, 1)),
+]
+for _pre, _data, _sse, _star in _TABLE3:
+    PAPER_OPTIMA[(_pre, _data, "sse")] = _sse
+    PAPER_OPTIMA[(_pre, _data, "starsse")] = _star
+
+
+@dataclass(frozen=True)
+class Optimum:
+    """One known optimal setting and where it is from."""
+
+    dataset: str
+    method: str
+    lr_mult: float
+    epoch_mult: float
+    source: str
+    val_ens_acc: float | None = None
+
+
+@dataclass
+class Proposal:
+    """A ranked (lr_mult, epoch_mult) with its evidence."""
+
+    lr_mult: float
+    epoch_mult: float
+    tier: str
+    sources: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return {"lr_mult": self.lr_mult, "epoch_mult": self.epoch_mult, "tier": self.tier, "sources": self.sources}
+
+
+def paper_optima() -> list[Optimum]:
+    """Table 3 of the StarSSE paper as optima."""
+    return [Optimum(d, m, float(lr), float(ep), f"paper Table 3 ({pre}, {d})")
+            for (pre, d, m), (lr, ep) in PAPER_OPTIMA.items()]
+
+
+def rank(dataset: str, method: str, known: list[Optimum]) -> list[Proposal]:
+    """Proposals for ``dataset`` and ``method`` from ``known`` optima (studies first, then the paper)."""
+    same = [o for o in known if o.method == method]
+    out: dict[tuple[float, float], Proposal] = {}
+
+    def add(o: Optimum, tier: str) -> None:
+        key = (o.lr_mult, o.epoch_mult)
+        p = out.setdefault(key, Proposal(o.lr_mult, o.epoch_mult, tier))
+        p.sources.append(o.source)
+
+    studies = sorted((o for o in same if o.dataset == dataset and o.val_ens_acc is not None),
+                     key=lambda o: -(o.val_ens_acc or 0))
+    for o in studies:
+        add(o, "this dataset, own studies")
+    for o in same:
+        if o.dataset == dataset and o.val_ens_acc is None:
+            add(o, "this dataset, paper")
+    pooled = [o for o in same if o.dataset != dataset]
+    if pooled:
+        centre = (sum(math.log2(o.lr_mult) for o in pooled) / len(pooled),
+                  sum(math.log2(o.epoch_mult) for o in pooled) / len(pooled))
+        votes: dict[tuple[float, float], list[Optimum]] = {}
+        for o in pooled:
+            votes.setdefault((o.lr_mult, o.epoch_mult), []).append(o)
+
+        def order(key: tuple[float, float]) -> tuple[int, float]:
+            return -len(votes[key]), math.dist((math.log2(key[0]), math.log2(key[1])), centre)
+
+        for key in sorted(votes, key=order):
+            for o in votes[key]:
+                add(o, "other datasets")
+    return list(out.values())
+
+
+def study_optima(storage_url: str | None = None) -> list[Optimum]:
+    """Optimal trials (by ``enstune.regimes``) of every enstune study in the storage."""
+    import optuna
+
+    from enstune import study as st
+    from enstune.config import spec_from_dict
+    from enstune.regimes import classify
+    from enstune.storage import open_storage
+
+    storage = open_storage(storage_url)
+    out = []
+    for summary in optuna.get_all_study_summaries(storage):
+        data = summary.user_attrs.get(st.SPEC_ATTR)
+        if data is None:
+            continue
+        spec = spec_from_dict(data)
+        rows = st.trial_rows(optuna.load_study(study_name=summary.study_name, storage=storage))
+        for g in classify(rows, spec.method):
+            if g.label == "optimal" and g.lr_mult is not None and g.epoch_mult is not None:
+                out.append(Optimum(spec.task.dataset, g.method, float(g.lr_mult), float(g.epoch_mult),
+                                   f"study {summary.study_name} ({spec.task.model}, trial {g.number}, "
+                                   f"val {g.val_ens_acc:.3f})", g.val_ens_acc))
+    return out
+
+
+def enqueue(name: str, proposals: list[Proposal], storage_url: str | None = None) -> list[Proposal]:
+    """Queue ``proposals`` as the next trials of study ``name``; return those its search space admits."""
+    from enstune import study as st
+    from enstune.errors import EnstuneError
+    from enstune.storage import open_storage
+
+    study = st._load(name, open_storage(storage_url))
+    spec = st.load_spec(study)
+    if spec.sampler == "grid":
+        raise EnstuneError(f"study {name!r} queues its whole grid already; enqueue into a tpe or random study")
+    admitted = [p for p in proposals if all(_admits(spec.space.get(k), v) for k, v in
+                                            (("lr_mult", p.lr_mult), ("epoch_mult", p.epoch_mult)))]
+    for p in admitted:
+        study.enqueue_trial({"lr_mult": p.lr_mult, "epoch_mult": p.epoch_mult}, skip_if_exists=True)
+    return admitted
+
+
+def _admits(param: Any, value: float) -> bool:
+    if param is None:
+        return False
+    if param.choices:
+        return value in param.choices
+    return param.low <= value <= param.high

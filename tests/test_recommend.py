@@ -1,0 +1,61 @@
+"""Recommendations: own studies first, then the paper's Table 3, then pooled optima; enqueue into a study."""
+
+import json
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from typer.testing import CliRunner
+
+from cli_helpers import TINY, TINY_SET
+from enstune import study as st
+from enstune.cli import app
+from enstune.recommend import Optimum, Proposal, enqueue, paper_optima, rank
+
+
+def test_paper_table_3_is_encoded():
+    star = {(o.dataset, o.source.split("(")[1].split(",")[0]): (o.lr_mult, o.epoch_mult)
+            for o in paper_optima() if o.method == "starsse"}
+    assert star[("cifar100", "SV ResNet-50")] == (4, 1)
+    assert star[("sun397", "SV Swin-T")] == (16, 0.25)
+    assert len(paper_optima()) == 26
+
+
+def test_own_studies_first_then_the_paper_then_votes_elsewhere():
+    known = [
+        Optimum("flowers", "starsse", 2, 1, "study a", 0.80),
+        Optimum("flowers", "starsse", 8, 0.5, "study b", 0.85),
+        Optimum("flowers", "starsse", 1, 1, "paper x"),
+        Optimum("cars", "starsse", 4, 0.5, "c1"), Optimum("pets", "starsse", 4, 0.5, "c2"),
+        Optimum("cars", "starsse", 32, 4, "c3"),
+        Optimum("flowers", "sse", 16, 4, "another method"),
+    ]
+    ranked = rank("flowers", "starsse", known)
+    assert [(p.lr_mult, p.epoch_mult) for p in ranked] == [(8, 0.5), (2, 1), (1, 1), (4, 0.5), (32, 4)]
+    assert ranked[0].tier == "this dataset, own studies" and ranked[2].tier == "this dataset, paper"
+    assert ranked[3].sources == ["c1", "c2"], "two votes beat one"
+    assert all("another method" not in p.sources for p in ranked)
+
+
+def test_enqueue_admits_what_the_search_space_allows(home):
+    st.create("starsse-demo", name="tpe", overrides=TINY + ["sampler='tpe'"])
+    proposals = [Proposal(2, 1, "x"), Proposal(16, 1, "x")]  # lr_mult 16 is outside [0.5, 2]
+    assert [p.lr_mult for p in enqueue("tpe", proposals)] == [2]
+    study = optuna.load_study(study_name="tpe", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(home / "studies.journal"))))
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [{"lr_mult": 2, "epoch_mult": 1}]
+    st.create("starsse-demo", name="grid", overrides=TINY)
+    with pytest.raises(Exception, match="grid"):
+        enqueue("grid", proposals)
+
+
+def test_recommend_command_uses_finished_studies(home):
+    runner = CliRunner()
+    assert runner.invoke(app, ["study", "create", "starsse-demo", "--name", "done", *TINY_SET]).exit_code == 0
+    assert runner.invoke(app, ["study", "run", "done"]).exit_code == 0
+    result = runner.invoke(app, ["recommend", "--dataset", "demo", "--json"])
+    assert result.exit_code == 0, result.output
+    first = json.loads(result.stdout)["proposals"][0]
+    assert first["tier"] == "this dataset, own studies" and "study done" in first["sources"][0]
+    assert runner.invoke(app, ["recommend", "--dataset", "demo", "--method", "nope"]).exit_code == 1
