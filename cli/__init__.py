@@ -28,6 +28,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 Storage = Annotated[str | None, typer.Option("--storage", help="Storage URL (default: ENSTUNE_STORAGE or embedded).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Artifacts = Annotated[str | None, typer.Option("--artifacts", help="Artifact store: a directory or s3://bucket (default: ENSTUNE_ARTIFACTS or <runs>/artifacts).")]  # noqa: E501
 
 
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -97,7 +98,7 @@ def study_run(
     devices: Annotated[str, typer.Option("--devices", help="cpu or cuda:0,cuda:1,…")] = "cpu",
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
     heartbeat: Annotated[int, typer.Option("--heartbeat", help="Heartbeat interval in seconds (database storage): a trial silent for two intervals is retried.")] = 60,  # noqa: E501
-    artifacts: Annotated[str | None, typer.Option("--artifacts", help="Artifact store for member checkpoints: a directory or s3://bucket (default: ENSTUNE_ARTIFACTS or <runs>/artifacts).")] = None,  # noqa: E501
+    artifacts: Artifacts = None,
 ) -> None:
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
     from enstune import study as st
@@ -287,15 +288,16 @@ def dashboard(
     storage: Storage = None,
     host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8080,
+    artifacts: Artifacts = None,
 ) -> None:
-    """Serve optuna-dashboard on the same storage."""
+    """Serve optuna-dashboard on the same storage (and the artifact store, for trials' pictures)."""
     import optuna_dashboard
 
-    from enstune.storage import open_storage
+    from enstune.storage import open_artifacts, open_storage
 
     store = open_storage(storage)
     err.print(f"optuna-dashboard on http://{host}:{port}/", markup=False, highlight=False)
-    optuna_dashboard.run_server(store, host=host, port=port)
+    optuna_dashboard.run_server(store, host=host, port=port, artifact_store=open_artifacts(artifacts))
 
 
 @storage_app.command("up")

@@ -177,6 +177,34 @@ def regimes_note(name: str, regimes: list[Regime], thresholds: dict[str, Any]) -
     return "\n".join(lines + ["", ", ".join(f"{v} {k}" for k, v in counts.items())])
 
 
+def trial_charts(row: dict[str, Any]) -> list[Chart]:
+    """One trial's pictures: its ensemble curve and members, and its interpolation segment."""
+    a, title = row["user_attrs"], f"Trial {row['number']} {_name(row['params'])}"
+    size = list(range(1, len(a["val_ens_acc"]) + 1))
+    out = [Chart(f"trial{row['number']}_members", title, "member / ensemble size", "accuracy", series=[
+        Series("ensemble (val)", size, a["val_ens_acc"]), Series("ensemble (test)", size, a["test_ens_acc"]),
+        Series("member (test)", size, a["test_member_acc"], dashed=True)])]
+    if a.get("interp_val_acc"):
+        t = [i / (len(a["interp_val_acc"]) - 1) for i in range(len(a["interp_val_acc"]))]
+        out.append(Chart(f"trial{row['number']}_segment", title + ": member 1 to member K", "t", "accuracy",
+                         series=[Series("validation", t, a["interp_val_acc"]),
+                                 Series("train", t, a["interp_train_acc"], dashed=True)]))
+    return out
+
+
+def attach_trial_pictures(trial: Any, params: dict[str, Any], attrs: dict[str, Any], artifacts: Any) -> None:
+    """Upload a running trial's pictures as its artifacts (optuna-dashboard lists them with the trial)."""
+    import tempfile
+
+    from optuna.artifacts import upload_artifact
+
+    row = {"number": trial.number, "params": params, "user_attrs": attrs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for chart in trial_charts(row):
+            path = to_png(chart, Path(tmp) / f"{chart.key}.png")
+            upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial, mimetype="image/png")
+
+
 def publish(name: str, storage_url: str | None = None, out: Path | None = None,
             thresholds: Any = None) -> list[Path]:
     """Save a study's pictures and regime note to the study (optuna-dashboard); with ``out``, also PNGs."""

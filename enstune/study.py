@@ -25,6 +25,7 @@ from enstune.members import MemberResult, Workspace
 from enstune.methods import get_method
 from enstune.progress import Reporter
 from enstune.pruning import MethodAwarePruner
+from enstune.report import attach_trial_pictures
 from enstune.storage import home_dir, mask_url, open_storage, resolve_url
 from enstune.storage.resilient import ResilientRDBStorage
 
@@ -207,6 +208,7 @@ class Objective:
                                                 self.ws.data.val.y)
             members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec.interp_points)
             attrs.update(evaluate(members, self.spec.evaluate))
+            attach_trial_pictures(trial, trial.params, attrs, self.ws.cache.store)
         except DivergedError as exc:
             attrs["diverged"] = True
             raise optuna.TrialPruned(f"diverged: {exc}") from None

@@ -2,6 +2,7 @@
 
 import optuna
 import optuna_dashboard
+from optuna.artifacts import get_all_artifact_meta
 from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
@@ -45,3 +46,9 @@ def test_report_writes_images_and_the_dashboard_gets_graphs_and_a_note(home, tmp
     plots = {k.split(":")[2] for k in attrs if k.startswith("dashboard:plot_data:")}
     assert {"ensemble_accuracy", "regime_map_starsse"} <= plots
     assert "Regimes of pic" in optuna_dashboard.get_note(study)
+    # each completed trial carries its own pictures as artifacts
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        metas = get_all_artifact_meta(t, storage=storage)
+        assert sorted(m.filename for m in metas) == [f"trial{t.number}_members.png", f"trial{t.number}_segment.png"]
+        with open(home / "artifacts" / metas[0].artifact_id, "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
