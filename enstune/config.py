@@ -71,6 +71,8 @@ class StudySpec:
     pruner: str = "median"
     # Completed trials of the same method before the pruner judges anyone.
     prune_startup_trials: int = 4
+    # An extra loss term for members 2..K (enstune.regularizers), weighted by the trial's alpha.
+    regularizer: str = "none"
     space: dict[str, Param] = field(default_factory=dict)
     # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
     evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
@@ -89,6 +91,7 @@ class TrialConfig:
     epoch_mult: float = 1.0
     alpha: float = 0.0
     seed: int = 0
+    regularizer: str = "none"
 
 
 def _type_name(t: Any) -> str:
@@ -212,6 +215,10 @@ def validate(spec: StudySpec) -> StudySpec:
         raise ConfigError(f"unknown evaluator {unknown[0]!r}; known: {', '.join(list_evaluators())}")
     if spec.interp_points < 2:
         raise ConfigError(f"interp_points must be >= 2, got {spec.interp_points}")
+    if spec.regularizer != "none":
+        from enstune.regularizers import get_regularizer
+
+        get_regularizer(spec.regularizer)  # raises with the known names
     methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
     for m in methods:
         get_method(m)  # raises with the list of known methods

@@ -11,8 +11,8 @@ import torch
 from enstune.errors import EnstuneError
 from enstune.methods import MemberJob
 
-# work(job, parent_result_or_None, device) -> result
-Work = Callable[[MemberJob, Any, torch.device], Any]
+# work(job, parent_result_or_None, device, {ref index: result}) -> result
+Work = Callable[[MemberJob, Any, torch.device, dict[int, Any]], Any]
 
 
 def parse_devices(spec: str) -> list[torch.device]:
@@ -34,7 +34,7 @@ def parse_devices(spec: str) -> list[torch.device]:
 
 
 class Executor:
-    """Schedules member jobs on devices: a job starts once its parent member is done."""
+    """Schedules member jobs on devices: a job starts once its parent and the members it reads are done."""
 
     def __init__(self, devices: list[torch.device]) -> None:
         self.devices = devices
@@ -44,7 +44,7 @@ class Executor:
         if len(self.devices) == 1:
             done: dict[int, Any] = {}
             for job in jobs:
-                done[job.index] = work(job, done.get(job.parent), self.devices[0])
+                done[job.index] = work(job, done.get(job.parent), self.devices[0], {r: done[r] for r in job.refs})
                 yield job, done[job.index]
             return
         yield from self._parallel(jobs, work)
@@ -58,12 +58,14 @@ class Executor:
         with ThreadPoolExecutor(max_workers=len(self.devices)) as pool:
             try:
                 while pending or running:
-                    for job in [j for j in pending if j.parent is None or j.parent in done]:
+                    ready = [j for j in pending if (j.parent is None or j.parent in done) and set(j.refs) <= set(done)]
+                    for job in ready:
                         if not free:
                             break
                         device = free.pop(0)
                         pending.remove(job)
-                        running[pool.submit(work, job, done.get(job.parent), device)] = (job, device)
+                        refs = {r: done[r] for r in job.refs}
+                        running[pool.submit(work, job, done.get(job.parent), device, refs)] = (job, device)
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for fut in finished:
                         job, device = running.pop(fut)

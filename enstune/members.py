@@ -18,9 +18,10 @@ from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import BN_SUBSET, Members
 from enstune.evaluation.weights import WeightSpace
 from enstune.methods import MemberJob
-from enstune.models import create_model, from_pretrained, list_models
+from enstune.models import classifier_prefix, create_model, from_pretrained, list_models
+from enstune.regularizers import Context, get_regularizer
 from enstune.storage import open_artifacts
-from enstune.training import EpochCallback, predict, train
+from enstune.training import EpochCallback, ExtraLoss, predict, train
 
 PRETRAIN_SEED = 10_000
 
@@ -114,8 +115,23 @@ class Workspace:
                        train, self.split("val", device), self.split("test", device), WeightSpace(build, bn_batches),
                        seed, points, self._ood)
 
-    def job_key(self, job: MemberJob, parent: MemberResult | None) -> str:
-        """Content key of a job: task, starting point, recipe and seed."""
+    def _extra(self, job: MemberJob, refs: dict[int, MemberResult], device: torch.device) -> ExtraLoss | None:
+        """The job's weighted regularizer term, or None (none, or alpha 0: the plain member)."""
+        if job.regularizer == "none" or job.alpha == 0:
+            return None
+
+        def build(state: dict[str, torch.Tensor]) -> torch.nn.Module:
+            model = create_model(self.task.model, self.data.num_classes)
+            model.load_state_dict(state)
+            return model.to(device)
+
+        probe = create_model(self.task.model, self.data.num_classes)
+        ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed)
+        term = get_regularizer(job.regularizer).make(ctx)
+        return lambda model, x, features, logits: job.alpha * term(model, x, features, logits)
+
+    def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:
+        """Content key of a job: task, starting point, recipe, seed, and its regularizer with what it reads."""
         if job.checkpoint is not None:
             path = self.checkpoint(job.checkpoint)
             if path not in self._digests:
@@ -126,7 +142,11 @@ class Workspace:
             start = {"parent": parent.key}
         t = self.task
         task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed}
-        return content_key(task=task, start=start, recipe=dataclasses.asdict(job.recipe), seed=job.seed)
+        parts: dict[str, Any] = {"task": task, "start": start, "recipe": dataclasses.asdict(job.recipe), "seed": job.seed}
+        if job.regularizer != "none" and job.alpha != 0:
+            parts["reg"] = {"name": job.regularizer, "alpha": job.alpha,
+                            "refs": [(refs or {})[r].key for r in job.refs]}
+        return content_key(**parts)
 
     def run(
         self,
@@ -134,9 +154,11 @@ class Workspace:
         parent: MemberResult | None,
         device: torch.device,
         on_epoch: EpochCallback | None = None,
+        refs: dict[int, MemberResult] | None = None,
     ) -> MemberResult:
         """Train member ``job`` on ``device``, or take it from the cache when any worker trained it."""
-        key = self.job_key(job, parent)
+        refs = refs or {}
+        key = self.job_key(job, parent, refs)
         if (hit := self.cache.get(key)) is not None:
             return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
         torch.manual_seed(job.seed)  # the new head's initialisation
@@ -148,7 +170,7 @@ class Workspace:
             model.load_state_dict(parent.state)
         model.to(device)
         stats = train(model, self.split("train", device), job.recipe, seed=job.seed,
-                      augment=self.data.augment, on_epoch=on_epoch)
+                      augment=self.data.augment, on_epoch=on_epoch, extra=self._extra(job, refs, device))
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result = MemberResult(key, state, predict(model, self.split("val", device)),
                               predict(model, self.split("test", device)), stats.epochs, stats.seconds)

@@ -22,7 +22,7 @@ from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
 from enstune.executor import Executor
 from enstune.members import MemberResult, Workspace
-from enstune.methods import get_method
+from enstune.methods import get_method, regularize
 from enstune.progress import Reporter
 from enstune.pruning import MethodAwarePruner
 from enstune.report import attach_trial_pictures
@@ -51,7 +51,8 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
             values[name] = trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
     method = values.pop("method", spec.method)
-    return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members, **values)
+    return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members,
+                       regularizer=spec.regularizer, **values)
 
 
 def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
@@ -134,9 +135,9 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
 
 
 def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
-    def work(job, parent: MemberResult | None, device) -> MemberResult:  # noqa: ANN001
+    def work(job, parent: MemberResult | None, device, refs: dict[int, MemberResult]) -> MemberResult:  # noqa: ANN001
         reporter.member_started(job.index, members, job.recipe.epochs)
-        return ws.run(job, parent, device, on_epoch=reporter.epoch_done)
+        return ws.run(job, parent, device, on_epoch=reporter.epoch_done, refs=refs)
 
     return work
 
@@ -177,7 +178,7 @@ class Objective:
         retry = "failed_trial" in _admit(trial, self.spec).system_attrs
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(trial, self.spec)
-        jobs = get_method(cfg.method).plan(cfg)
+        jobs = regularize(get_method(cfg.method).plan(cfg), cfg)
         judged = range(get_method(cfg.method).shared_members + 1, len(jobs))  # steps the pruner may cut
         self.reporter.trial_started(trial.number, trial.params, len(jobs))
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)

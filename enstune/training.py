@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,8 @@ from enstune.schedules import get_schedule
 
 # on_epoch(epoch, epochs, mean train loss)
 EpochCallback = Callable[[int, int, float], None]
+# extra(model, x, head input features, logits) -> a weighted loss term added to the cross-entropy
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,7 @@ def train(
     seed: int,
     augment: Augment | None = None,
     on_epoch: EpochCallback | None = None,
+    extra: ExtraLoss | None = None,
 ) -> TrainStats:
     """Train ``model`` in place on ``data`` (already on the model's device) with a fresh optimizer."""
     start = time.perf_counter()
@@ -58,23 +62,40 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step, total, warmup))
     model.train()
     loss_sum = torch.zeros((), device=device)
-    for epoch in range(recipe.epochs):
-        loss_sum.zero_()
-        for x, y in batches(data, recipe.batch_size, generator, augment):
-            with _autocast(device):
-                loss = F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            loss_sum += loss.detach()
-        # One host sync per epoch: the divergence check and the progress display share it.
-        mean_loss = loss_sum.item() / per_epoch
-        if not math.isfinite(mean_loss):
-            raise DivergedError(f"loss became {mean_loss} in epoch {epoch + 1}")
-        if on_epoch is not None:
-            on_epoch(epoch + 1, recipe.epochs, mean_loss)
+    # The head's input is the embedding regularizers compare: taken from the same forward pass.
+    features: list[torch.Tensor] = []
+    hook = model.get_classifier().register_forward_hook(lambda _m, i, _o: features.append(i[0])) if extra else None
+    try:
+        for epoch in range(recipe.epochs):
+            mean_loss = _epoch(model, data, recipe, generator, augment, opt, sched, loss_sum, extra, features)
+            if not math.isfinite(mean_loss):
+                raise DivergedError(f"loss became {mean_loss} in epoch {epoch + 1}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, recipe.epochs, mean_loss)
+    finally:
+        if hook is not None:
+            hook.remove()
     return TrainStats(recipe.epochs, total, time.perf_counter() - start, mean_loss)
+
+
+def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Generator, augment: Augment | None,
+           opt: torch.optim.Optimizer, sched: Any, loss_sum: torch.Tensor, extra: ExtraLoss | None,
+           features: list[torch.Tensor]) -> float:
+    """One epoch; the mean loss (one host sync per epoch: the divergence check and the display share it)."""
+    loss_sum.zero_()
+    for x, y in batches(data, recipe.batch_size, generator, augment):
+        with _autocast(data.x.device):
+            features.clear()
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            if extra is not None:
+                loss = loss + extra(model, x, features[0], logits)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach()
+    return loss_sum.item() / steps_per_epoch(len(data), recipe.batch_size)
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 # small pool per worker keeps hundreds of workers under PostgreSQL's connection limit.
 POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
 CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host is an error
-SCHEMA_ATTEMPTS = 5
+SCHEMA_ATTEMPTS = 8
 MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 
 
@@ -76,7 +76,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
         except Exception as exc:  # noqa: BLE001 - every failure to connect is the same user error
             # Workers opening a fresh database at once race to create Optuna's tables; the
             # losers see a duplicate key and find the tables there when they try again.
-            if _is_integrity_error(exc) and attempt + 1 < SCHEMA_ATTEMPTS:
+            if _is_schema_race(exc) and attempt + 1 < SCHEMA_ATTEMPTS:
                 time.sleep(0.2 * (attempt + 1))
                 continue
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -84,12 +84,14 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     raise AssertionError("unreachable")
 
 
-def _is_integrity_error(exc: BaseException) -> bool:
+def _is_schema_race(exc: BaseException) -> bool:
+    """A duplicate key or an existing table: another process created Optuna's schema at the same time."""
     import sqlalchemy.exc
 
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.IntegrityError):
+        if isinstance(seen, sqlalchemy.exc.IntegrityError) or (
+                isinstance(seen, sqlalchemy.exc.ProgrammingError) and "already exists" in str(seen)):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

@@ -137,7 +137,7 @@ def test_executor_respects_dependencies_and_yields_in_member_order():
                                                       load_template("starsse-demo", [])))
     started, lock = [], threading.Lock()
 
-    def work(job, parent, device):
+    def work(job, parent, device, refs):
         with lock:
             started.append(job.index)
         assert (parent is None) == (job.parent is None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enstune.errors import ConfigError
-from enstune.methods._base import MemberJob, Method, Recipe, first_member, member_seed
+from enstune.methods._base import MemberJob, Method, Recipe, first_member, member_seed, regularize
 
 _REGISTRY: dict[str, Method] = {}
 

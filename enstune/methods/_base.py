@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
@@ -44,17 +46,35 @@ class MemberJob:
     seed: int
     checkpoint: int | None = None
     parent: int | None = None
+    # An extra loss term (enstune.regularizers) weighted by alpha, reading earlier members ``refs``.
+    regularizer: str = "none"
+    alpha: float = 0.0
+    refs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.parent is None):
             raise ValueError(f"a job starts from a checkpoint or a parent member, got {self}")
         if self.parent is not None and not 1 <= self.parent < self.index:
             raise ValueError(f"member {self.index} cannot start from member {self.parent}")
+        if any(not 1 <= r < self.index for r in self.refs):
+            raise ValueError(f"member {self.index} cannot read members {self.refs}")
 
 
 def member_seed(seed: int, index: int) -> int:
     """The seed of member ``index`` of an ensemble with trial seed ``seed``."""
     return seed * 1000 + index
+
+
+def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
+    """Members 2..K with the trial's regularizer and alpha; member 1 stays the plain ×1 fine-tune."""
+    if cfg.regularizer == "none":
+        return jobs
+    from enstune.regularizers import get_regularizer
+
+    needs = get_regularizer(cfg.regularizer).needs
+    return [j if j.index == 1 else dataclasses.replace(
+        j, regularizer=cfg.regularizer, alpha=cfg.alpha,
+        refs=(1,) if needs == "first" else tuple(range(1, j.index))) for j in jobs]
 
 
 def first_member(cfg: TrialConfig, checkpoint: int = 0, index: int = 1) -> MemberJob:

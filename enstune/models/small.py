@@ -30,6 +30,10 @@ class MLP(nn.Module):
         """Class logits from the embedding."""
         return self.head(x)
 
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm's interface)."""
+        return self.head
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a freshly initialised one."""
         self.head = nn.Linear(self.num_features, num_classes)

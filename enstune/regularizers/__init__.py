@@ -1,1 +1,140 @@
-"""Regularizers: extra loss terms for members 2..K."""
+"""Regularizers: extra loss terms, weighted by ``alpha``, for members 2..K of any method.
+
+A regularizer is built for one member from the states of earlier members (``refs``) and
+returns a term ``term(model, features, logits)`` added to the cross-entropy; ``features`` are
+the inputs of the classification head (the pooled embedding), so no second forward pass of
+the member is needed. The head itself is never regularized.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from enstune.errors import ConfigError
+
+State = dict[str, torch.Tensor]
+Term = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # model, x, features, logits
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a regularizer may use: earlier members' states by index, a model builder, the head prefix."""
+
+    refs: dict[int, State]
+    build: Callable[[State], nn.Module]
+    head: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class Regularizer:
+    """A registered term: ``needs`` says which earlier members it reads (first, or all earlier)."""
+
+    name: str
+    needs: str
+    make: Callable[[Context], Term]
+
+
+_REGISTRY: dict[str, Regularizer] = {}
+
+
+def register_regularizer(name: str, needs: str = "first") -> Callable[[Callable[[Context], Term]], Callable]:
+    """Register ``make(context) -> term`` under ``name``."""
+
+    def add(make: Callable[[Context], Term]) -> Callable[[Context], Term]:
+        _REGISTRY[name] = Regularizer(name, needs, make)
+        return make
+
+    return add
+
+
+def list_regularizers() -> list[str]:
+    """Names of the registered regularizers."""
+    return sorted(_REGISTRY)
+
+
+def get_regularizer(name: str) -> Regularizer:
+    """The regularizer called ``name``."""
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown regularizer {name!r}; known: none, {', '.join(list_regularizers())}")
+    return _REGISTRY[name]
+
+
+def body(model: nn.Module, head: str, state: State | None = None) -> list[torch.Tensor]:
+    """The model's parameters outside the head, or, with ``state``, the same entries of that state."""
+    names = [k for k, _ in model.named_parameters() if not k.startswith(head + ".")]
+    params = dict(model.named_parameters())
+    return [params[k] for k in names] if state is None else [state[k] for k in names]
+
+
+def _reference(ctx: Context, index: int) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Features of earlier member ``index`` on a batch, without gradients, in the member's mode."""
+    ref = ctx.build(ctx.refs[index])
+    ref.requires_grad_(False)
+    captured: list[torch.Tensor] = []
+    head_of(ref).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+
+    def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        ref.train(model.training)
+        captured.clear()
+        with torch.no_grad():
+            ref(x)
+        return captured[0]
+
+    return features
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The classification head module (timm's ``get_classifier``)."""
+    return model.get_classifier()
+
+
+@register_regularizer("mse")
+def _mse(ctx: Context) -> Term:
+    first = _reference(ctx, 1)
+    return lambda model, x, f, logits: F.mse_loss(f, first(model, x))
+
+
+@register_regularizer("rtd")
+def _rtd(ctx: Context) -> Term:
+    from enstune.regularizers.rtd import rtd
+
+    first = _reference(ctx, 1)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    return lambda model, x, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), generator=generator)
+
+
+@register_regularizer("l2_ft")
+def _l2_ft(ctx: Context) -> Term:
+    anchor: list[torch.Tensor] | None = None
+
+    def term(model: nn.Module, x: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        nonlocal anchor
+        weights = body(model, ctx.head)
+        if anchor is None:
+            anchor = [w.detach().to(p.device) for p, w in zip(weights, body(model, ctx.head, ctx.refs[1]))]
+        return sum(((p - a) ** 2).sum() for p, a in zip(weights, anchor))
+
+    return term
+
+
+@register_regularizer("wo", needs="earlier")
+def _wo(ctx: Context) -> Term:
+    other = random.Random(ctx.seed).choice(sorted(ctx.refs))
+    target: torch.Tensor | None = None
+
+    def term(model: nn.Module, x: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        nonlocal target
+        # The weights as parameters, not ``.data``: the term must reach them with a gradient.
+        mine = torch.cat([p.flatten() for p in body(model, ctx.head)])
+        if target is None:
+            target = torch.cat([w.flatten().float() for w in body(model, ctx.head, ctx.refs[other])]).to(mine.device)
+        return F.cosine_similarity(mine, target, dim=0) ** 2
+
+    return term

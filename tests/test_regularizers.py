@@ -1,0 +1,126 @@
+"""Regularizers: zero at alpha 0, zero where the member is its reference, gradients where they are not."""
+
+import dataclasses
+
+import optuna
+import pytest
+import torch
+
+from cli_helpers import TINY
+from enstune import study as st
+from enstune.config import load_template
+from enstune.executor import Executor
+from enstune.members import Workspace
+from enstune.methods import get_method, regularize
+from enstune.models import create_model
+from enstune.regularizers import Context, body, get_regularizer, list_regularizers
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def ws(home):
+    return Workspace(load_template("starsse-demo", []).task, home)
+
+
+def _cfg(regularizer: str, alpha: float, method: str = "sse"):
+    spec = load_template(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", f"space.alpha.choices=[{alpha}]"])
+    return st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1, "alpha": alpha}), spec)
+
+
+def _context(state, seed=0):
+    def build(s):
+        m = create_model("demo_mlp", 10)
+        m.load_state_dict(s)
+        return m
+
+    return Context({1: state, 2: state}, build, "head", seed)
+
+
+def _term(name, model, reference_state, x):
+    features = []
+    model.get_classifier().register_forward_hook(lambda _m, i, _o: features.append(i[0]))
+    logits = model(x)
+    return get_regularizer(name).make(_context(reference_state))(model, x, features[0], logits)
+
+
+@pytest.mark.parametrize("name", ["mse", "rtd", "l2_ft"])
+def test_zero_where_the_member_is_its_reference_and_a_gradient_where_it_is_not(name):
+    torch.manual_seed(0)
+    x = torch.rand(80, 1, 8, 8)
+    reference = create_model("demo_mlp", 10)
+    same = create_model("demo_mlp", 10)
+    same.load_state_dict(reference.state_dict())
+    assert _term(name, same, reference.state_dict(), x).item() == pytest.approx(0.0, abs=1e-6)
+
+    moved = create_model("demo_mlp", 10)
+    moved.load_state_dict({k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                           for k, v in reference.state_dict().items()})
+    value = _term(name, moved, reference.state_dict(), x)
+    assert value.item() > 0
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in body(moved, "head"))
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in moved.head.parameters()), "head not regularized"
+
+
+def test_weight_orthogonality_reaches_the_weights_with_a_gradient():
+    torch.manual_seed(1)
+    member, earlier = create_model("demo_mlp", 10), create_model("demo_mlp", 10)
+    value = _term("wo", member, earlier.state_dict(), torch.rand(16, 1, 8, 8))
+    assert 0 < value.item() < 1
+    value.backward()
+    grads = [p.grad for p in body(member, "head")]
+    assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    same = create_model("demo_mlp", 10)
+    same.load_state_dict(earlier.state_dict())
+    assert _term("wo", same, earlier.state_dict(), torch.rand(4, 1, 8, 8)).item() == pytest.approx(1.0)
+
+
+def test_plans_regularize_members_two_to_k_only():
+    jobs = regularize(get_method("sse").plan(_cfg("wo", 0.5)), _cfg("wo", 0.5))
+    assert jobs[0].regularizer == "none" and jobs[0].refs == ()
+    assert [j.refs for j in jobs[1:]] == [(1,), (1, 2)]
+    assert all(j.regularizer == "wo" and j.alpha == 0.5 for j in jobs[1:])
+    mse = regularize(get_method("starsse").plan(_cfg("mse", 1.0, "starsse")), _cfg("mse", 1.0, "starsse"))
+    assert all(j.refs == (1,) for j in mse[1:])
+    assert sorted(list_regularizers()) == ["l2_ft", "mse", "rtd", "wo"]
+
+
+def test_alpha_zero_trains_exactly_the_plain_member_and_alpha_changes_it(ws):
+    plain = get_method("sse").plan(_cfg("none", 0.0))
+    first = ws.run(plain[0], None, CPU)
+    reference = ws.run(plain[1], first, CPU)
+    zero = regularize(plain, _cfg("mse", 0.0))[1]
+    same = ws.run(dataclasses.replace(zero), first, CPU, refs={1: first})
+    assert same.key == reference.key and same.cached, "alpha 0 is the plain member, found in the cache"
+    ws.cache.store.remove(ws.cache.artifact_id(reference.key))
+    retrained = ws.run(zero, first, CPU, refs={1: first})
+    assert all(torch.equal(retrained.state[k], reference.state[k]) for k in reference.state)
+    pulled = ws.run(regularize(plain, _cfg("mse", 10.0))[1], first, CPU, refs={1: first})
+    assert pulled.key != reference.key
+    # the MSE term pulls member 2's embedding towards member 1's
+    def gap(state):
+        m = create_model("demo_mlp", 10)
+        m.load_state_dict(state)
+        m.eval()
+        with torch.no_grad():
+            return (m.forward_features(ws.data.val.x) - ref.forward_features(ws.data.val.x)).pow(2).mean().item()
+
+    ref = create_model("demo_mlp", 10)
+    ref.load_state_dict(first.state)
+    ref.eval()
+    assert gap(pulled.state) < gap(reference.state)
+
+
+def test_executor_waits_for_the_members_a_job_reads():
+    jobs = regularize(get_method("starsse").plan(_cfg("wo", 1.0, "starsse")), _cfg("wo", 1.0, "starsse"))
+    seen = {}
+
+    def work(job, parent, device, refs):
+        seen[job.index] = sorted(refs)
+        return job.index
+
+    for devices in ([CPU], [CPU, CPU]):
+        seen.clear()
+        assert [r for _, r in Executor(devices).run(jobs, work)] == [1, 2, 3]
+        assert seen == {1: [], 2: [1], 3: [1, 2]}
