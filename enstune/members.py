@@ -128,7 +128,7 @@ class Workspace:
         probe = create_model(self.task.model, self.data.num_classes)
         ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed)
         term = get_regularizer(job.regularizer).make(ctx)
-        return lambda model, x, features, logits: job.alpha * term(model, x, features, logits)
+        return lambda model, x, y, features, logits: job.alpha * term(model, x, y, features, logits)
 
     def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:
         """Content key of a job: task, starting point, recipe, seed, and its regularizer with what it reads."""

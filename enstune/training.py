@@ -20,8 +20,8 @@ from enstune.schedules import get_schedule
 
 # on_epoch(epoch, epochs, mean train loss)
 EpochCallback = Callable[[int, int, float], None]
-# extra(model, x, head input features, logits) -> a weighted loss term added to the cross-entropy
-ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# extra(model, x, y, head input features, logits) -> a weighted loss term added to the cross-entropy
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Gener
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             if extra is not None:
-                loss = loss + extra(model, x, features[0], logits)
+                loss = loss + extra(model, x, y, features[0], logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

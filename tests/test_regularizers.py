@@ -37,11 +37,12 @@ def _context(state, seed=0):
     return Context({1: state, 2: state}, build, "head", seed)
 
 
-def _term(name, model, reference_state, x):
+def _term(name, model, reference_state, x, y=None):
     features = []
     model.get_classifier().register_forward_hook(lambda _m, i, _o: features.append(i[0]))
     logits = model(x)
-    return get_regularizer(name).make(_context(reference_state))(model, x, features[0], logits)
+    y = torch.zeros(len(x), dtype=torch.long) if y is None else y
+    return get_regularizer(name).make(_context(reference_state))(model, x, y, features[0], logits)
 
 
 @pytest.mark.parametrize("name", ["mse", "rtd", "l2_ft"])
@@ -83,7 +84,7 @@ def test_plans_regularize_members_two_to_k_only():
     assert all(j.regularizer == "wo" and j.alpha == 0.5 for j in jobs[1:])
     mse = regularize(get_method("starsse").plan(_cfg("mse", 1.0, "starsse")), _cfg("mse", 1.0, "starsse"))
     assert all(j.refs == (1,) for j in mse[1:])
-    assert sorted(list_regularizers()) == ["l2_ft", "mse", "rtd", "wo"]
+    assert sorted(list_regularizers()) == ["ce", "ce_wrong", "l2_ft", "mse", "rtd", "wo"]
 
 
 def test_alpha_zero_trains_exactly_the_plain_member_and_alpha_changes_it(ws):
@@ -124,3 +125,29 @@ def test_executor_waits_for_the_members_a_job_reads():
         seen.clear()
         assert [r for _, r in Executor(devices).run(jobs, work)] == [1, 2, 3]
         assert seen == {1: [], 2: [1], 3: [1, 2]}
+
+
+def test_ce_pushes_away_from_the_other_members_predictions():
+    torch.manual_seed(2)
+    member, other = create_model("demo_mlp", 10), create_model("demo_mlp", 10)
+    x = torch.rand(32, 1, 8, 8)
+    other.eval()
+    member.eval()
+    with torch.no_grad():
+        theirs = other(x).softmax(1)
+    y = theirs.argmax(1)  # the other member gets every sample right
+    value = _term("ce", member, other.state_dict(), x, y)
+    features = []
+    member.get_classifier().register_forward_hook(lambda _m, i, _o: features.append(i[0]))
+    expected = -(-(theirs * member(x).log_softmax(1)).sum(1).mean())
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5), "minus the cross-entropy to their predictions"
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in member.parameters())
+
+    # variant (2) only looks at samples the other member gets wrong: none here, so exactly zero, never NaN
+    member.zero_grad()
+    empty = _term("ce_wrong", member, other.state_dict(), x, y)
+    assert empty.item() == 0.0 and not torch.isnan(empty)
+    empty.backward()
+    wrong = _term("ce_wrong", member, other.state_dict(), x, (y + 1) % 10)
+    assert wrong.item() == pytest.approx(value.item(), rel=1e-5), "all wrong: the same as variant (1)"

@@ -1,7 +1,7 @@
 """Regularizers: extra loss terms, weighted by ``alpha``, for members 2..K of any method.
 
 A regularizer is built for one member from the states of earlier members (``refs``) and
-returns a term ``term(model, features, logits)`` added to the cross-entropy; ``features`` are
+returns a term ``term(model, x, y, features, logits)`` added to the cross-entropy; ``features`` are
 the inputs of the classification head (the pooled embedding), so no second forward pass of
 the member is needed. The head itself is never regularized.
 """
@@ -19,7 +19,8 @@ from torch import nn
 from enstune.errors import ConfigError
 
 State = dict[str, torch.Tensor]
-Term = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # model, x, features, logits
+# term(model, x, y, features, logits) -> the unweighted loss term
+Term = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -73,21 +74,21 @@ def body(model: nn.Module, head: str, state: State | None = None) -> list[torch.
     return [params[k] for k in names] if state is None else [state[k] for k in names]
 
 
-def _reference(ctx: Context, index: int) -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
-    """Features of earlier member ``index`` on a batch, without gradients, in the member's mode."""
+def _reference(ctx: Context, index: int, output: str = "features") -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
+    """Features (or logits) of earlier member ``index`` on a batch, without gradients, in the member's mode."""
     ref = ctx.build(ctx.refs[index])
     ref.requires_grad_(False)
     captured: list[torch.Tensor] = []
     head_of(ref).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
 
-    def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ref.train(model.training)
         captured.clear()
         with torch.no_grad():
-            ref(x)
-        return captured[0]
+            logits = ref(x)
+        return captured[0] if output == "features" else logits
 
-    return features
+    return run
 
 
 def head_of(model: nn.Module) -> nn.Module:
@@ -98,7 +99,7 @@ def head_of(model: nn.Module) -> nn.Module:
 @register_regularizer("mse")
 def _mse(ctx: Context) -> Term:
     first = _reference(ctx, 1)
-    return lambda model, x, f, logits: F.mse_loss(f, first(model, x))
+    return lambda model, x, y, f, logits: F.mse_loss(f, first(model, x))
 
 
 @register_regularizer("rtd")
@@ -107,14 +108,14 @@ def _rtd(ctx: Context) -> Term:
 
     first = _reference(ctx, 1)
     generator = torch.Generator().manual_seed(ctx.seed)
-    return lambda model, x, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), generator=generator)
+    return lambda model, x, y, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), generator=generator)
 
 
 @register_regularizer("l2_ft")
 def _l2_ft(ctx: Context) -> Term:
     anchor: list[torch.Tensor] | None = None
 
-    def term(model: nn.Module, x: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         nonlocal anchor
         weights = body(model, ctx.head)
         if anchor is None:
@@ -129,7 +130,7 @@ def _wo(ctx: Context) -> Term:
     other = random.Random(ctx.seed).choice(sorted(ctx.refs))
     target: torch.Tensor | None = None
 
-    def term(model: nn.Module, x: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         nonlocal target
         # The weights as parameters, not ``.data``: the term must reach them with a gradient.
         mine = torch.cat([p.flatten() for p in body(model, ctx.head)])
@@ -138,3 +139,29 @@ def _wo(ctx: Context) -> Term:
         return F.cosine_similarity(mine, target, dim=0) ** 2
 
     return term
+
+
+def _away(ctx: Context, wrong_only: bool) -> Term:
+    other = _reference(ctx, random.Random(ctx.seed).choice(sorted(ctx.refs)), output="logits")
+
+    def term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        target = other(model, x).float()
+        keep = target.argmax(1) != y if wrong_only else torch.ones_like(y, dtype=torch.bool)
+        if not keep.any():  # nothing selected: no push, and no 0/0
+            return logits.sum() * 0.0
+        # Minus the cross-entropy to the other member's predictions: minimising it pushes away.
+        return -F.cross_entropy(logits[keep].float(), target[keep].softmax(1))
+
+    return term
+
+
+@register_regularizer("ce", needs="earlier")
+def _ce(ctx: Context) -> Term:
+    """StarSSE-CE (1), thesis section 6: away from a random earlier member's predictions, all samples."""
+    return _away(ctx, wrong_only=False)
+
+
+@register_regularizer("ce_wrong", needs="earlier")
+def _ce_wrong(ctx: Context) -> Term:
+    """StarSSE-CE (2): only on the samples that member gets wrong."""
+    return _away(ctx, wrong_only=True)
