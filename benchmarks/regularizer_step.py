@@ -64,7 +64,9 @@ def main() -> None:
             model.load_state_dict(state)
             return model
 
-        ctx = Context({1: reference, 2: reference}, build, classifier_prefix(build(reference)), 0)
+        ones = {k: torch.ones_like(v) for k, v in build(reference).named_parameters()}
+        ctx = Context({1: reference, 2: reference}, build, classifier_prefix(build(reference)), 0,
+                      pretrained=lambda reference=reference, ones=ones: (reference, ones))
         plain = _step_time(build(reference), x, y, None, args.steps)
         print(f"{name:<10} {'plain':<12} {plain * 1000:>9.1f} {1.0:>6.2f}", flush=True)
         terms: list[tuple[str, Callable]] = [(r, get_regularizer(r).make(ctx)) for r in list_regularizers()

@@ -18,8 +18,9 @@ from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import BN_SUBSET, Members
 from enstune.evaluation.weights import WeightSpace
 from enstune.methods import MemberJob
-from enstune.models import classifier_prefix, create_model, from_pretrained, list_models
+from enstune.models import classifier_prefix, create_model, from_pretrained, list_models, load_checkpoint
 from enstune.regularizers import Context, get_regularizer
+from enstune.regularizers.ewc import fisher_diagonal
 from enstune.storage import open_artifacts
 from enstune.training import EpochCallback, ExtraLoss, predict, train
 
@@ -49,6 +50,7 @@ class Workspace:
         self._splits: dict[tuple[str, str], Split] = {}
         self._digests: dict[Path, str] = {}
         self._ood: dict[str, list[Split]] | None = None
+        self._fishers: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
         if task.model in list_models():
             # The small nets run batches of a few dozen 8x8 images: intra-op threads only add
             # synchronisation, and spin badly when another process holds a core (measured 0.5 s
@@ -126,9 +128,20 @@ class Workspace:
             return model.to(device)
 
         probe = create_model(self.task.model, self.data.num_classes)
-        ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed)
+        source = self.data.source
+        checkpoint = job.checkpoint if job.checkpoint is not None else 0
+        pretrained = None if source is None else (lambda: self._fisher(checkpoint, source))
+        ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed, pretrained)
         term = get_regularizer(job.regularizer).make(ctx)
         return lambda model, x, y, features, logits: job.alpha * term(model, x, y, features, logits)
+
+    def _fisher(self, index: int, source: TaskData) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Pre-trained checkpoint ``index`` and its diagonal Fisher on the source task (once per worker)."""
+        if index not in self._fishers:
+            model = create_model(self.task.model, source.num_classes)
+            model.load_state_dict(load_checkpoint(self.checkpoint(index)))
+            self._fishers[index] = (model.state_dict(), fisher_diagonal(model, source.train, seed=index))
+        return self._fishers[index]
 
     def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:
         """Content key of a job: task, starting point, recipe, seed, and its regularizer with what it reads."""

@@ -84,7 +84,7 @@ def test_plans_regularize_members_two_to_k_only():
     assert all(j.regularizer == "wo" and j.alpha == 0.5 for j in jobs[1:])
     mse = regularize(get_method("starsse").plan(_cfg("mse", 1.0, "starsse")), _cfg("mse", 1.0, "starsse"))
     assert all(j.refs == (1,) for j in mse[1:])
-    assert sorted(list_regularizers()) == ["ce", "ce_wrong", "l2_ft", "mse", "rtd", "wo"]
+    assert sorted(list_regularizers()) == ["ce", "ce_wrong", "ewc_pt", "l2_ft", "mse", "rtd", "wo"]
 
 
 def test_alpha_zero_trains_exactly_the_plain_member_and_alpha_changes_it(ws):
@@ -151,3 +151,57 @@ def test_ce_pushes_away_from_the_other_members_predictions():
     empty.backward()
     wrong = _term("ce_wrong", member, other.state_dict(), x, (y + 1) % 10)
     assert wrong.item() == pytest.approx(value.item(), rel=1e-5), "all wrong: the same as variant (1)"
+
+
+def test_fisher_diagonal_matches_per_example_gradients_by_hand():
+    from enstune.data._base import Split
+    from enstune.regularizers.ewc import fisher_diagonal
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    data = Split(torch.randn(10, 4), torch.zeros(10, dtype=torch.long))
+    fisher = fisher_diagonal(model, data, samples=10, seed=5, batch_size=4)
+    # the same draws, one example at a time with autograd
+    g = torch.Generator().manual_seed(5)
+    index = torch.randperm(10, generator=g)[:10]
+    total = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+    for start in range(0, 10, 4):
+        x = data.x[index[start:start + 4]]
+        with torch.no_grad():
+            y = torch.multinomial(model(x).softmax(1), 1, generator=g).squeeze(1)
+        for xi, yi in zip(x, y):
+            model.zero_grad()
+            (-torch.nn.functional.cross_entropy(model(xi[None]), yi[None])).backward()
+            for k, p in model.named_parameters():
+                total[k] += p.grad ** 2
+    assert all(torch.allclose(fisher[k], total[k] / 10, atol=1e-6) for k in total)
+
+
+def test_ewc_is_zero_at_the_pretrained_weights_and_needs_a_source_task():
+    torch.manual_seed(4)
+    pre = create_model("demo_mlp", 10)
+    fisher = {k: torch.rand_like(v) for k, v in pre.named_parameters()}
+    ctx = dataclasses.replace(_context(pre.state_dict()), pretrained=lambda: (pre.state_dict(), fisher))
+    member = create_model("demo_mlp", 10)
+    member.load_state_dict(pre.state_dict())
+    x, y = torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)
+    term = get_regularizer("ewc_pt").make(ctx)
+    assert term(member, x, y, None, None).item() == 0.0
+    with torch.no_grad():
+        member.features[1].weight.add_(0.1)
+    value = term(member, x, y, None, None)
+    expected = (fisher["features.1.weight"] * 0.01).sum()
+    assert value.item() == pytest.approx(expected.item(), rel=1e-4)
+    value.backward()
+    assert member.features[1].weight.grad.abs().sum() > 0 and member.head.weight.grad is None
+    with pytest.raises(Exception, match="source task"):
+        get_regularizer("ewc_pt").make(_context(pre.state_dict()))
+
+
+def test_ewc_trains_on_the_demo_with_a_fisher_from_its_source_task(ws):
+    plain = get_method("sse").plan(_cfg("none", 0.0))
+    first = ws.run(plain[0], None, CPU)
+    job = regularize(plain, _cfg("ewc_pt", 100.0))[1]
+    member = ws.run(job, first, CPU, refs={1: first})
+    assert not member.cached and member.key != ws.job_key(plain[1], first)
+    assert set(ws._fishers) == {0} and all((v >= 0).all() for v in ws._fishers[0][1].values())

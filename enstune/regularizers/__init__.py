@@ -31,6 +31,9 @@ class Context:
     build: Callable[[State], nn.Module]
     head: str
     seed: int
+    # The pre-trained weights the member descends from and their diagonal Fisher on the source
+    # task, made on first call (only EWC asks).
+    pretrained: Callable[[], tuple[State, State]] | None = None
 
 
 @dataclass(frozen=True)
@@ -165,3 +168,24 @@ def _ce(ctx: Context) -> Term:
 def _ce_wrong(ctx: Context) -> Term:
     """StarSSE-CE (2): only on the samples that member gets wrong."""
     return _away(ctx, wrong_only=True)
+
+
+@register_regularizer("ewc_pt", needs="first")
+def _ewc_pt(ctx: Context) -> Term:
+    """Fisher-weighted squared distance of the body's weights to the pre-trained ones."""
+    if ctx.pretrained is None:
+        raise ConfigError("regularizer ewc_pt needs the source task of the pre-trained checkpoints; "
+                          "this task defines none")
+    anchor: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def term(model: nn.Module, x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        nonlocal anchor
+        weights = body(model, ctx.head)
+        if anchor is None:
+            assert ctx.pretrained is not None
+            state, fisher = ctx.pretrained()
+            anchor = [(state[k].to(p.device), fisher[k].to(p.device)) for k, p in zip(
+                [k for k, _ in model.named_parameters() if not k.startswith(ctx.head + ".")], weights)]
+        return sum((w * (p - a) ** 2).sum() for p, (a, w) in zip(weights, anchor))
+
+    return term
