@@ -52,7 +52,7 @@ class Param:
 
 
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
-TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "seed", "epochs", "lr", "weight_decay")
+TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ class TrialConfig:
     lr_mult: float = 1.0
     epoch_mult: float = 1.0
     alpha: float = 0.0
+    freeze: int = 0  # leading stages members 2..K keep frozen
     seed: int = 0
     regularizer: str = "none"
 
@@ -235,6 +236,8 @@ def validate(spec: StudySpec) -> StudySpec:
             values = (p.low, p.high)
         if spec.sampler == "grid" and not p.choices:
             raise ConfigError(f"space.{name}: the grid sampler needs choices")
+        if name == "freeze" and any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+            raise ConfigError(f"space.freeze must be whole numbers of stages >= 0, got {list(values)}")
         if name in ("lr_mult", "epoch_mult", "lr", "epochs") and any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values
         ):

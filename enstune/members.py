@@ -18,7 +18,8 @@ from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import BN_SUBSET, Members
 from enstune.evaluation.weights import WeightSpace
 from enstune.methods import MemberJob
-from enstune.models import classifier_prefix, create_model, from_pretrained, list_models, load_checkpoint
+from enstune.models import (classifier_prefix, create_model, from_pretrained, list_models, load_checkpoint,
+                            stage_modules)
 from enstune.regularizers import Context, get_regularizer
 from enstune.regularizers.ewc import fisher_diagonal
 from enstune.storage import open_artifacts
@@ -156,6 +157,8 @@ class Workspace:
         t = self.task
         task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed}
         parts: dict[str, Any] = {"task": task, "start": start, "recipe": dataclasses.asdict(job.recipe), "seed": job.seed}
+        if job.freeze:
+            parts["freeze"] = job.freeze
         if job.regularizer != "none" and job.alpha != 0:
             parts["reg"] = {"name": job.regularizer, "alpha": job.alpha,
                             "refs": [(refs or {})[r].key for r in job.refs]}
@@ -183,7 +186,8 @@ class Workspace:
             model.load_state_dict(parent.state)
         model.to(device)
         stats = train(model, self.split("train", device), job.recipe, seed=job.seed,
-                      augment=self.data.augment, on_epoch=on_epoch, extra=self._extra(job, refs, device))
+                      augment=self.data.augment, on_epoch=on_epoch, extra=self._extra(job, refs, device),
+                      frozen=stage_modules(model, job.freeze))
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result = MemberResult(key, state, predict(model, self.split("val", device)),
                               predict(model, self.split("test", device)), stats.epochs, stats.seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,8 +49,15 @@ def train(
     augment: Augment | None = None,
     on_epoch: EpochCallback | None = None,
     extra: ExtraLoss | None = None,
+    frozen: Sequence[nn.Module] = (),
 ) -> TrainStats:
-    """Train ``model`` in place on ``data`` (already on the model's device) with a fresh optimizer."""
+    """Train ``model`` in place on ``data`` (already on the model's device) with a fresh optimizer.
+
+    ``frozen`` modules keep their weights (left out of the optimizer) and, for BatchNorm, their
+    running statistics (kept in eval mode).
+    """
+    for m in frozen:
+        m.requires_grad_(False)
     start = time.perf_counter()
     device = data.x.device
     generator = torch.Generator().manual_seed(seed)
@@ -61,6 +68,8 @@ def train(
     factor = get_schedule(recipe.schedule)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step, total, warmup))
     model.train()
+    for m in frozen:
+        m.eval()
     loss_sum = torch.zeros((), device=device)
     # The head's input is the embedding regularizers compare: taken from the same forward pass.
     features: list[torch.Tensor] = []

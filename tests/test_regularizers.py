@@ -205,3 +205,25 @@ def test_ewc_trains_on_the_demo_with_a_fisher_from_its_source_task(ws):
     member = ws.run(job, first, CPU, refs={1: first})
     assert not member.cached and member.key != ws.job_key(plain[1], first)
     assert set(ws._fishers) == {0} and all((v >= 0).all() for v in ws._fishers[0][1].values())
+
+
+def _freeze_cfg(freeze: int):
+    spec = load_template("starsse-demo", TINY + [f"space.freeze.choices=[{freeze}]"])
+    return st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1, "freeze": freeze}), spec)
+
+
+def test_frozen_stages_keep_weights_and_batchnorm_statistics(ws):
+    jobs = regularize(get_method("starsse").plan(_freeze_cfg(1)), _freeze_cfg(1))
+    assert jobs[0].freeze == 0 and all(j.freeze == 1 for j in jobs[1:])
+    first = ws.run(jobs[0], None, CPU)
+    second = ws.run(jobs[1], first, CPU)
+    frozen = ("features.1.weight", "features.1.bias", "features.2.weight", "features.2.running_mean",
+              "features.2.running_var")
+    for k in frozen:
+        assert torch.equal(second.state[k], first.state[k]), k
+    assert not torch.equal(second.state["features.4.weight"], first.state["features.4.weight"])
+    assert not torch.equal(second.state["features.5.running_mean"], first.state["features.5.running_mean"])
+    plain = get_method("starsse").plan(_freeze_cfg(0))
+    assert regularize(plain, _freeze_cfg(0)) == plain, "freeze 0 is the plain plan"
+    with pytest.raises(Exception, match="stages"):
+        ws.run(dataclasses.replace(jobs[1], freeze=3), first, CPU)

@@ -50,6 +50,7 @@ class MemberJob:
     regularizer: str = "none"
     alpha: float = 0.0
     refs: tuple[int, ...] = ()
+    freeze: int = 0  # leading stages kept frozen (their BatchNorm in eval mode)
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.parent is None):
@@ -66,7 +67,9 @@ def member_seed(seed: int, index: int) -> int:
 
 
 def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
-    """Members 2..K with the trial's regularizer and alpha; member 1 stays the plain ×1 fine-tune."""
+    """Members 2..K with the trial's regularizer, alpha and frozen stages; member 1 stays the plain ×1 fine-tune."""
+    if cfg.freeze:
+        jobs = [j if j.index == 1 else dataclasses.replace(j, freeze=cfg.freeze) for j in jobs]
     if cfg.regularizer == "none":
         return jobs
     from enstune.regularizers import get_regularizer

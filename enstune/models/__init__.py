@@ -70,3 +70,22 @@ def from_pretrained(name: str, path: Path, num_classes: int) -> nn.Module:
 
 
 from enstune.models import small  # noqa: E402,F401  (registration)
+
+
+def stage_modules(model: nn.Module, stages: int) -> list[nn.Module]:
+    """The leaf modules of the first ``stages`` stages (timm's ``feature_info``), in order."""
+    names = [info["module"] for info in getattr(model, "feature_info", [])]
+    if stages > len(names):
+        raise EnstuneError(f"cannot freeze {stages} stages: the model has {len(names)}")
+    if stages <= 0:
+        return []
+    last = names[stages - 1]
+    out, seen_last = [], False
+    for name, module in model.named_modules():
+        inside = name == last or name.startswith(last + ".")
+        if seen_last and not inside:
+            break
+        seen_last = seen_last or inside
+        if not any(True for _ in module.children()):
+            out.append(module)
+    return out

@@ -19,6 +19,8 @@ class MLP(nn.Module):
         for i in range(depth):
             layers += [nn.Linear(in_features if i == 0 else width, width), nn.BatchNorm1d(width), nn.ReLU()]
         self.features = nn.Sequential(*layers)
+        # timm's description of the stages: each block ends at its ReLU (used to freeze stages)
+        self.feature_info = [{"num_chs": width, "module": f"features.{3 * (i + 1)}"} for i in range(depth)]
         self.num_features = width
         self.head = nn.Linear(width, num_classes)
 
