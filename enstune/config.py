@@ -71,8 +71,11 @@ class StudySpec:
     pruner: str = "median"
     # Completed trials of the same method before the pruner judges anyone.
     prune_startup_trials: int = 4
-    # An extra loss term for members 2..K (enstune.regularizers), weighted by the trial's alpha.
+    # An extra loss term for members 2..K (enstune.regularizers), weighted by the trial's alpha,
+    # comparing the output of module ``tap`` ("": the head's input); RTD looks at ``subsample`` rows.
     regularizer: str = "none"
+    tap: str = ""
+    subsample: int = 64
     space: dict[str, Param] = field(default_factory=dict)
     # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
     evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
@@ -93,6 +96,8 @@ class TrialConfig:
     freeze: int = 0  # leading stages members 2..K keep frozen
     seed: int = 0
     regularizer: str = "none"
+    tap: str = ""
+    subsample: int = 64
 
 
 def _type_name(t: Any) -> str:
@@ -220,6 +225,8 @@ def validate(spec: StudySpec) -> StudySpec:
         from enstune.regularizers import get_regularizer
 
         get_regularizer(spec.regularizer)  # raises with the known names
+    if spec.subsample < 4:
+        raise ConfigError(f"subsample must be >= 4, got {spec.subsample}")
     methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
     for m in methods:
         get_method(m)  # raises with the list of known methods

@@ -132,7 +132,10 @@ class Workspace:
         source = self.data.source
         checkpoint = job.checkpoint if job.checkpoint is not None else 0
         pretrained = None if source is None else (lambda: self._fisher(checkpoint, source))
-        ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed, pretrained)
+        if job.tap and job.tap not in dict(probe.named_modules()):
+            raise EnstuneError(f"tap {job.tap!r} is not a module of {self.task.model}")
+        ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed, pretrained,
+                      job.tap, job.subsample)
         term = get_regularizer(job.regularizer).make(ctx)
         return lambda model, x, y, features, logits: job.alpha * term(model, x, y, features, logits)
 
@@ -160,7 +163,7 @@ class Workspace:
         if job.freeze:
             parts["freeze"] = job.freeze
         if job.regularizer != "none" and job.alpha != 0:
-            parts["reg"] = {"name": job.regularizer, "alpha": job.alpha,
+            parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
                             "refs": [(refs or {})[r].key for r in job.refs]}
         return content_key(**parts)
 
@@ -187,7 +190,7 @@ class Workspace:
         model.to(device)
         stats = train(model, self.split("train", device), job.recipe, seed=job.seed,
                       augment=self.data.augment, on_epoch=on_epoch, extra=self._extra(job, refs, device),
-                      frozen=stage_modules(model, job.freeze))
+                      frozen=stage_modules(model, job.freeze), tap=job.tap)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result = MemberResult(key, state, predict(model, self.split("val", device)),
                               predict(model, self.split("test", device)), stats.epochs, stats.seconds)

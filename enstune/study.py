@@ -52,7 +52,7 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
     method = values.pop("method", spec.method)
     return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members,
-                       regularizer=spec.regularizer, **values)
+                       regularizer=spec.regularizer, tap=spec.tap, subsample=spec.subsample, **values)
 
 
 def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:

@@ -50,11 +50,13 @@ def train(
     on_epoch: EpochCallback | None = None,
     extra: ExtraLoss | None = None,
     frozen: Sequence[nn.Module] = (),
+    tap: str = "",
 ) -> TrainStats:
     """Train ``model`` in place on ``data`` (already on the model's device) with a fresh optimizer.
 
     ``frozen`` modules keep their weights (left out of the optimizer) and, for BatchNorm, their
-    running statistics (kept in eval mode).
+    running statistics (kept in eval mode). ``extra`` sees the output of module ``tap`` (default:
+    the head's input, the pooled embedding) from the same forward pass.
     """
     for m in frozen:
         m.requires_grad_(False)
@@ -71,9 +73,8 @@ def train(
     for m in frozen:
         m.eval()
     loss_sum = torch.zeros((), device=device)
-    # The head's input is the embedding regularizers compare: taken from the same forward pass.
     features: list[torch.Tensor] = []
-    hook = model.get_classifier().register_forward_hook(lambda _m, i, _o: features.append(i[0])) if extra else None
+    hook = tap_features(model, tap, features) if extra else None
     try:
         for epoch in range(recipe.epochs):
             mean_loss = _epoch(model, data, recipe, generator, augment, opt, sched, loss_sum, extra, features)
@@ -85,6 +86,13 @@ def train(
         if hook is not None:
             hook.remove()
     return TrainStats(recipe.epochs, total, time.perf_counter() - start, mean_loss)
+
+
+def tap_features(model: nn.Module, tap: str, into: list[torch.Tensor]) -> Any:
+    """Collect the output of module ``tap`` (or, for "", the head's input) on every forward pass; the hook."""
+    if tap:
+        return model.get_submodule(tap).register_forward_hook(lambda _m, _i, out: into.append(out))
+    return model.get_classifier().register_forward_hook(lambda _m, inputs, _o: into.append(inputs[0]))
 
 
 def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Generator, augment: Augment | None,

@@ -227,3 +227,14 @@ def test_frozen_stages_keep_weights_and_batchnorm_statistics(ws):
     assert regularize(plain, _freeze_cfg(0)) == plain, "freeze 0 is the plain plan"
     with pytest.raises(Exception, match="stages"):
         ws.run(dataclasses.replace(jobs[1], freeze=3), first, CPU)
+
+
+def test_a_named_layer_can_be_tapped_and_a_wrong_name_is_an_error(ws):
+    plain = get_method("sse").plan(_cfg("none", 0.0))
+    first = ws.run(plain[0], None, CPU)
+    pooled = regularize(plain, _cfg("mse", 10.0))[1]
+    block = dataclasses.replace(pooled, tap="features.3")  # the first block's output
+    a, b = ws.run(pooled, first, CPU, refs={1: first}), ws.run(block, first, CPU, refs={1: first})
+    assert a.key != b.key and not any(torch.equal(a.state[k], b.state[k]) for k in ("features.4.weight",))
+    with pytest.raises(Exception, match="not a module"):
+        ws.run(dataclasses.replace(pooled, tap="layer9"), first, CPU, refs={1: first})

@@ -50,6 +50,8 @@ class MemberJob:
     regularizer: str = "none"
     alpha: float = 0.0
     refs: tuple[int, ...] = ()
+    tap: str = ""  # the module whose output the regularizer compares ("": the head's input)
+    subsample: int = 64  # RTD's rows per batch
     freeze: int = 0  # leading stages kept frozen (their BatchNorm in eval mode)
 
     def __post_init__(self) -> None:
@@ -76,7 +78,7 @@ def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
 
     needs = get_regularizer(cfg.regularizer).needs
     return [j if j.index == 1 else dataclasses.replace(
-        j, regularizer=cfg.regularizer, alpha=cfg.alpha,
+        j, regularizer=cfg.regularizer, alpha=cfg.alpha, tap=cfg.tap, subsample=cfg.subsample,
         refs=(1,) if needs == "first" else tuple(range(1, j.index))) for j in jobs]
 
 

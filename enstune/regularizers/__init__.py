@@ -34,6 +34,8 @@ class Context:
     # The pre-trained weights the member descends from and their diagonal Fisher on the source
     # task, made on first call (only EWC asks).
     pretrained: Callable[[], tuple[State, State]] | None = None
+    tap: str = ""  # the module whose output is compared ("" : the head's input)
+    subsample: int = 64  # rows of a batch RTD looks at
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,12 @@ def body(model: nn.Module, head: str, state: State | None = None) -> list[torch.
 
 def _reference(ctx: Context, index: int, output: str = "features") -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
     """Features (or logits) of earlier member ``index`` on a batch, without gradients, in the member's mode."""
+    from enstune.training import tap_features
+
     ref = ctx.build(ctx.refs[index])
     ref.requires_grad_(False)
     captured: list[torch.Tensor] = []
-    head_of(ref).register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0]))
+    tap_features(ref, ctx.tap if output == "features" else "", captured)
 
     def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ref.train(model.training)
@@ -92,11 +96,6 @@ def _reference(ctx: Context, index: int, output: str = "features") -> Callable[[
         return captured[0] if output == "features" else logits
 
     return run
-
-
-def head_of(model: nn.Module) -> nn.Module:
-    """The classification head module (timm's ``get_classifier``)."""
-    return model.get_classifier()
 
 
 @register_regularizer("mse")
@@ -111,7 +110,7 @@ def _rtd(ctx: Context) -> Term:
 
     first = _reference(ctx, 1)
     generator = torch.Generator().manual_seed(ctx.seed)
-    return lambda model, x, y, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), generator=generator)
+    return lambda model, x, y, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), ctx.subsample, generator)
 
 
 @register_regularizer("l2_ft")
