@@ -238,3 +238,14 @@ def test_a_named_layer_can_be_tapped_and_a_wrong_name_is_an_error(ws):
     assert a.key != b.key and not any(torch.equal(a.state[k], b.state[k]) for k in ("features.4.weight",))
     with pytest.raises(Exception, match="not a module"):
         ws.run(dataclasses.replace(pooled, tap="layer9"), first, CPU, refs={1: first})
+
+
+@pytest.mark.parametrize("name", list_regularizers())
+def test_alpha_zero_is_the_plain_member_for_every_regularizer(ws, name):
+    plain = get_method("starsse").plan(_cfg("none", 0.0, "starsse"))
+    first = ws.run(plain[0], None, CPU)
+    job = regularize(plain, _cfg(name, 0.0, "starsse"))[1]
+    assert job.regularizer == name and job.alpha == 0.0
+    refs = {r: first for r in job.refs}
+    assert ws._extra(job, refs, CPU) is None, "no term is added at alpha 0"
+    assert ws.job_key(job, first, refs) == ws.job_key(plain[1], first)
