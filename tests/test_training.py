@@ -149,3 +149,27 @@ def test_executor_respects_dependencies_and_yields_in_member_order():
         out = list(Executor(devices).run(jobs, work))
         assert [j.index for j, _ in out] == [1, 2, 3, 4, 5] and [r for _, r in out] == [10, 20, 30, 40, 50]
         assert started[0] == 1
+
+
+def test_a_worker_whose_trial_was_failed_elsewhere_carries_on(home):
+    # After a long storage outage another worker may fail and re-queue a running trial; the
+    # first worker then finds it finished under it and must go on with the next one.
+    from enstune.progress import Reporter
+
+    st.create("starsse-demo", name="taken", overrides=TINY + ["pruner='none'"])
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
+
+    class FailFirstTrial(Reporter):
+        fired = False
+
+        def member_done(self, index, val_ens_acc, cached):
+            if not self.fired:
+                self.fired = True
+                study = optuna.load_study(study_name="taken", storage=storage)
+                (running,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)
+
+    st.run("taken", reporter_factory=lambda budget: FailFirstTrial())
+    states = [t.state for t in optuna.load_study(study_name="taken", storage=storage).trials]
+    assert states.count(optuna.trial.TrialState.FAIL) == 1
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3, states
