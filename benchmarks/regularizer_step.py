@@ -10,6 +10,7 @@ one SGD step (forward, loss with the term, backward, update) and its ratio to th
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 
 from enstune.models import classifier_prefix, create_model
 from enstune.regularizers import Context, get_regularizer, list_regularizers
-from enstune.regularizers.rtd import rtd
+from enstune.training import tap_features
 
 SHAPES = {"demo_mlp": ((1, 8, 8), 10, 128), "resnet50": ((3, 32, 32), 100, 128)}  # input, classes, batch
 
@@ -27,7 +28,7 @@ SHAPES = {"demo_mlp": ((1, 8, 8), 10, 128), "resnet50": ((3, 32, 32), 100, 128)}
 def _step_time(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, extra: Callable | None, steps: int) -> float:
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     features: list[torch.Tensor] = []
-    hook = model.get_classifier().register_forward_hook(lambda _m, i, _o: features.append(i[0]))
+    hook = tap_features(model, "", features)
     times = []
     for i in range(steps + 2):  # two warm-up steps
         start = time.perf_counter()
@@ -71,19 +72,8 @@ def main() -> None:
         print(f"{name:<10} {'plain':<12} {plain * 1000:>9.1f} {1.0:>6.2f}", flush=True)
         terms: list[tuple[str, Callable]] = [(r, get_regularizer(r).make(ctx)) for r in list_regularizers()
                                               if r != "rtd"]
-        first = build(reference)
-        first.requires_grad_(False)
-        for sub in (32, 64, 128):
-            def rtd_term(model, x, y, f, logits, sub=sub):  # noqa: ANN001, ANN202
-                captured: list[torch.Tensor] = []
-                h = first.get_classifier().register_forward_hook(lambda _m, i, _o: captured.append(i[0]))
-                with torch.no_grad():
-                    first.train(model.training)
-                    first(x)
-                h.remove()
-                return rtd(f, captured[0], subsample=sub)
-
-            terms.append((f"rtd@{sub}", rtd_term))
+        terms += [(f"rtd@{sub}", get_regularizer("rtd").make(dataclasses.replace(ctx, subsample=sub)))
+                  for sub in (32, 64, 128)]
         for label, term in terms:
             t = _step_time(build(reference), x, y, term, args.steps)
             print(f"{name:<10} {label:<12} {t * 1000:>9.1f} {t / plain:>6.2f}", flush=True)

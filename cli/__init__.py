@@ -235,7 +235,8 @@ def recommend(
     proposals = rank(dataset.lower(), method, study_optima(storage) + paper_optima())[:top]
     queued = enqueue(enqueue_into, proposals, storage) if enqueue_into else []
     if as_json:
-        sys.stdout.write(json.dumps({"dataset": dataset, "method": method, "proposals": [p.to_dict() for p in proposals],
+        sys.stdout.write(json.dumps({"dataset": dataset, "method": method,
+                                     "proposals": [p.to_dict() for p in proposals],
                                      "enqueued": [p.to_dict() for p in queued]}, indent=2) + "\n")
         return
     table = Table("rank", "lr_mult", "epoch_mult", "from", "evidence", title=f"{method} on {dataset}")

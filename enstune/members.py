@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -91,6 +91,12 @@ class Workspace:
         # An ordinary checkpoint file: loaded later exactly like a downloaded one.
         save_atomic({"state_dict": model.state_dict(), "model": self.task.model}, path)
 
+    def model_from(self, state: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
+        """The task's network with weights ``state``, on ``device``."""
+        model = create_model(self.task.model, self.data.num_classes)
+        model.load_state_dict(state)
+        return model.to(device)
+
     def evaluation(self, results: list[MemberResult], device: torch.device, seed: int,
                    points: int) -> Members:
         """A trial's members, ready for the evaluators, on ``device``."""
@@ -98,11 +104,6 @@ class Workspace:
         if len(train) > BN_SUBSET:
             keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:BN_SUBSET]
             train = train.subset(keep.to(device))
-
-        def build(state: dict[str, torch.Tensor]) -> torch.nn.Module:
-            model = create_model(self.task.model, self.data.num_classes)
-            model.load_state_dict(state)
-            return model.to(device)
 
         def bn_batches() -> Iterator[torch.Tensor]:
             # Training-mode inputs (augmented, as BN saw them in training), BN_SUBSET of them even
@@ -115,27 +116,21 @@ class Workspace:
         if self._ood is None and self.data.ood is not None:
             self._ood = self.data.ood()
         return Members([r.state for r in results], [r.val_probs for r in results], [r.test_probs for r in results],
-                       train, self.split("val", device), self.split("test", device), WeightSpace(build, bn_batches),
-                       seed, points, self._ood)
+                       train, self.split("val", device), self.split("test", device),
+                       WeightSpace(lambda state: self.model_from(state, device), bn_batches), seed, points, self._ood)
 
-    def _extra(self, job: MemberJob, refs: dict[int, MemberResult], device: torch.device) -> ExtraLoss | None:
-        """The job's weighted regularizer term, or None (none, or alpha 0: the plain member)."""
+    def _extra(self, job: MemberJob, refs: dict[int, MemberResult], model: torch.nn.Module,
+               device: torch.device) -> ExtraLoss | None:
+        """The weighted regularizer term of ``job`` training ``model``, or None (none, or alpha 0: the plain member)."""
         if job.regularizer == "none" or job.alpha == 0:
             return None
-
-        def build(state: dict[str, torch.Tensor]) -> torch.nn.Module:
-            model = create_model(self.task.model, self.data.num_classes)
-            model.load_state_dict(state)
-            return model.to(device)
-
-        probe = create_model(self.task.model, self.data.num_classes)
         source = self.data.source
         checkpoint = job.checkpoint if job.checkpoint is not None else 0
         pretrained = None if source is None else (lambda: self._fisher(checkpoint, source))
-        if job.tap and job.tap not in dict(probe.named_modules()):
+        if job.tap and job.tap not in dict(model.named_modules()):
             raise EnstuneError(f"tap {job.tap!r} is not a module of {self.task.model}")
-        ctx = Context({i: r.state for i, r in refs.items()}, build, classifier_prefix(probe), job.seed, pretrained,
-                      job.tap, job.subsample)
+        ctx = Context({i: r.state for i, r in refs.items()}, lambda state: self.model_from(state, device),
+                      classifier_prefix(model), job.seed, pretrained, job.tap, job.subsample)
         term = get_regularizer(job.regularizer).make(ctx)
         return lambda model, x, y, features, logits: job.alpha * term(model, x, y, features, logits)
 
@@ -159,7 +154,8 @@ class Workspace:
             start = {"parent": parent.key}
         t = self.task
         task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed}
-        parts: dict[str, Any] = {"task": task, "start": start, "recipe": dataclasses.asdict(job.recipe), "seed": job.seed}
+        parts: dict[str, Any] = {"task": task, "start": start, "recipe": dataclasses.asdict(job.recipe),
+                                 "seed": job.seed}
         if job.freeze:
             parts["freeze"] = job.freeze
         if job.regularizer != "none" and job.alpha != 0:
@@ -182,14 +178,12 @@ class Workspace:
             return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
-            model = from_pretrained(self.task.model, self.checkpoint(job.checkpoint), self.data.num_classes)
+            model = from_pretrained(self.task.model, self.checkpoint(job.checkpoint), self.data.num_classes).to(device)
         else:
             assert parent is not None
-            model = create_model(self.task.model, self.data.num_classes)
-            model.load_state_dict(parent.state)
-        model.to(device)
+            model = self.model_from(parent.state, device)
         stats = train(model, self.split("train", device), job.recipe, seed=job.seed,
-                      augment=self.data.augment, on_epoch=on_epoch, extra=self._extra(job, refs, device),
+                      augment=self.data.augment, on_epoch=on_epoch, extra=self._extra(job, refs, model, device),
                       frozen=stage_modules(model, job.freeze), tap=job.tap)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result = MemberResult(key, state, predict(model, self.split("val", device)),

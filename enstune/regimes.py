@@ -5,7 +5,8 @@ Rules, per method (trials of different methods are never compared):
 - optimal: validation ensemble accuracy within ``z`` standard errors of the method's best, the
   standard error being that of a paired difference on the same validation images under the
   hypothesis of equal accuracy, sqrt(b + c) / n, with b, c the images only one of the two
-  ensembles gets right (so the rule is McNemar's statistic (b - c) / sqrt(b + c) <= z). Ensembles from one checkpoint agree on most images, so this is much tighter than
+  ensembles gets right (so the rule is McNemar's statistic (b - c) / sqrt(b + c) <= z).
+  Ensembles from one checkpoint agree on most images, so this is much tighter than
   treating the two accuracies as independent; trials inside it cannot be told apart from the
   best on this validation set. A fixed ``band`` (accuracy) can replace it.
 - semi-local: not optimal, and it left the pre-train basin: a barrier above ``barrier`` on

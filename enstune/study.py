@@ -13,7 +13,6 @@ import warnings
 from typing import Any
 
 import optuna
-import torch
 from optuna.trial import TrialState
 
 from enstune.config import StudySpec, TrialConfig, load_template, spec_from_dict, to_dict
@@ -30,7 +29,6 @@ from enstune.storage import home_dir, mask_url, open_storage, resolve_url
 from enstune.storage.resilient import ResilientRDBStorage
 
 SPEC_ATTR = "spec"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 RECIPE_PARAMS = ("epochs", "lr", "weight_decay")
 READY_TIMEOUT = 30.0  # seconds a worker waits for a concurrent `study create` to finish
 DEFAULT_HEARTBEAT = 60  # seconds; a dead worker's trial is retried after two silent intervals
@@ -184,7 +182,7 @@ class Objective:
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
         epochs: list[int] = []
         results: list[MemberResult] = []
-        attrs: dict[str, Any] = {}
+        attrs: dict[str, Any] = {"val_size": len(self.ws.data.val)}
         seconds = 0.0
         cached = 0
         try:
@@ -195,7 +193,7 @@ class Objective:
                 epochs.append(res.epochs)
                 seconds += res.seconds
                 cached += res.cached
-                attrs.update({"val_size": len(self.ws.data.val), "val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
+                attrs.update({"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
                               "val_member_acc": val.members, "test_member_acc": test.members,
                               "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached})
                 if retry and "resumed_from_member" not in attrs and (not res.cached or job.index == len(jobs)):
@@ -205,8 +203,7 @@ class Objective:
                 self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
                 if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
-            attrs["val_correct"] = pack_correct(torch.stack([r.val_probs for r in results]).mean(0),
-                                                self.ws.data.val.y)
+            attrs["val_correct"] = pack_correct(val.probs(), self.ws.data.val.y)
             members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec.interp_points)
             attrs.update(evaluate(members, self.spec.evaluate))
             attach_trial_pictures(trial, trial.params, attrs, self.ws.cache.store)

@@ -61,7 +61,6 @@ def train(
     for m in frozen:
         m.requires_grad_(False)
     start = time.perf_counter()
-    device = data.x.device
     generator = torch.Generator().manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
@@ -72,12 +71,11 @@ def train(
     model.train()
     for m in frozen:
         m.eval()
-    loss_sum = torch.zeros((), device=device)
     features: list[torch.Tensor] = []
     hook = tap_features(model, tap, features) if extra else None
     try:
         for epoch in range(recipe.epochs):
-            mean_loss = _epoch(model, data, recipe, generator, augment, opt, sched, loss_sum, extra, features)
+            mean_loss = _epoch(model, data, recipe, generator, augment, opt, sched, extra, features)
             if not math.isfinite(mean_loss):
                 raise DivergedError(f"loss became {mean_loss} in epoch {epoch + 1}")
             if on_epoch is not None:
@@ -96,10 +94,9 @@ def tap_features(model: nn.Module, tap: str, into: list[torch.Tensor]) -> Any:
 
 
 def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Generator, augment: Augment | None,
-           opt: torch.optim.Optimizer, sched: Any, loss_sum: torch.Tensor, extra: ExtraLoss | None,
-           features: list[torch.Tensor]) -> float:
+           opt: torch.optim.Optimizer, sched: Any, extra: ExtraLoss | None, features: list[torch.Tensor]) -> float:
     """One epoch; the mean loss (one host sync per epoch: the divergence check and the display share it)."""
-    loss_sum.zero_()
+    loss_sum = torch.zeros((), device=data.x.device)
     for x, y in batches(data, recipe.batch_size, generator, augment):
         with _autocast(data.x.device):
             features.clear()

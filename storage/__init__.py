@@ -86,15 +86,12 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
 
 def _is_schema_race(exc: BaseException) -> bool:
     """A duplicate key or an existing table: another process created Optuna's schema at the same time."""
-    import sqlalchemy.exc
+    import sqlalchemy.exc as sa
 
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, sqlalchemy.exc.IntegrityError) or (
-                isinstance(seen, sqlalchemy.exc.ProgrammingError) and "already exists" in str(seen)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    from enstune.storage.resilient import caused_by
+
+    return caused_by(exc, lambda e: isinstance(e, sa.IntegrityError)
+                     or (isinstance(e, sa.ProgrammingError) and "already exists" in str(e)))
 
 
 def mask_url_text(text: str, url: str) -> str:

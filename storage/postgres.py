@@ -36,12 +36,13 @@ def _bindir() -> Path:
 
 def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a server tool, as the ``postgres`` user when we are root."""
+    tool = Path(cmd[0]).name
     if os.geteuid() == 0:
         cmd = ("runuser", "-u", SUPERUSER, "--", *cmd)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if check and proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines() or [f"exit code {proc.returncode}"]
-        raise EnstuneError(f"{Path(cmd[3] if os.geteuid() == 0 else cmd[0]).name} failed: {lines[-1]}")
+        raise EnstuneError(f"{tool} failed: {lines[-1]}")
     return proc
 
 

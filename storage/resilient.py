@@ -26,18 +26,22 @@ _RETRIED = (
 )
 
 
+def caused_by(exc: BaseException, match: Callable[[BaseException], bool]) -> bool:
+    """Whether ``exc`` or any exception in its cause/context chain satisfies ``match``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if match(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what caused it) is a lost or refused database connection."""
     import sqlalchemy.exc as sa
 
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, (sa.OperationalError, sa.InterfaceError)):
-            return True
-        if isinstance(seen, sa.DBAPIError) and seen.connection_invalidated:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return caused_by(exc, lambda e: isinstance(e, (sa.OperationalError, sa.InterfaceError))
+                     or (isinstance(e, sa.DBAPIError) and e.connection_invalidated))
 
 
 def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:

@@ -247,5 +247,5 @@ def test_alpha_zero_is_the_plain_member_for_every_regularizer(ws, name):
     job = regularize(plain, _cfg(name, 0.0, "starsse"))[1]
     assert job.regularizer == name and job.alpha == 0.0
     refs = {r: first for r in job.refs}
-    assert ws._extra(job, refs, CPU) is None, "no term is added at alpha 0"
+    assert ws._extra(job, refs, create_model("demo_mlp", 10), CPU) is None, "no term is added at alpha 0"
     assert ws.job_key(job, first, refs) == ws.job_key(plain[1], first)

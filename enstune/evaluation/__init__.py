@@ -25,8 +25,14 @@ class EnsembleCurve:
         """Add one member's probabilities; return the accuracy of the ensemble so far."""
         self._sum = probs.clone() if self._sum is None else self._sum + probs
         self.members.append(accuracy(probs, self.labels))
-        self.ensembles.append(accuracy(self._sum / len(self.members), self.labels))
+        self.ensembles.append(accuracy(self.probs(), self.labels))
         return self.ensembles[-1]
+
+    def probs(self) -> torch.Tensor:
+        """Mean probabilities of the members added so far."""
+        if self._sum is None:
+            raise ValueError("no member added yet")
+        return self._sum / len(self.members)
 
 
 def pack_correct(probs: torch.Tensor, labels: torch.Tensor) -> str:

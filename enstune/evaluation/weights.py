@@ -73,7 +73,7 @@ class WeightSpace:
         return chosen, best
 
     def joint_connectivity(self, states: Sequence[State], split: Split, samples: int = 50, seed: int = 0) -> float:
-        """q̄: mean over λ ~ Dir(1) of Acc(Σ λ_i θ_i) − Σ λ_i Acc(θ_i), in percent (single-basin paper, Eq. 2)."""
+        """q̄: mean over λ ~ Dir(1) of Acc(Σ λ_i θ_i) − Σ λ_i Acc(θ_i), in percent (single-basin paper)."""
         singles = [self.accuracy([s], [1.0], split) for s in states]
         generator = torch.Generator().manual_seed(seed)
         total = 0.0

@@ -74,9 +74,8 @@ def get_regularizer(name: str) -> Regularizer:
 
 def body(model: nn.Module, head: str, state: State | None = None) -> list[torch.Tensor]:
     """The model's parameters outside the head, or, with ``state``, the same entries of that state."""
-    names = [k for k, _ in model.named_parameters() if not k.startswith(head + ".")]
-    params = dict(model.named_parameters())
-    return [params[k] for k in names] if state is None else [state[k] for k in names]
+    named = [(k, p) for k, p in model.named_parameters() if not k.startswith(head + ".")]
+    return [p for _, p in named] if state is None else [state[k] for k, _ in named]
 
 
 def _reference(ctx: Context, index: int, output: str = "features") -> Callable[[nn.Module, torch.Tensor], torch.Tensor]:
@@ -183,8 +182,8 @@ def _ewc_pt(ctx: Context) -> Term:
         if anchor is None:
             assert ctx.pretrained is not None
             state, fisher = ctx.pretrained()
-            anchor = [(state[k].to(p.device), fisher[k].to(p.device)) for k, p in zip(
-                [k for k, _ in model.named_parameters() if not k.startswith(ctx.head + ".")], weights)]
+            anchor = [(a.to(p.device), w.to(p.device)) for p, a, w in zip(
+                weights, body(model, ctx.head, state), body(model, ctx.head, fisher))]
         return sum((w * (p - a) ** 2).sum() for p, (a, w) in zip(weights, anchor))
 
     return term
