@@ -306,7 +306,7 @@ def show(name: str, storage_url: str | None = None) -> dict[str, Any]:
     rows = trial_rows(study)
     best = _best(study)
     return {"name": name, "storage": mask_url(resolve_url(storage_url)), "spec": to_dict(spec),
-            "n_trials": len(rows), "budget": spec.n_trials, "best_value": best, "trials": rows}
+            "n_trials": len(rows), "budget": budget(spec), "best_value": best, "trials": rows}
 
 
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
