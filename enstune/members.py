@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import torch
 
-from enstune.cache import MemberCache, content_key, file_digest, save_atomic
+from enstune.cache import MemberCache, content_key, file_digest, save_atomic, tensor_digest
 from enstune.config import Task
 from enstune.data import Split, TaskData, load_task_data
 from enstune.data._base import batches
@@ -58,6 +59,12 @@ class Workspace:
             # vs 45-80 s per demo pre-training on 2 busy cores).
             torch.set_num_threads(1)
 
+    @functools.cached_property
+    def data_digest(self) -> str:
+        """Digest of the task's splits: members trained on other data never match a cache key."""
+        d = self.data
+        return tensor_digest(d.train.x, d.train.y, d.val.x, d.val.y, d.test.x, d.test.y)
+
     def split(self, name: str, device: torch.device) -> Split:
         """Split ``name`` moved to ``device`` once."""
         key = (name, str(device))
@@ -77,7 +84,11 @@ class Workspace:
             return path
         if self.data.source is None or self.data.pretrain is None:
             raise EnstuneError(f"dataset {self.task.dataset!r} needs task.checkpoints (pre-trained weight files)")
-        path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}.pt"
+        source = self.data.source
+        # Named by what it is trained on: a changed source task never reuses an old file.
+        made_of = content_key(data=tensor_digest(source.train.x, source.train.y),
+                              recipe=dataclasses.asdict(self.data.pretrain))[:12]
+        path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}-{made_of}.pt"
         if not path.is_file():
             self._pretrain(index, path)
         return path
@@ -153,7 +164,8 @@ class Workspace:
             assert parent is not None
             start = {"parent": parent.key}
         t = self.task
-        task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed}
+        task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed,
+                "data": self.data_digest}
         parts: dict[str, Any] = {"task": task, "start": start, "recipe": dataclasses.asdict(job.recipe),
                                  "seed": job.seed}
         if job.freeze:

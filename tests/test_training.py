@@ -10,6 +10,7 @@ from optuna.storages.journal import JournalFileBackend
 from cli_helpers import TINY
 from enstune import study as st
 from enstune.config import Task, load_template
+from enstune.data import demo
 from enstune.errors import DivergedError, EnstuneError
 from enstune.executor import Executor, parse_devices
 from enstune.members import Workspace
@@ -30,6 +31,23 @@ def test_demo_splits_are_disjoint_and_few_labelled(ws):
     assert len(d.val) >= 200 and len(d.test) >= 300, "splits large enough to rank trials"
     rows = {tuple(x.flatten().tolist()) for s in (d.train, d.val, d.test) for x in s.x}
     assert len(rows) == len(d.train) + len(d.val) + len(d.test)
+    for split in (d.val, d.test):  # each digit seen through demo.CAPTURES noise draws, in capture-major order
+        labels = split.y.view(demo.CAPTURES, -1)
+        assert (labels == labels[0]).all() and len(labels[0]) >= 300
+
+
+def test_cache_keys_follow_the_data_and_checkpoints_their_source(home, monkeypatch):
+    job = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
+                                                     load_template("starsse-demo", TINY)))[0]
+    task = load_template("starsse-demo", []).task
+    before = Workspace(task, home)
+    key, path = before.job_key(job, None), before.checkpoint(0)
+    assert Workspace(task, home).job_key(job, None) == key, "the same data, the same key"
+    monkeypatch.setattr(demo, "NOISE_STD", 0.2)  # the target task changes, its source does not
+    after = Workspace(task, home)
+    assert after.checkpoint(0) == path and after.job_key(job, None) != key
+    monkeypatch.setattr(demo, "SOURCE_SIZE", 800)
+    assert Workspace(task, home).checkpoint(0) != path, "a checkpoint is named by what it was trained on"
 
 
 def test_checkpoints_are_ordinary_files_loaded_like_downloads(ws):
