@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import logging
@@ -140,11 +141,23 @@ def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
     return work
 
 
+def _database(study: optuna.Study) -> ResilientRDBStorage | None:
+    """The study's database storage (under Optuna's cache), or None for the embedded journal."""
+    storage = getattr(study._storage, "_backend", study._storage)
+    return storage if isinstance(storage, ResilientRDBStorage) else None
+
+
+def trial_states(study: optuna.Study, below: int | None = None) -> collections.Counter[TrialState]:
+    """How many trials of ``study`` are in each state (only those numbered below ``below``, if given)."""
+    if (db := _database(study)) is not None:
+        return collections.Counter(db.count_trials(study._study_id, below))
+    return collections.Counter(t.state for t in study.get_trials(deepcopy=False) if below is None or t.number < below)
+
+
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Set ``attrs`` on ``trial``: in one transaction where the storage can, else one by one."""
-    storage = getattr(trial.study._storage, "_backend", trial.study._storage)  # under Optuna's cache
-    if isinstance(storage, ResilientRDBStorage):
-        storage.set_trial_user_attrs(trial._trial_id, attrs)
+    if (db := _database(trial.study)) is not None:
+        db.set_trial_user_attrs(trial._trial_id, attrs)
         return
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
@@ -154,16 +167,16 @@ class OverBudget(Exception):
     """Other workers spent the study's budget between this worker's check and its new trial."""
 
 
-def _admit(trial: optuna.Trial, spec: StudySpec) -> optuna.trial.FrozenTrial:
-    """This trial's record; a freshly sampled trial beyond the study-wide budget is refused."""
-    trials = trial.study.get_trials(deepcopy=False)
-    me = next(t for t in trials if t.number == trial.number)
-    queued = "fixed_params" in me.system_attrs or "failed_trial" in me.system_attrs
-    ahead = sum(1 for t in trials if t.number < trial.number and t.state != TrialState.FAIL)
-    if not queued and ahead >= budget(spec):
-        trial.set_user_attr("over_budget", True)
-        raise OverBudget(f"the study's budget of {budget(spec)} trials is spent")
-    return me
+def _admit(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """This trial's system attributes; a freshly sampled trial beyond the study-wide budget is refused."""
+    # The database's attribute table alone: Optuna's cache would read the whole trial for it.
+    system = (_database(trial.study) or trial.study._storage).get_trial_system_attrs(trial._trial_id)
+    if "fixed_params" not in system and "failed_trial" not in system:  # not queued: sampled here
+        states = trial_states(trial.study, below=trial.number)
+        if states.total() - states[TrialState.FAIL] >= budget(spec):
+            trial.set_user_attr("over_budget", True)
+            raise OverBudget(f"the study's budget of {budget(spec)} trials is spent")
+    return system
 
 
 class Objective:
@@ -173,7 +186,7 @@ class Objective:
         self.spec, self.ws, self.executor, self.reporter = spec, ws, executor, reporter
 
     def __call__(self, trial: optuna.Trial) -> float:
-        retry = "failed_trial" in _admit(trial, self.spec).system_attrs
+        retry = "failed_trial" in _admit(trial, self.spec)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(trial, self.spec)
         jobs = regularize(get_method(cfg.method).plan(cfg), cfg)
@@ -218,16 +231,17 @@ class Objective:
 
 
 def _best(study: optuna.Study) -> float | None:
-    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return max((t.value for t in done), default=None)
+    try:
+        return study.best_value  # one query on a database
+    except ValueError:  # no trial has completed yet
+        return None
 
 
 def _open_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, int]:
     """(trials a worker may start now, trials running): queued ones plus the unspent budget."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    waiting, running = states.count(TrialState.WAITING), states.count(TrialState.RUNNING)
-    live = len(states) - states.count(TrialState.FAIL)
-    return waiting + max(budget(spec) - live, 0), running
+    states = trial_states(study)
+    live = states.total() - states[TrialState.FAIL]
+    return states[TrialState.WAITING] + max(budget(spec) - live, 0), states[TrialState.RUNNING]
 
 
 def _taken_over(exc: Exception) -> bool:

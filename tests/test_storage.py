@@ -83,6 +83,42 @@ def test_eight_concurrent_creates_make_one_study_with_its_grid_queued_once(pg):
     assert len({tuple(sorted(t.system_attrs["fixed_params"].items())) for t in queued}) == 16
 
 
+def test_trial_counts_on_the_database_match_the_trials_themselves(pg, home):
+    from enstune import study as st
+    from enstune.storage import open_storage
+
+    url = pg.url()
+    st.create("starsse-demo", name="counts", storage_url=url, overrides=["n_trials=6"])
+    study = optuna.load_study(study_name="counts", storage=open_storage(url))
+    spec = st.load_spec(study)
+    running = [study.ask() for _ in range(3)]  # three of the six queued points taken
+    study.tell(running[0], 0.5)
+    study.tell(running[1], state=TrialState.FAIL)
+    for below in (None, 2, 6):
+        by_hand = [t.state for t in study.get_trials() if below is None or t.number < below]
+        assert st.trial_states(study, below) == {s: by_hand.count(s) for s in set(by_hand)}
+    assert st.trial_states(study)[TrialState.WAITING] == 3
+    assert st._open_trials(study, spec) == (3 + 1, 1), "three queued, one trial's worth of budget back from the FAIL"
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_a_trials_attributes_are_written_together_and_never_after_it_ends(kind, pg, tmp_path):
+    from enstune.storage import open_storage
+    from enstune.study import set_user_attrs
+
+    url = pg.url() if kind == "postgresql" else f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name=f"attrs-{kind}", storage=open_storage(url))
+    trial = study.ask()
+    trial.set_user_attr("worker", "w:1")
+    set_user_attrs(trial, {"worker": "w:2", "val_ens_acc": [0.5, 0.75], "diverged": False})
+    study.tell(trial, 0.75)
+    # read back by a plain Optuna client
+    assert optuna.load_study(study_name=f"attrs-{kind}", storage=url).trials[0].user_attrs == {
+        "worker": "w:2", "val_ens_acc": [0.5, 0.75], "diverged": False}
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        set_user_attrs(trial, {"late": 1})
+
+
 def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
