@@ -9,7 +9,9 @@ attributes once at the end, and heartbeats on a database storage.
     python benchmarks/storage_overhead.py --storage URL   # one given storage only
 
 Prints, per storage and worker count: trials, wall seconds, per-trial overhead (mean over
-workers of their wall time divided by their trials) and errors.
+workers of their wall time divided by their trials), the CPU time one trial costs in its
+worker and in the local PostgreSQL server, and errors. With W workers on C cores
+a worker's wall time per trial cannot fall below W/C times that CPU time.
 """
 
 from __future__ import annotations
@@ -56,18 +58,38 @@ def _worker(url: str | None, name: str, trials: int, queue: mp.Queue) -> None:
         return acc[-1]
 
     errors = 0
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for _ in range(trials):
         try:
             _open_trials(study, spec)
             study.optimize(objective, n_trials=1)
         except Exception:  # noqa: BLE001 - counted and reported
             errors += 1
-    queue.put((time.perf_counter() - start, trials, errors))
+    queue.put((time.perf_counter() - start, time.process_time() - cpu, trials, errors))
 
 
-def measure(url: str | None, workers: int) -> tuple[int, float, float, int]:
-    """(trials, wall s, per-trial ms, errors) for ``workers`` processes on a new study."""
+def server_cpu(server: Path | None) -> float:
+    """CPU seconds the local PostgreSQL has used so far: the postmaster, its live and its ended backends."""
+    if server is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    postmaster = int((server / "data" / "postmaster.pid").read_text().split()[0])
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if pid == postmaster:  # its own time and that of reaped backends (cutime, cstime)
+            total += sum(int(f) for f in fields[11:15]) / tick
+        elif ppid == postmaster:
+            total += sum(int(f) for f in fields[11:13]) / tick
+    return total
+
+
+def measure(url: str | None, workers: int, server: Path | None) -> tuple[int, float, float, float, float, int]:
+    """(trials, wall s, per-trial ms, worker and server CPU ms per trial, errors) for ``workers`` processes."""
     import optuna
 
     from enstune import study as st
@@ -78,17 +100,19 @@ def measure(url: str | None, workers: int) -> tuple[int, float, float, int]:
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()
     procs = [ctx.Process(target=_worker, args=(url, name, TRIALS_PER_WORKER, queue)) for _ in range(workers)]
-    start = time.perf_counter()
+    start, server_start = time.perf_counter(), server_cpu(server)
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
     for p in procs:
         p.join()
-    wall = time.perf_counter() - start
+    wall, server_used = time.perf_counter() - start, server_cpu(server) - server_start
     done = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
     errors = sum(e for *_, e in results) + sum(t.state.name not in ("COMPLETE", "PRUNED") for t in done)
-    per_trial = sum(seconds / n for seconds, n, _ in results) / len(results) * 1000
-    return len(done), wall, per_trial, errors
+    per_trial = sum(seconds / n for seconds, _, n, _ in results) / len(results) * 1000
+    ran = sum(n for _, _, n, _ in results)
+    cpu = sum(c for _, c, _, _ in results) / ran * 1000
+    return len(done), wall, per_trial, cpu, server_used / ran * 1000, errors
 
 
 def main() -> None:
@@ -111,12 +135,15 @@ def main() -> None:
     else:
         local = cluster(home)
         targets = [None, local.up()]
-    print(f"{'storage':<52} {'workers':>7} {'trials':>6} {'wall s':>7} {'ms/trial':>9} {'errors':>6}")
+    print(f"{'storage':<52} {'workers':>7} {'trials':>6} {'wall s':>7} {'ms/trial':>9} {'cpu worker':>10} "
+          f"{'cpu server':>10} {'errors':>6}   (CPU ms per trial; {os.cpu_count()} cores)")
     try:
         for url in targets:
+            server = local.root if local is not None and url is not None else None
             for n in counts:
-                trials, wall, per_trial, errors = measure(url, n)
-                print(f"{mask_url(url):<52} {n:>7} {trials:>6} {wall:>7.1f} {per_trial:>9.1f} {errors:>6}", flush=True)
+                trials, wall, per_trial, cpu, server_ms, errors = measure(url, n, server)
+                print(f"{mask_url(url):<52} {n:>7} {trials:>6} {wall:>7.1f} {per_trial:>9.1f} {cpu:>10.1f} "
+                      f"{server_ms:>10.1f} {errors:>6}", flush=True)
     finally:
         if local is not None:
             local.down(purge=True)
