@@ -85,9 +85,10 @@ class Workspace:
         if self.data.source is None or self.data.pretrain is None:
             raise EnstuneError(f"dataset {self.task.dataset!r} needs task.checkpoints (pre-trained weight files)")
         source = self.data.source
-        # Named by what it is trained on: a changed source task never reuses an old file.
+        # Named by what it is and is trained on: a changed network or source task never reuses an old file.
         made_of = content_key(data=tensor_digest(source.train.x, source.train.y),
-                              recipe=dataclasses.asdict(self.data.pretrain))[:12]
+                              recipe=dataclasses.asdict(self.data.pretrain),
+                              network=repr(create_model(self.task.model, source.num_classes)))[:12]
         path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}-{made_of}.pt"
         if not path.is_file():
             self._pretrain(index, path)

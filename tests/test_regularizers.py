@@ -74,7 +74,8 @@ def test_weight_orthogonality_reaches_the_weights_with_a_gradient():
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
     same = create_model("demo_mlp", 10)
     same.load_state_dict(earlier.state_dict())
-    assert _term("wo", same, earlier.state_dict(), torch.rand(4, 1, 8, 8)).item() == pytest.approx(1.0)
+    # cosine 1 up to float32 sums over the body's weights
+    assert _term("wo", same, earlier.state_dict(), torch.rand(4, 1, 8, 8)).item() == pytest.approx(1.0, rel=1e-4)
 
 
 def test_plans_regularize_members_two_to_k_only():
@@ -226,7 +227,7 @@ def test_frozen_stages_keep_weights_and_batchnorm_statistics(ws):
     plain = get_method("starsse").plan(_freeze_cfg(0))
     assert regularize(plain, _freeze_cfg(0)) == plain, "freeze 0 is the plain plan"
     with pytest.raises(Exception, match="stages"):
-        ws.run(dataclasses.replace(jobs[1], freeze=3), first, CPU)
+        ws.run(dataclasses.replace(jobs[1], freeze=4), first, CPU)
 
 
 def test_a_named_layer_can_be_tapped_and_a_wrong_name_is_an_error(ws):

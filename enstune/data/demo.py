@@ -28,6 +28,7 @@ from enstune.methods._base import Recipe
 SOURCE_SIZE = 900  # of the 1797 shuffled images, the first form the source task
 NOISE_STD = 0.15  # the target sensor's noise, in units of the [0, 1] pixel range
 CAPTURES = 10  # noisy captures of each validation and test digit
+OOD_CAPTURES = 2  # of them, corrupted into the OOD test sets (20 sets: their cost adds up)
 LABELS_PER_CLASS = 10  # target training labels per class (one capture each)
 TEST_SIZE = 400  # target test digits
 DATA_SEED = 0  # the digits shuffle and the sensor noise
@@ -79,4 +80,5 @@ def demo(task, home: Path) -> TaskData:  # noqa: ANN001
     train, val, test = (_captures(x[s.x], s.y, noise[:, s.x], n)
                         for s, n in ((train, 1), (val, CAPTURES), (test, CAPTURES)))
     return TaskData(train, val, test, num_classes=10, augment=partial(random_shift, pad=1),
-                    source=source_task(), pretrain=PRETRAIN, ood=partial(corrupt, test, OOD, DATA_SEED + 2))
+                    source=source_task(), pretrain=PRETRAIN,
+                    ood=partial(corrupt, test.subset(torch.arange(OOD_CAPTURES * TEST_SIZE)), OOD, DATA_SEED + 2))

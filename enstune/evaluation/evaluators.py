@@ -16,6 +16,7 @@ from enstune.evaluation.weights import State, WeightSpace, barrier
 from enstune.training import predict
 
 BN_SUBSET = 2048  # training images for BN recalibration and train accuracy along segments
+CURVE_SUBSET = 2048  # validation images for accuracy along segments and joint connectivity
 
 
 @dataclass
@@ -95,14 +96,17 @@ def _connectivity(m: Members) -> dict[str, Any]:
     k = len(m.states)
     if k < 2:
         return {}
-    train, val = m.weights.segment(m.states[0], m.states[-1], [m.train, m.val], m.interp_points)
+    # Each curve point is a model with recalibrated BN: a seeded subset keeps large sets affordable.
+    keep = torch.randperm(len(m.val), generator=torch.Generator().manual_seed(m.seed))[:CURVE_SUBSET]
+    curve_val = m.val.subset(keep.sort().values.to(m.val.y.device))
+    train, val = m.weights.segment(m.states[0], m.states[-1], [m.train, curve_val], m.interp_points)
     out: dict[str, Any] = {"interp_train_acc": train, "interp_val_acc": val,
                            "barrier_train": barrier(train), "barrier_val": barrier(val)}
     if k > 2:
         i, j = sorted(random.Random(m.seed).sample(range(k), 2))
-        train, val = m.weights.segment(m.states[i], m.states[j], [m.train, m.val], m.interp_points)
+        train, val = m.weights.segment(m.states[i], m.states[j], [m.train, curve_val], m.interp_points)
         out.update({"pair": [i + 1, j + 1], "barrier_train_pair": barrier(train), "barrier_val_pair": barrier(val)})
-    out["joint_connectivity"] = m.weights.joint_connectivity(m.states, m.val, seed=m.seed)
+    out["joint_connectivity"] = m.weights.joint_connectivity(m.states, curve_val, seed=m.seed)
     return out
 
 
