@@ -23,8 +23,9 @@ def ws(home):
     return Workspace(load_template("starsse-demo", []).task, home)
 
 
-def _cfg(regularizer: str, alpha: float, method: str = "sse"):
-    spec = load_template(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", f"space.alpha.choices=[{alpha}]"])
+def _cfg(regularizer: str, alpha: float, method: str = "sse", extra: tuple[str, ...] = ()):
+    spec = load_template(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", f"space.alpha.choices=[{alpha}]",
+                                                   *extra])
     return st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1, "alpha": alpha}), spec)
 
 
@@ -89,29 +90,29 @@ def test_plans_regularize_members_two_to_k_only():
 
 
 def test_alpha_zero_trains_exactly_the_plain_member_and_alpha_changes_it(ws):
-    plain = get_method("sse").plan(_cfg("none", 0.0))
+    fast = ("finetune.lr=0.05",)  # members that move in three epochs
+    plain = get_method("sse").plan(_cfg("none", 0.0, extra=fast))
     first = ws.run(plain[0], None, CPU)
     reference = ws.run(plain[1], first, CPU)
-    zero = regularize(plain, _cfg("mse", 0.0))[1]
+    zero = regularize(plain, _cfg("mse", 0.0, extra=fast))[1]
     same = ws.run(dataclasses.replace(zero), first, CPU, refs={1: first})
     assert same.key == reference.key and same.cached, "alpha 0 is the plain member, found in the cache"
     ws.cache.store.remove(ws.cache.artifact_id(reference.key))
     retrained = ws.run(zero, first, CPU, refs={1: first})
     assert all(torch.equal(retrained.state[k], reference.state[k]) for k in reference.state)
-    pulled = ws.run(regularize(plain, _cfg("mse", 10.0))[1], first, CPU, refs={1: first})
+    pulled = ws.run(regularize(plain, _cfg("mse", 10.0, extra=fast))[1], first, CPU, refs={1: first})
     assert pulled.key != reference.key
-    # the MSE term pulls member 2's embedding towards member 1's
+    # the MSE term pulls member 2's embedding towards member 1's, as the loss sees them: on the
+    # training images, BN on batch statistics (running statistics move alike with or without it)
     def gap(state):
         m = create_model("demo_mlp", 10)
         m.load_state_dict(state)
-        m.eval()
         with torch.no_grad():
-            return (m.forward_features(ws.data.val.x) - ref.forward_features(ws.data.val.x)).pow(2).mean().item()
+            return (m.forward_features(ws.data.train.x) - ref.forward_features(ws.data.train.x)).pow(2).mean().item()
 
     ref = create_model("demo_mlp", 10)
     ref.load_state_dict(first.state)
-    ref.eval()
-    assert gap(pulled.state) < gap(reference.state)
+    assert gap(pulled.state) < 0.9 * gap(reference.state)
 
 
 def test_executor_waits_for_the_members_a_job_reads():
