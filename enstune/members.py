@@ -65,6 +65,15 @@ class Workspace:
         d = self.data
         return tensor_digest(d.train.x, d.train.y, d.val.x, d.val.y, d.test.x, d.test.y)
 
+    @functools.cached_property
+    def _pretrained_tag(self) -> str:
+        """Digest of the network, source data and recipe of the task's own checkpoints, for their file names."""
+        # A changed network or source task never reuses an old file.
+        source, recipe = self.data.source, self.data.pretrain
+        assert source is not None and recipe is not None
+        return content_key(data=tensor_digest(source.train.x, source.train.y), recipe=dataclasses.asdict(recipe),
+                           network=repr(create_model(self.task.model, source.num_classes)))[:12]
+
     def split(self, name: str, device: torch.device) -> Split:
         """Split ``name`` moved to ``device`` once."""
         key = (name, str(device))
@@ -84,12 +93,7 @@ class Workspace:
             return path
         if self.data.source is None or self.data.pretrain is None:
             raise EnstuneError(f"dataset {self.task.dataset!r} needs task.checkpoints (pre-trained weight files)")
-        source = self.data.source
-        # Named by what it is and is trained on: a changed network or source task never reuses an old file.
-        made_of = content_key(data=tensor_digest(source.train.x, source.train.y),
-                              recipe=dataclasses.asdict(self.data.pretrain),
-                              network=repr(create_model(self.task.model, source.num_classes)))[:12]
-        path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}-{made_of}.pt"
+        path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}-{self._pretrained_tag}.pt"
         if not path.is_file():
             self._pretrain(index, path)
         return path
@@ -112,10 +116,7 @@ class Workspace:
     def evaluation(self, results: list[MemberResult], device: torch.device, seed: int,
                    points: int) -> Members:
         """A trial's members, ready for the evaluators, on ``device``."""
-        train = self.split("train", device)
-        if len(train) > BN_SUBSET:
-            keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:BN_SUBSET]
-            train = train.subset(keep.to(device))
+        train = self.split("train", device).sample(BN_SUBSET, seed)
 
         def bn_batches() -> Iterator[torch.Tensor]:
             # Training-mode inputs (augmented, as BN saw them in training), BN_SUBSET of them even

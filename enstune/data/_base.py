@@ -26,6 +26,13 @@ class Split:
         """The examples at ``index``."""
         return Split(self.x[index], self.y[index])
 
+    def sample(self, n: int, seed: int) -> Split:
+        """At most ``n`` examples: a seeded random subset, or the whole split when it is no larger."""
+        if len(self) <= n:
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return self.subset(keep.to(self.y.device))
+
 
 @dataclass(frozen=True)
 class TaskData:

@@ -97,8 +97,7 @@ def _connectivity(m: Members) -> dict[str, Any]:
     if k < 2:
         return {}
     # Each curve point is a model with recalibrated BN: a seeded subset keeps large sets affordable.
-    keep = torch.randperm(len(m.val), generator=torch.Generator().manual_seed(m.seed))[:CURVE_SUBSET]
-    curve_val = m.val.subset(keep.sort().values.to(m.val.y.device))
+    curve_val = m.val.sample(CURVE_SUBSET, m.seed)
     train, val = m.weights.segment(m.states[0], m.states[-1], [m.train, curve_val], m.interp_points)
     out: dict[str, Any] = {"interp_train_acc": train, "interp_val_acc": val,
                            "barrier_train": barrier(train), "barrier_val": barrier(val)}
