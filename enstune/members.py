@@ -71,8 +71,10 @@ class Workspace:
         # A changed network or source task never reuses an old file.
         source, recipe = self.data.source, self.data.pretrain
         assert source is not None and recipe is not None
+        with torch.random.fork_rng(devices=[]):  # the throwaway model must not move any member's seeded draws
+            network = repr(create_model(self.task.model, source.num_classes))
         return content_key(data=tensor_digest(source.train.x, source.train.y), recipe=dataclasses.asdict(recipe),
-                           network=repr(create_model(self.task.model, source.num_classes)))[:12]
+                           network=network)[:12]
 
     def split(self, name: str, device: torch.device) -> Split:
         """Split ``name`` moved to ``device`` once."""
@@ -101,9 +103,10 @@ class Workspace:
     def _pretrain(self, index: int, path: Path) -> None:
         source = self.data.source
         assert source is not None and self.data.pretrain is not None
-        torch.manual_seed(PRETRAIN_SEED + index)
-        model = create_model(self.task.model, source.num_classes)
-        train(model, source.train, self.data.pretrain, seed=PRETRAIN_SEED + index, augment=source.augment)
+        with torch.random.fork_rng(devices=[]):  # pre-training on first use must not move the caller's draws
+            torch.manual_seed(PRETRAIN_SEED + index)
+            model = create_model(self.task.model, source.num_classes)
+            train(model, source.train, self.data.pretrain, seed=PRETRAIN_SEED + index, augment=source.augment)
         # An ordinary checkpoint file: loaded later exactly like a downloaded one.
         save_atomic({"state_dict": model.state_dict(), "model": self.task.model}, path)
 

@@ -51,8 +51,10 @@ def test_cache_keys_follow_the_data_and_checkpoints_their_source(home, monkeypat
 
 
 def test_checkpoints_are_ordinary_files_loaded_like_downloads(ws):
-    path = ws.checkpoint(0)
+    rng = torch.get_rng_state()
+    path = ws.checkpoint(0)  # pre-trains on first use, then finds the file
     assert path.is_file() and ws.checkpoint(0) == path
+    assert torch.equal(torch.get_rng_state(), rng), "a member's seeded draws do not depend on a checkpoint's history"
     state = torch.load(path, weights_only=True)["state_dict"]
     model = from_pretrained("demo_mlp", path, num_classes=10)
     trunk = {k for k in state if not k.startswith("head.")}
