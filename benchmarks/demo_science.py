@@ -2,6 +2,7 @@
 
     python benchmarks/demo_science.py                        # seeds 0-3, a fresh temporary ENSTUNE_HOME
     python benchmarks/demo_science.py --seeds 0,1 --home runs-science   # keep (and reuse) the members
+    python benchmarks/demo_science.py --set finetune.epochs=320         # another x1 recipe, for all three
 
 Runs three studies on the embedded storage, each over a ``seed`` axis, without pruning or
 evaluators: ``localde-demo``, the whole ``starsse-demo`` grid and the ``sse-demo`` grid.
@@ -31,9 +32,9 @@ from typing import Any
 Setting = tuple[float, float]
 
 
-def _studies(seeds: list[int]) -> dict[str, tuple[str, list[str]]]:
+def _studies(seeds: list[int], overrides: list[str]) -> dict[str, tuple[str, list[str]]]:
     # n_trials above any grid's size: the budget is then the whole grid (the template's points × the seeds)
-    common = [f"space.seed.choices={seeds}", "n_trials=100000", "evaluate=[]", 'pruner="none"']
+    common = [f"space.seed.choices={seeds}", "n_trials=100000", "evaluate=[]", 'pruner="none"', *overrides]
     return {f"science-{m}": (f"{m}-demo", common) for m in ("localde", "starsse", "sse")}
 
 
@@ -118,13 +119,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated trial seeds")
     parser.add_argument("--home", help="ENSTUNE_HOME to use (default: a fresh temporary directory)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a template override for all three studies, as in `enstune study create --set`")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ["ENSTUNE_HOME"] = args.home or tempfile.mkdtemp(prefix="enstune-science-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from enstune.study import create, run
 
-    for name, (template, overrides) in _studies(seeds).items():
+    for name, (template, overrides) in _studies(seeds, args.set).items():
         start = time.perf_counter()
         create(template, name, overrides=overrides)
         study = run(name)
