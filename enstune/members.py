@@ -71,10 +71,8 @@ class Workspace:
         # A changed network or source task never reuses an old file.
         source, recipe = self.data.source, self.data.pretrain
         assert source is not None and recipe is not None
-        with torch.random.fork_rng(devices=[]):  # the throwaway model must not move any member's seeded draws
-            network = repr(create_model(self.task.model, source.num_classes))
         return content_key(data=tensor_digest(source.train.x, source.train.y), recipe=dataclasses.asdict(recipe),
-                           network=network)[:12]
+                           network=repr(create_model(self.task.model, source.num_classes)))[:12]
 
     def split(self, name: str, device: torch.device) -> Split:
         """Split ``name`` moved to ``device`` once."""
@@ -95,18 +93,19 @@ class Workspace:
             return path
         if self.data.source is None or self.data.pretrain is None:
             raise EnstuneError(f"dataset {self.task.dataset!r} needs task.checkpoints (pre-trained weight files)")
-        path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}-{self._pretrained_tag}.pt"
-        if not path.is_file():
-            self._pretrain(index, path)
+        # Naming (a throwaway model) and pre-training draw random numbers; the caller's draws must not move.
+        with torch.random.fork_rng(devices=[]):
+            path = self.home / "pretrained" / f"{self.task.dataset}-{self.task.model}-{index}-{self._pretrained_tag}.pt"
+            if not path.is_file():
+                self._pretrain(index, path)
         return path
 
     def _pretrain(self, index: int, path: Path) -> None:
         source = self.data.source
         assert source is not None and self.data.pretrain is not None
-        with torch.random.fork_rng(devices=[]):  # pre-training on first use must not move the caller's draws
-            torch.manual_seed(PRETRAIN_SEED + index)
-            model = create_model(self.task.model, source.num_classes)
-            train(model, source.train, self.data.pretrain, seed=PRETRAIN_SEED + index, augment=source.augment)
+        torch.manual_seed(PRETRAIN_SEED + index)
+        model = create_model(self.task.model, source.num_classes)
+        train(model, source.train, self.data.pretrain, seed=PRETRAIN_SEED + index, augment=source.augment)
         # An ordinary checkpoint file: loaded later exactly like a downloaded one.
         save_atomic({"state_dict": model.state_dict(), "model": self.task.model}, path)
 
