@@ -52,13 +52,13 @@ def _by_setting(trials: list[dict[str, Any]]) -> dict[Setting, dict[int, dict[st
 
 
 def _mcnemar(a: str, b: str) -> float:
-    """(b - c) / sqrt(b + c) over the images only one of two ensembles gets right."""
+    """McNemar's z of two ensembles' packed per-image correctness: accuracy difference over its paired SE."""
     from enstune.evaluation import unpack_correct
+    from enstune.regimes import paired_se
 
     ca, cb = unpack_correct(a), unpack_correct(b)
-    wins = sum(x and not y for x, y in zip(ca, cb))
-    losses = sum(y and not x for x, y in zip(ca, cb))
-    return (wins - losses) / math.sqrt(wins + losses) if wins + losses else 0.0
+    se = paired_se(ca, cb)
+    return (sum(ca) - sum(cb)) / len(ca) / se if se else 0.0
 
 
 def _mean_se(values: list[float]) -> str:
