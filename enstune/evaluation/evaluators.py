@@ -16,7 +16,7 @@ from enstune.evaluation.weights import State, WeightSpace, barrier
 from enstune.training import predict
 
 # Every point in weight space is a new model: BN recalibration and two accuracies. On 1,024
-# images each, connectivity costs about 4 s per demo trial on one CPU thread (8 s at 2,048).
+# images each, connectivity costs about 5.4 s per demo trial on one CPU thread (8.4 s at 2,048).
 BN_SUBSET = 1024  # training images for BN recalibration and train accuracy along segments
 CURVE_SUBSET = 1024  # validation images for accuracy along segments and joint connectivity
 
