@@ -35,7 +35,9 @@ Setting = tuple[float, float]
 def _studies(seeds: list[int], overrides: list[str]) -> dict[str, tuple[str, list[str]]]:
     # n_trials above any grid's size: the budget is then the whole grid (the template's points × the seeds)
     common = [f"space.seed.choices={seeds}", "n_trials=100000", "evaluate=[]", 'pruner="none"', *overrides]
-    return {f"science-{m}": (f"{m}-demo", common) for m in ("localde", "starsse", "sse")}
+    # Local DE has no cycles: a multiplier axis would only repeat its trials.
+    plain = [o for o in common if not o.startswith(("space.lr_mult", "space.epoch_mult"))]
+    return {f"science-{m}": (f"{m}-demo", plain if m == "localde" else common) for m in ("localde", "starsse", "sse")}
 
 
 def _complete(name: str) -> list[dict[str, Any]]:
