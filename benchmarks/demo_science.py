@@ -122,7 +122,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated trial seeds")
     parser.add_argument("--home", help="ENSTUNE_HOME to use (default: a fresh temporary directory)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a template override for all three studies, as in `enstune study create --set`")
+                        help="a template override, as in `enstune study create --set`: for all three studies, "
+                             "except that multiplier axes skip Local DE")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     os.environ["ENSTUNE_HOME"] = args.home or tempfile.mkdtemp(prefix="enstune-science-")
