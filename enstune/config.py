@@ -52,6 +52,8 @@ class Param:
 
 
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
+# Those every method reads: they pick the method, the ×1 recipe and the seeds.
+RECIPE_PARAMS = ("method", "seed", "epochs", "lr", "weight_decay")
 TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
 
 
@@ -228,11 +230,16 @@ def validate(spec: StudySpec) -> StudySpec:
     if spec.subsample < 4:
         raise ConfigError(f"subsample must be >= 4, got {spec.subsample}")
     methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
-    for m in methods:
-        get_method(m)  # raises with the list of known methods
+    read = set(RECIPE_PARAMS).union(*(get_method(m).reads for m in methods))  # raises for an unknown method
+    if spec.members == 1:
+        read -= {"lr_mult", "epoch_mult", "alpha", "freeze"}  # they act on members 2..K
+    if spec.regularizer == "none":
+        read.discard("alpha")
     for name, p in spec.space.items():
         if name not in TRIAL_PARAMS:
             raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
+        if name not in read:
+            raise ConfigError(f"space.{name}: {_why_unread(name, spec, methods)}, so its values would repeat the same trial")
         if p.choices:
             if p.low is not None or p.high is not None:
                 raise ConfigError(f"space.{name}: give either choices or low/high, not both")
@@ -250,6 +257,15 @@ def validate(spec: StudySpec) -> StudySpec:
         ):
             raise ConfigError(f"space.{name} must be > 0, got {list(values)}")
     return spec
+
+
+def _why_unread(name: str, spec: StudySpec, methods: tuple[str, ...]) -> str:
+    if name == "alpha" and spec.regularizer == "none":
+        return "alpha weights a regularizer and the spec has none (set regularizer)"
+    if spec.members == 1 and name in ("lr_mult", "epoch_mult", "alpha", "freeze"):
+        return "it acts on members 2..K and members is 1"
+    return f"method {', '.join(methods)} never reads it" if len(methods) == 1 else \
+        f"none of the methods {', '.join(methods)} reads it"
 
 
 def spec_from_dict(data: dict[str, Any]) -> StudySpec:

@@ -62,6 +62,23 @@ def test_bad_overrides_name_the_problem(override, message):
         load_template("starsse-demo", [override])
 
 
+@pytest.mark.parametrize("template, overrides, message", [
+    ("localde-demo", ["space.lr_mult.choices=[2, 4]"], "space.lr_mult: method local_de never reads it"),
+    ("starsse-demo", ['space.method.choices=["local_de", "global_de"]'], "none of the methods local_de, global_de"),
+    ("starsse-demo", ["space.alpha.choices=[0.1, 1]"], "space.alpha: alpha weights a regularizer"),
+    ("starsse-demo", ["members=1"], "space.lr_mult: it acts on members 2..K and members is 1"),
+    ("finetune-demo", ["members=3", "space.epoch_mult.choices=[1]"], "method finetune never reads it"),
+])
+def test_an_axis_no_method_reads_is_refused(template, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
+        load_template(template, overrides)
+
+
+def test_a_mixed_study_may_carry_the_axes_of_one_of_its_methods():
+    spec = load_template("starsse-demo", ['space.method.choices=["local_de", "sse"]'])
+    assert set(spec.space) == {"method", "lr_mult", "epoch_mult"}
+
+
 def test_unknown_template_lists_known():
     with pytest.raises(ConfigError, match="unknown template 'nope'; known: .*starsse-demo"):
         load_template("nope")

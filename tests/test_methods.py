@@ -1,9 +1,11 @@
+import dataclasses
 import math
 
 import pytest
 
 from enstune.config import Finetune, Task, TrialConfig
 from enstune.methods import MemberJob, Recipe, get_method, list_methods
+from enstune.methods._base import regularize
 from enstune.errors import ConfigError
 
 FT = Finetune(epochs=10, lr=0.1, weight_decay=1e-4, batch_size=32, warmup_epochs=1)
@@ -31,6 +33,21 @@ def test_member_one_does_not_depend_on_cycle_parameters(name):
     a = get_method(name).plan(cfg(name, lr_mult=0.25, epoch_mult=4))[0]
     b = get_method(name).plan(cfg(name, lr_mult=16, epoch_mult=0.25))[0]
     assert a == b
+
+
+# Two values of each parameter that must give different plans wherever the parameter is read.
+VARIED = {"lr_mult": (2.0, 8.0), "epoch_mult": (0.5, 2.0), "alpha": (0.1, 1.0), "freeze": (0, 1)}
+
+
+@pytest.mark.parametrize("param", sorted(VARIED))
+@pytest.mark.parametrize("name", list_methods())
+def test_a_method_reads_exactly_the_parameters_it_declares(name, param):
+    def jobs(value):
+        c = dataclasses.replace(cfg(name), regularizer="mse", **{param: value})
+        return regularize(get_method(name).plan(c), c)
+
+    low, high = VARIED[param]
+    assert (jobs(low) != jobs(high)) == (param in get_method(name).reads)
 
 
 def test_sse_is_a_chain_with_the_cycle_recipe():

@@ -24,8 +24,8 @@ def ws(home):
 
 
 def _cfg(regularizer: str, alpha: float, method: str = "sse", extra: tuple[str, ...] = ()):
-    spec = load_template(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", f"space.alpha.choices=[{alpha}]",
-                                                   *extra])
+    axis = [f"space.alpha.choices=[{alpha}]"] if regularizer != "none" else []  # alpha weighs nothing without one
+    spec = load_template(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", *axis, *extra])
     return st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1, "alpha": alpha}), spec)
 
 

@@ -63,6 +63,10 @@ class MemberJob:
             raise ValueError(f"member {self.index} cannot read members {self.refs}")
 
 
+# What ``regularize`` hands to members 2..K of any method.
+LATER_MEMBER_PARAMS = frozenset({"alpha", "freeze"})
+
+
 def member_seed(seed: int, index: int) -> int:
     """The seed of member ``index`` of an ensemble with trial seed ``seed``."""
     return seed * 1000 + index
@@ -96,6 +100,9 @@ class Method(ABC):
     # Leading members whose results do not depend on the trial's parameters:
     # the pruner never judges a trial at these steps.
     shared_members: ClassVar[int] = 0
+    # Search parameters the plan reads besides the ×1 recipe and the seed: an axis that no
+    # method of a study reads would only repeat the study's trials.
+    reads: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:

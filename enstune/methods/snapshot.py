@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from enstune.config import TrialConfig
 from enstune.methods import register_method
-from enstune.methods._base import MemberJob, Method, first_member, member_seed
+from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, first_member, member_seed
+
+CYCLE_PARAMS = LATER_MEMBER_PARAMS | {"lr_mult", "epoch_mult"}
 
 
 def _cycles(cfg: TrialConfig, parent_of: dict[int, int]) -> list[MemberJob]:
@@ -20,6 +22,7 @@ class SSE(Method):
     name = "sse"
     description = "member 1 with the ×1 recipe; member k from member k-1 with the cycle recipe"
     shared_members = 1
+    reads = CYCLE_PARAMS
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         return _cycles(cfg, {k: k - 1 for k in range(2, cfg.members + 1)})
@@ -30,6 +33,7 @@ class StarSSE(Method):
     name = "starsse"
     description = "member 1 with the ×1 recipe; members 2..K each from member 1 with the cycle recipe"
     shared_members = 1
+    reads = CYCLE_PARAMS
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         return _cycles(cfg, {k: 1 for k in range(2, cfg.members + 1)})
