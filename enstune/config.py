@@ -53,7 +53,7 @@ class Param:
 
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
 # Those every method reads: they pick the method, the ×1 recipe and the seeds.
-RECIPE_PARAMS = ("method", "seed", "epochs", "lr", "weight_decay")
+SHARED_PARAMS = frozenset({"method", "seed", "epochs", "lr", "weight_decay"})
 TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
 
 
@@ -230,11 +230,7 @@ def validate(spec: StudySpec) -> StudySpec:
     if spec.subsample < 4:
         raise ConfigError(f"subsample must be >= 4, got {spec.subsample}")
     methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
-    read = set(RECIPE_PARAMS).union(*(get_method(m).reads for m in methods))  # raises for an unknown method
-    if spec.members == 1:
-        read -= {"lr_mult", "epoch_mult", "alpha", "freeze"}  # they act on members 2..K
-    if spec.regularizer == "none":
-        read.discard("alpha")
+    read = set().union(*(read_params(spec, m) for m in methods))  # raises for an unknown method
     for name, p in spec.space.items():
         if name not in TRIAL_PARAMS:
             raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
@@ -257,6 +253,18 @@ def validate(spec: StudySpec) -> StudySpec:
         ):
             raise ConfigError(f"space.{name} must be > 0, got {list(values)}")
     return spec
+
+
+def read_params(spec: StudySpec, method: str) -> frozenset[str]:
+    """The search parameters a trial of ``method`` reads under ``spec``."""
+    from enstune.methods import get_method
+
+    read = SHARED_PARAMS | get_method(method).reads
+    if spec.members == 1:
+        read -= {"lr_mult", "epoch_mult", "alpha", "freeze"}  # they act on members 2..K
+    if spec.regularizer == "none":
+        read -= {"alpha"}
+    return read
 
 
 def _why_unread(name: str, spec: StudySpec, methods: tuple[str, ...]) -> str:

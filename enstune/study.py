@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from enstune.config import StudySpec, TrialConfig, load_template, spec_from_dict, to_dict
+from enstune.config import Param, StudySpec, TrialConfig, load_template, read_params, spec_from_dict, to_dict
 from enstune.errors import ConfigError, DivergedError, EnstuneError
 from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
@@ -38,18 +38,20 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 log = logging.getLogger("enstune.study")
 
 
+def _suggest(trial: optuna.Trial, name: str, p: Param) -> Any:
+    if p.choices:
+        return trial.suggest_categorical(name, list(p.choices))
+    if all(isinstance(v, int) for v in (p.low, p.high)) and (p.step is None or isinstance(p.step, int)):
+        return trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
+
+
 def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
-    """Sample the spec's search space into a TrialConfig."""
-    values: dict[str, Any] = {}
-    for name, p in spec.space.items():
-        if p.choices:
-            values[name] = trial.suggest_categorical(name, list(p.choices))
-        elif all(isinstance(v, int) for v in (p.low, p.high)) and (p.step is None or isinstance(p.step, int)):
-            values[name] = trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-        else:
-            values[name] = trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
+    """Sample the spec's search space into a TrialConfig; a trial samples only what its method reads."""
+    method = _suggest(trial, "method", spec.space["method"]) if "method" in spec.space else spec.method
+    read = read_params(spec, method)
+    values = {name: _suggest(trial, name, p) for name, p in spec.space.items() if name in read and name != "method"}
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
-    method = values.pop("method", spec.method)
     return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members,
                        regularizer=spec.regularizer, tap=spec.tap, subsample=spec.subsample, **values)
 
@@ -87,9 +89,18 @@ def budget(spec: StudySpec) -> int:
 
 
 def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
-    """Every point of a grid space, in a seeded shuffled order (early trials cover the grid)."""
+    """Every distinct point of a grid space, in a seeded shuffled order (early trials cover the grid).
+
+    In a study of several methods a point keeps only what its method reads: Local DE's trials
+    do not repeat once per cycle multiplier.
+    """
     names = list(spec.space)
-    points = [dict(zip(names, values)) for values in itertools.product(*(spec.space[n].choices for n in names))]
+    points: list[dict[str, Any]] = []
+    for values in itertools.product(*(spec.space[n].choices for n in names)):
+        point = dict(zip(names, values))
+        read = read_params(spec, point.get("method", spec.method))
+        if (point := {k: v for k, v in point.items() if k in read}) not in points:
+            points.append(point)
     random.Random(spec.seed).shuffle(points)
     return points
 

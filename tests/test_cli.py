@@ -5,7 +5,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
-from cli_helpers import TINY_SET
+from cli_helpers import TINY, TINY_SET
 from enstune.cli import app
 
 runner = CliRunner()
@@ -131,6 +131,18 @@ def test_end_to_end_study_read_back_with_plain_optuna(home):
     shown = invoke("study", "show", "tiny", "--json")
     info = json.loads(shown.stdout)
     assert info["spec"]["method"] == "sse" and len(info["trials"]) == 3
+
+
+def test_a_mixed_grid_runs_each_method_on_the_axes_it_reads(home):
+    mixed = [*TINY, "n_trials=100", "evaluate=[]", 'space.method.choices=["local_de", "sse"]']
+    assert invoke("study", "create", "sse-demo", "--name", "mixed", *[a for m in mixed for a in ("--set", m)]).exit_code == 0
+    assert invoke("study", "run", "mixed").exit_code == 0
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
+    trials = optuna.load_study(study_name="mixed", storage=storage).get_trials()
+    by_method = {m: [t.params for t in trials if t.params["method"] == m] for m in ("local_de", "sse")}
+    assert by_method["local_de"] == [{"method": "local_de"}], "one Local DE trial, not one per multiplier pair"
+    assert sorted((p["lr_mult"], p["epoch_mult"]) for p in by_method["sse"]) == [(0.5, 0.5), (0.5, 1), (2, 0.5), (2, 1)]
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
 
 
 def test_any_optuna_rdb_url_works(tmp_path):

@@ -79,6 +79,19 @@ def test_a_mixed_study_may_carry_the_axes_of_one_of_its_methods():
     assert set(spec.space) == {"method", "lr_mult", "epoch_mult"}
 
 
+def test_a_trial_samples_only_the_axes_its_method_reads():
+    import optuna
+
+    from enstune.study import trial_config
+
+    spec = load_template("starsse-demo", ['sampler="tpe"', 'space.method.choices=["local_de", "starsse"]'])
+    # a FixedTrial raises on any parameter it was not given, so Local DE must not ask for lr_mult
+    lde = trial_config(optuna.trial.FixedTrial({"method": "local_de"}), spec)
+    star = trial_config(optuna.trial.FixedTrial({"method": "starsse", "lr_mult": 4, "epoch_mult": 0.5}), spec)
+    assert (lde.method, lde.lr_mult, lde.epoch_mult) == ("local_de", 1.0, 1.0)
+    assert (star.method, star.lr_mult, star.epoch_mult) == ("starsse", 4, 0.5)
+
+
 def test_unknown_template_lists_known():
     with pytest.raises(ConfigError, match="unknown template 'nope'; known: .*starsse-demo"):
         load_template("nope")
