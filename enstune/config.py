@@ -52,9 +52,11 @@ class Param:
 
 
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
+TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
 # Those every method reads: they pick the method, the ×1 recipe and the seeds.
 SHARED_PARAMS = frozenset({"method", "seed", "epochs", "lr", "weight_decay"})
-TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
+# Those that reach members 2..K only.
+LATER_MEMBER_AXES = frozenset({"lr_mult", "epoch_mult", "alpha", "freeze"})
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,7 @@ def read_params(spec: StudySpec, method: str) -> frozenset[str]:
 
     read = SHARED_PARAMS | get_method(method).reads
     if spec.members == 1:
-        read -= {"lr_mult", "epoch_mult", "alpha", "freeze"}  # they act on members 2..K
+        read -= LATER_MEMBER_AXES
     if spec.regularizer == "none":
         read -= {"alpha"}
     return read
@@ -270,7 +272,7 @@ def read_params(spec: StudySpec, method: str) -> frozenset[str]:
 def _why_unread(name: str, spec: StudySpec, methods: tuple[str, ...]) -> str:
     if name == "alpha" and spec.regularizer == "none":
         return "alpha weights a regularizer and the spec has none (set regularizer)"
-    if spec.members == 1 and name in ("lr_mult", "epoch_mult", "alpha", "freeze"):
+    if spec.members == 1 and name in LATER_MEMBER_AXES:
         return "it acts on members 2..K and members is 1"
     return f"method {', '.join(methods)} never reads it" if len(methods) == 1 else \
         f"none of the methods {', '.join(methods)} reads it"
