@@ -233,7 +233,7 @@ def recommend(
     if top < 1:
         raise EnstuneError(f"--top must be >= 1, got {top}")
     proposals = rank(dataset.lower(), method, study_optima(storage) + paper_optima())[:top]
-    queued = enqueue(enqueue_into, proposals, storage) if enqueue_into else []
+    queued = enqueue(enqueue_into, proposals, method, storage) if enqueue_into else []
     if as_json:
         sys.stdout.write(json.dumps({"dataset": dataset, "method": method,
                                      "proposals": [p.to_dict() for p in proposals],

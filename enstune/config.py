@@ -237,7 +237,8 @@ def validate(spec: StudySpec) -> StudySpec:
         if name not in TRIAL_PARAMS:
             raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
         if name not in read:
-            raise ConfigError(f"space.{name}: {_why_unread(name, spec, methods)}, so its values would repeat the same trial")
+            why = _why_unread(name, spec, methods)
+            raise ConfigError(f"space.{name}: {why}, so its values would repeat the same trial")
         if p.choices:
             if p.low is not None or p.high is not None:
                 raise ConfigError(f"space.{name}: give either choices or low/high, not both")

@@ -127,8 +127,8 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
     return out
 
 
-def enqueue(name: str, proposals: list[Proposal], storage_url: str | None = None) -> list[Proposal]:
-    """Queue ``proposals`` as the next trials of study ``name``; return those its search space admits."""
+def enqueue(name: str, proposals: list[Proposal], method: str, storage_url: str | None = None) -> list[Proposal]:
+    """Queue ``proposals`` for ``method`` as the next trials of study ``name``; return those its space admits."""
     from enstune import study as st
     from enstune.errors import EnstuneError
     from enstune.storage import open_storage
@@ -137,10 +137,16 @@ def enqueue(name: str, proposals: list[Proposal], storage_url: str | None = None
     spec = st.load_spec(study)
     if spec.sampler == "grid":
         raise EnstuneError(f"study {name!r} queues its whole grid already; enqueue into a tpe or random study")
+    methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
+    if method not in methods:
+        raise EnstuneError(f"study {name!r} runs {', '.join(methods)}, not {method}: recommend with --method "
+                           f"{methods[0]}")
     admitted = [p for p in proposals if all(_admits(spec.space.get(k), v) for k, v in
                                             (("lr_mult", p.lr_mult), ("epoch_mult", p.epoch_mult)))]
+    # in a study of several methods the queued trial must also name the method, or it may sample another
+    pick = {"method": method} if "method" in spec.space else {}
     for p in admitted:
-        study.enqueue_trial({"lr_mult": p.lr_mult, "epoch_mult": p.epoch_mult}, skip_if_exists=True)
+        study.enqueue_trial({**pick, "lr_mult": p.lr_mult, "epoch_mult": p.epoch_mult}, skip_if_exists=True)
     return admitted
 
 

@@ -135,7 +135,8 @@ def test_end_to_end_study_read_back_with_plain_optuna(home):
 
 def test_a_mixed_grid_runs_each_method_on_the_axes_it_reads(home):
     mixed = [*TINY, "n_trials=100", "evaluate=[]", 'space.method.choices=["local_de", "sse"]']
-    assert invoke("study", "create", "sse-demo", "--name", "mixed", *[a for m in mixed for a in ("--set", m)]).exit_code == 0
+    options = [arg for item in mixed for arg in ("--set", item)]
+    assert invoke("study", "create", "sse-demo", "--name", "mixed", *options).exit_code == 0
     assert invoke("study", "run", "mixed").exit_code == 0
     storage = optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
     trials = optuna.load_study(study_name="mixed", storage=storage).get_trials()

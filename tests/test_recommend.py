@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from cli_helpers import TINY, TINY_SET
 from enstune import study as st
 from enstune.cli import app
+from enstune.errors import EnstuneError
 from enstune.recommend import Optimum, Proposal, enqueue, paper_optima, rank
 
 
@@ -40,14 +41,25 @@ def test_own_studies_first_then_the_paper_then_votes_elsewhere():
 def test_enqueue_admits_what_the_search_space_allows(home):
     st.create("starsse-demo", name="tpe", overrides=TINY + ["sampler='tpe'"])
     proposals = [Proposal(2, 1, "x"), Proposal(16, 1, "x")]  # lr_mult 16 is outside [0.5, 2]
-    assert [p.lr_mult for p in enqueue("tpe", proposals)] == [2]
-    study = optuna.load_study(study_name="tpe", storage=optuna.storages.JournalStorage(
-        JournalFileBackend(str(home / "studies.journal"))))
-    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [p.lr_mult for p in enqueue("tpe", proposals, "starsse")] == [2]
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
+    waiting = optuna.load_study(study_name="tpe", storage=storage).get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert [t.system_attrs["fixed_params"] for t in waiting] == [{"lr_mult": 2, "epoch_mult": 1}]
+    with pytest.raises(EnstuneError, match="runs starsse, not sse"):
+        enqueue("tpe", proposals, "sse")
     st.create("starsse-demo", name="grid", overrides=TINY)
     with pytest.raises(Exception, match="grid"):
-        enqueue("grid", proposals)
+        enqueue("grid", proposals, "starsse")
+
+
+def test_enqueue_into_a_study_of_several_methods_names_the_method(home):
+    mixed = ["sampler='tpe'", 'space.method.choices=["local_de", "sse"]']
+    st.create("starsse-demo", name="mixed", overrides=TINY + mixed)
+    assert len(enqueue("mixed", [Proposal(2, 1, "x")], "sse")) == 1
+    study = optuna.load_study(study_name="mixed", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(home / "studies.journal"))))
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in queued] == [{"method": "sse", "lr_mult": 2, "epoch_mult": 1}]
 
 
 def test_recommend_command_uses_finished_studies(home):
