@@ -32,11 +32,17 @@ def resolve_url(url: str | None) -> str | None:
     return url or os.environ.get(ENV_STORAGE) or None
 
 
+# The password of a URL's user info (up to its last "@", so a raw "@" in it is covered, with or
+# without the "//" a malformed URL may lack) and any ``password=`` query parameter.
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*[^:/@?]*:)([^?]*)@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)", re.IGNORECASE)
+
+
 def mask_url(url: str | None) -> str:
     """``url`` with any password replaced by ``***``; the embedded default is named as such."""
     if url is None:
         return f"embedded ({home_dir() / 'studies.journal'})"
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
 
 
 def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa: ANN201 - optuna BaseStorage
@@ -95,9 +101,12 @@ def _is_schema_race(exc: BaseException) -> bool:
 
 
 def mask_url_text(text: str, url: str) -> str:
-    """``text`` with ``url``'s password removed wherever it appears."""
-    m = re.search(r"://[^:/@]*:([^@]*)@", url)
-    return text.replace(m.group(1), "***") if m and m.group(1) else text
+    """``text`` with ``url`` masked, and its passwords removed wherever else they appear."""
+    text = text.replace(url, mask_url(url))
+    found = [m.group(2) for m in (_USERINFO_PASSWORD.search(url), *_QUERY_PASSWORD.finditer(url)) if m]
+    for secret in sorted((f for f in found if f), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 def open_artifacts(location: str | None = None):  # noqa: ANN201 - optuna.artifacts ArtifactStore

@@ -204,3 +204,19 @@ def test_bad_storage_urls_are_one_line_without_the_password(kind, request):
         assert SECRET not in result.stdout + result.stderr
         assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert "***" in result.stderr
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql+psycopg://u:s3cr3t@db.example/enstune",
+    "postgresql+psycopg://u:s3@cr3t@db.example:5432/enstune",  # a raw "@" in the password
+    "postgresql+psycopg://u@db.example/enstune?password=s3cr3t",
+    "postgresql+psycopg:///enstune?host=db.example&user=u&password=s3cr3t",
+    "postgresql:u:s3cr3t@db.example/enstune",  # malformed: no "//"
+])
+def test_masking_hides_every_form_of_password(url):
+    from enstune.storage import mask_url, mask_url_text
+
+    assert "s3" not in mask_url(url) and "cr3t" not in mask_url(url) and "***" in mask_url(url)
+    secret = "s3@cr3t" if "s3@cr3t" in url else "s3cr3t"
+    message = mask_url_text(f"cannot open {url}: the server refused {secret}", url)
+    assert "cr3t" not in message and "db.example" in message
