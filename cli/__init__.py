@@ -229,7 +229,8 @@ def recommend(
     from enstune.methods import get_method
     from enstune.recommend import enqueue, paper_optima, rank, study_optima
 
-    get_method(method)
+    if "lr_mult" not in get_method(method).reads:
+        raise EnstuneError(f"recommend proposes cycle multipliers: --method must be sse or starsse, got {method!r}")
     if top < 1:
         raise EnstuneError(f"--top must be >= 1, got {top}")
     proposals = rank(dataset.lower(), method, study_optima(storage) + paper_optima())[:top]
@@ -335,5 +336,19 @@ def storage_down(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app(prog_name="enstune")
+    """Console-script entry point: a usage error is one line on stderr and exit code 2."""
+    try:
+        code = app(prog_name="enstune", standalone_mode=False)
+    except typer.TyperException as exc:  # the command line itself is wrong (Click's usage errors)
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help, as before
+            out.print(exc.format_message(), markup=False, highlight=False)
+            code = 0
+        else:
+            where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            err.print(f"error: {exc.format_message()}{where}", markup=False, highlight=False)
+            code = getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

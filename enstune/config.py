@@ -51,6 +51,7 @@ class Param:
     step: float | None = None
 
 
+MAX_MEMBERS = 100  # an ensemble's size; beyond it a typo, not a study
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
 TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
 # Those every method reads: they pick the method, the ×1 recipe and the seeds.
@@ -203,10 +204,13 @@ def validate(spec: StudySpec) -> StudySpec:
     from enstune.data import list_datasets
     from enstune.methods import get_method
 
-    if spec.members < 1:
-        raise ConfigError(f"members must be >= 1, got {spec.members}")
+    if not 1 <= spec.members <= MAX_MEMBERS:
+        raise ConfigError(f"members must be in 1..{MAX_MEMBERS}, got {spec.members}")
     if spec.n_trials < 1:
         raise ConfigError(f"n_trials must be >= 1, got {spec.n_trials}")
+    if not 0 <= spec.seed < 2**32 or spec.prune_startup_trials < 0:
+        raise ConfigError(f"seed must be in 0..2**32-1 and prune_startup_trials >= 0, got {spec.seed}, "
+                          f"{spec.prune_startup_trials}")
     if spec.task.dataset not in list_datasets():
         raise ConfigError(f"unknown dataset {spec.task.dataset!r}; known: {', '.join(list_datasets())}")
     if not 0.0 < spec.task.val_fraction < 1.0:
@@ -214,6 +218,8 @@ def validate(spec: StudySpec) -> StudySpec:
     ft = spec.finetune
     if ft.epochs < 1 or ft.lr <= 0 or ft.batch_size < 1 or ft.weight_decay < 0:
         raise ConfigError(f"finetune needs epochs >= 1, lr > 0, batch_size >= 1, weight_decay >= 0, got {ft}")
+    if ft.momentum < 0 or ft.warmup_epochs < 0 or not 0 <= ft.label_smoothing < 1:
+        raise ConfigError(f"finetune needs momentum >= 0, warmup_epochs >= 0, 0 <= label_smoothing < 1, got {ft}")
     if spec.sampler not in ("tpe", "random", "grid"):
         raise ConfigError(f"sampler must be tpe, random or grid, got {spec.sampler!r}")
     if spec.pruner not in ("median", "none"):
@@ -232,6 +238,8 @@ def validate(spec: StudySpec) -> StudySpec:
     if spec.subsample < 4:
         raise ConfigError(f"subsample must be >= 4, got {spec.subsample}")
     methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
+    if not methods:
+        raise ConfigError("space.method needs a list of choices, e.g. [\"local_de\", \"starsse\"]")
     read = set().union(*(read_params(spec, m) for m in methods))  # raises for an unknown method
     for name, p in spec.space.items():
         if name not in TRIAL_PARAMS:
@@ -247,8 +255,12 @@ def validate(spec: StudySpec) -> StudySpec:
             raise ConfigError(f"space.{name}: needs choices or low <= high, got {p}")
         else:
             values = (p.low, p.high)
+        if p.log and p.step is not None:
+            raise ConfigError(f"space.{name}: a log range takes no step")
         if spec.sampler == "grid" and not p.choices:
             raise ConfigError(f"space.{name}: the grid sampler needs choices")
+        if name == "seed" and any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in values):
+            raise ConfigError(f"space.seed must be whole numbers in 0..2**32-1, got {list(values)}")
         if name == "freeze" and any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
             raise ConfigError(f"space.freeze must be whole numbers of stages >= 0, got {list(values)}")
         if name in ("lr_mult", "epoch_mult", "lr", "epochs") and any(
@@ -293,6 +305,8 @@ def list_templates() -> list[str]:
 def load_template(name: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
     """Read template ``name``, apply ``--set`` overrides and validate the result."""
     data = apply_overrides(_template_data(name), list(overrides))
+    if data.get("template", name) != name:
+        raise ConfigError(f"template is the name of the template ({name!r}); --set cannot change it")
     data["template"] = name
     return spec_from_dict(data)
 

@@ -59,6 +59,16 @@ class Workspace:
             # vs 45-80 s per demo pre-training on 2 busy cores).
             torch.set_num_threads(1)
 
+    def preflight(self, tap: str = "", freeze: int = 0) -> None:
+        """Fail now, before a trial is taken, on what would fail every trial: the network, its
+        checkpoint files, the regularizer's ``tap`` and the deepest ``freeze``."""
+        model = create_model(self.task.model, self.data.num_classes)
+        for index in range(len(self.task.checkpoints)):
+            from_pretrained(self.task.model, self.checkpoint(index), self.data.num_classes)
+        if tap and tap not in dict(model.named_modules()):
+            raise EnstuneError(f"tap {tap!r} is not a module of {self.task.model}")
+        stage_modules(model, freeze)
+
     @functools.cached_property
     def data_digest(self) -> str:
         """Digest of the task's splits: members trained on other data never match a cache key."""

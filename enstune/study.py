@@ -35,6 +35,9 @@ READY_TIMEOUT = 30.0  # seconds a worker waits for a concurrent `study create` t
 DEFAULT_HEARTBEAT = 60  # seconds; a dead worker's trial is retried after two silent intervals
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# A failing trial's error reaches the user once, as the worker's one-line error; Optuna's own
+# report of it would add a traceback.
+logging.getLogger("optuna.study._optimize").addFilter(lambda record: " failed with " not in record.getMessage())
 log = logging.getLogger("enstune.study")
 
 
@@ -124,6 +127,8 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     its grid; the spec is stored last, and is what marks the study ready for workers.
     """
     spec = load_template(template, overrides)  # validated before anything touches the storage
+    if name is not None and not name.strip():
+        raise ConfigError("--name must not be empty")
     name = name or template
     storage = open_storage(storage_url)
     wanted = to_dict(spec)
@@ -275,6 +280,8 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
 
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"--n-trials must be >= 0, got {n_trials}")
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout}")
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)
     spec = load_spec(study, wait=READY_TIMEOUT)
@@ -286,6 +293,8 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     if todo == 0 and not (running and beats):
         return study
     ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts))
+    freeze = spec.space.get("freeze")
+    ws.preflight(spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
     objective = Objective(spec, ws, executor, reporter)

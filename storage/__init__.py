@@ -64,6 +64,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
+    if scheme == "sqlite" and (url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url):
+        raise EnstuneError("an in-memory SQLite storage is gone when the command ends; give a file: sqlite:///path.db")
     if heartbeat is not None and heartbeat < 1:
         raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     engine_kwargs = {} if scheme == "sqlite" else dict(POOL)

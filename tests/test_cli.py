@@ -1,4 +1,5 @@
 import json
+import os
 
 import optuna
 import pytest
@@ -7,6 +8,7 @@ from typer.testing import CliRunner
 
 from cli_helpers import TINY, TINY_SET
 from enstune.cli import app
+from enstune.errors import EnstuneError
 
 runner = CliRunner()
 
@@ -51,6 +53,12 @@ def test_create_with_a_different_spec_under_the_same_name_fails():
     (["study", "create", "starsse-demo", "--storage", "redis://u:hunter2@localhost/0"], "unsupported storage"),
     (["study", "create", "starsse-demo", "--storage", "postgresql+psycopg://u:hunter2@127.0.0.1:1/db"],
      "cannot open storage"),
+    (["study", "create", "starsse-demo", "--name", " "], "--name must not be empty"),
+    (["study", "create", "starsse-demo", "--storage", "sqlite://"], "in-memory SQLite storage"),
+    (["study", "create", "starsse-demo", "--storage", "postgresql+psycopg://u@127.0.0.1:1/db?password=hunter2"],
+     "cannot open storage"),
+    (["recommend", "--dataset", "demo", "--method", "local_de"], "--method must be sse or starsse"),
+    (["study", "run", "missing", "--timeout", "-5"], "--timeout must be a number of seconds > 0"),
     (["study", "run", "missing"], "no study named 'missing'"),
     (["study", "show", "missing"], "no study named 'missing'"),
 ])
@@ -72,6 +80,18 @@ def test_unreachable_storage_masks_the_password_in_env(monkeypatch):
 def test_cifar_without_data_names_the_directory(home):
     assert invoke("study", "create", "starsse-cifar100").exit_code == 0
     one_line_error(invoke("study", "run", "starsse-cifar100"), str(home / "data" / "cifar-100-python"))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ('task.checkpoints=["{home}/gone.pth"]', "pre-trained checkpoint not found"),
+    ('task.model="no_such_net"', "unknown model 'no_such_net'"),
+    ('tap="no_such_layer"', "tap 'no_such_layer' is not a module of demo_mlp"),
+])
+def test_what_would_fail_every_trial_fails_before_one_is_taken(override, fragment, home):
+    assert invoke("study", "create", "sse-mse-demo", *TINY_SET, "--set", override.format(home=home)).exit_code == 0
+    one_line_error(invoke("study", "run", "sse-mse-demo"), fragment)
+    states = {t["state"] for t in json.loads(invoke("study", "show", "sse-mse-demo", "--json").stdout)["trials"]}
+    assert states == {"WAITING"}, "no trial failed or was used up"
 
 
 def test_bad_devices():
@@ -154,3 +174,40 @@ def test_any_optuna_rdb_url_works(tmp_path):
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
     assert len(done) == 1 and done[0].user_attrs["val_ens_acc"]
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2  # the rest of the grid
+
+
+def test_a_failing_trial_reaches_the_user_without_optunas_traceback():
+    import logging
+
+    import enstune.study  # noqa: F401  (installs the filter on Optuna's trial log)
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optuna").addHandler(handler)
+
+    def objective(trial):
+        raise EnstuneError("the checkpoint went away")
+
+    try:
+        with pytest.raises(EnstuneError):
+            optuna.create_study().optimize(objective, n_trials=1)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    assert not [r for r in records if r.exc_info or "failed with" in r.getMessage()]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["study", "run", "x", "--bogus-flag"], "No such option: --bogus-flag (see enstune study run --help)"),
+    (["study", "run", "x", "--n-trials", "abc"], "Invalid value for '--n-trials'"),
+    (["recommend"], "Missing option '--dataset'"),
+    (["bogus"], "No such command 'bogus'"),
+])
+def test_a_wrong_command_line_is_one_line_with_exit_code_2(args, fragment, tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", "from enstune.cli import main; main()", *args], capture_output=True,
+                         text=True, env={**os.environ, "ENSTUNE_HOME": str(tmp_path)})
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and fragment in run.stderr
