@@ -194,8 +194,8 @@ def regimes(
     from enstune import study as st
     from enstune.regimes import Thresholds, classify
 
-    info = st.show(name, storage)
     th = Thresholds(band, z, barrier, degradation)
+    info = st.show(name, storage)
     labelled = classify(info["trials"], info["spec"]["method"], th)
     if as_json:
         sys.stdout.write(json.dumps({"study": name, "thresholds": th.__dict__,
@@ -297,9 +297,24 @@ def dashboard(
 
     from enstune.storage import open_artifacts, open_storage
 
-    store = open_storage(storage)
+    store, artifact_store = open_storage(storage), open_artifacts(artifacts)
+    _check_bindable(host, port)
     err.print(f"optuna-dashboard on http://{host}:{port}/", markup=False, highlight=False)
-    optuna_dashboard.run_server(store, host=host, port=port, artifact_store=open_artifacts(artifacts))
+    optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store)
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Fail with one line, before the server announces itself, on a port or host it cannot listen on."""
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise EnstuneError(f"--port must be in 1..65535, got {port}")
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as exc:
+        raise EnstuneError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @storage_app.command("up")
@@ -331,8 +346,7 @@ def storage_down(
     from enstune.storage import home_dir
     from enstune.storage.postgres import cluster
 
-    cluster(home_dir()).down(purge=purge)
-    out.print("local PostgreSQL stopped" + (" and its data deleted" if purge else ""), markup=False)
+    out.print(cluster(home_dir()).down(purge=purge), markup=False, highlight=False)
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from enstune.errors import EnstuneError
 from enstune.evaluation import unpack_correct
 
 LABELS = ("more-local", "optimal", "semi-local")
@@ -34,6 +35,12 @@ class Thresholds:
     z: float = 1.0
     barrier: float = 0.05
     degradation: float = 0.05
+
+    def __post_init__(self) -> None:
+        values = {"--band": self.band, "--z": self.z, "--barrier": self.barrier, "--degradation": self.degradation}
+        for flag, v in values.items():
+            if v is not None and not 0 <= v < math.inf:  # also refuses nan
+                raise EnstuneError(f"{flag} must be a finite number >= 0, got {v}")
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,12 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     url = resolve_url(url)
     if url is None:
         path = home_dir() / "studies.journal"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        except OSError as exc:
+            raise EnstuneError(f"cannot keep studies in {path} (set {ENV_HOME} to a writable directory): "
+                               f"{exc.strerror or exc}") from None
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")

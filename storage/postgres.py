@@ -80,12 +80,16 @@ class LocalCluster:
         self._create_database(port)
         return self.url()
 
-    def down(self, purge: bool = False) -> None:
-        """Stop the server (fast shutdown); with ``purge`` also delete its data."""
-        if self.running():
+    def down(self, purge: bool = False) -> str:
+        """Stop the server (fast shutdown); with ``purge`` also delete its data. Say what was done."""
+        was_running = self.running()
+        if was_running:
             _run(str(_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data))
-        if purge and self.root.exists():
+        deleted = purge and self.root.exists()
+        if deleted:
             shutil.rmtree(self.root)
+        return ("local PostgreSQL stopped" if was_running else "no local PostgreSQL was running") + \
+            ("; its data deleted" if deleted else "")
 
     def _init(self, bindir: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,9 @@ def test_create_with_a_different_spec_under_the_same_name_fails():
      "cannot open storage"),
     (["recommend", "--dataset", "demo", "--method", "local_de"], "--method must be sse or starsse"),
     (["study", "run", "missing", "--timeout", "-5"], "--timeout must be a number of seconds > 0"),
+    (["regimes", "missing", "--band", "-0.5"], "--band must be a finite number >= 0"),
+    (["regimes", "missing", "--z", "nan"], "--z must be a finite number >= 0"),
+    (["dashboard", "--port", "99999"], "--port must be in 1..65535"),
     (["study", "run", "missing"], "no study named 'missing'"),
     (["study", "show", "missing"], "no study named 'missing'"),
 ])
@@ -211,3 +214,21 @@ def test_a_wrong_command_line_is_one_line_with_exit_code_2(args, fragment, tmp_p
                          text=True, env={**os.environ, "ENSTUNE_HOME": str(tmp_path)})
     assert run.returncode == 2 and run.stdout == ""
     assert run.stderr.strip().splitlines() == [run.stderr.strip()] and fragment in run.stderr
+
+
+def test_dashboard_on_a_taken_port_is_one_line_before_it_announces_itself(home):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = invoke("dashboard", "--port", str(taken.getsockname()[1]))
+    one_line_error(result, "cannot listen on 127.0.0.1")
+    assert "optuna-dashboard on" not in result.output
+
+
+def test_a_runs_directory_that_is_a_file_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "runs").write_text("not a directory")
+    monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path / "runs"))
+    one_line_error(invoke("study", "create", "starsse-demo"), "set ENSTUNE_HOME to a writable directory")
+    assert (tmp_path / "runs").read_text() == "not a directory"

@@ -59,7 +59,9 @@ def test_storage_commands_start_reuse_and_stop_a_local_cluster(monkeypatch):
     assert runner.invoke(app, ["storage", "url"]).stdout.strip() == url
     assert runner.invoke(app, ["study", "create", "starsse-demo", "--storage", url]).exit_code == 0
 
-    assert runner.invoke(app, ["storage", "down"]).exit_code == 0
+    stopped = runner.invoke(app, ["storage", "down"])
+    assert stopped.exit_code == 0 and stopped.stdout.strip() == "local PostgreSQL stopped"
+    assert runner.invoke(app, ["storage", "down"]).stdout.strip() == "no local PostgreSQL was running"
     gone = runner.invoke(app, ["storage", "url"])
     assert gone.exit_code == 1 and "storage up" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
 
