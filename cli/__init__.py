@@ -229,6 +229,8 @@ def recommend(
     from enstune.methods import get_method
     from enstune.recommend import enqueue, paper_optima, rank, study_optima
 
+    if not dataset.strip():
+        raise EnstuneError("--dataset must name a dataset, e.g. cifar100 or demo")
     if "lr_mult" not in get_method(method).reads:
         raise EnstuneError(f"recommend proposes cycle multipliers: --method must be sse or starsse, got {method!r}")
     if top < 1:

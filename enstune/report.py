@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from enstune.errors import EnstuneError
 from enstune.regimes import LABELS, Regime
 
 COLOURS = {"more-local": "#4C72B0", "optimal": "#55A868", "semi-local": "#C44E52"}
@@ -214,6 +215,12 @@ def publish(name: str, storage_url: str | None = None, out: Path | None = None,
     from enstune.regimes import Thresholds, classify
     from enstune.storage import open_storage
 
+    if out is not None:
+        out = Path(out)
+        try:  # before anything is written to the study
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EnstuneError(f"cannot write pictures to {out}: {exc.strerror or exc}") from None
     storage = open_storage(storage_url)
     study = st._load(name, storage)
     spec = st.load_spec(study)
@@ -226,6 +233,4 @@ def publish(name: str, storage_url: str | None = None, out: Path | None = None,
     optuna_dashboard.save_note(study, regimes_note(name, regimes, th.__dict__))
     if out is None:
         return []
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     return [to_png(chart, out / f"{chart.key}.png") for chart in pictures]

@@ -57,6 +57,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     from enstune.storage.resilient import ResilientRDBStorage
 
     url = resolve_url(url)
+    if heartbeat is not None and heartbeat < 1:  # refused on every storage, though only a database uses it
+        raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     if url is None:
         path = home_dir() / "studies.journal"
         try:
@@ -70,8 +72,6 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
     if scheme == "sqlite" and (url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url):
         raise EnstuneError("an in-memory SQLite storage is gone when the command ends; give a file: sqlite:///path.db")
-    if heartbeat is not None and heartbeat < 1:
-        raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     engine_kwargs = {} if scheme == "sqlite" else dict(POOL)
     if scheme == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}

@@ -62,6 +62,9 @@ def test_create_with_a_different_spec_under_the_same_name_fails():
     (["regimes", "missing", "--band", "-0.5"], "--band must be a finite number >= 0"),
     (["regimes", "missing", "--z", "nan"], "--z must be a finite number >= 0"),
     (["dashboard", "--port", "99999"], "--port must be in 1..65535"),
+    (["study", "run", "missing", "--heartbeat", "0"], "--heartbeat must be at least 1 second"),
+    (["recommend", "--dataset", " "], "--dataset must name a dataset"),
+    (["report", "missing", "--out", "/proc/enstune-report"], "cannot write pictures to /proc/enstune-report"),
     (["study", "run", "missing"], "no study named 'missing'"),
     (["study", "show", "missing"], "no study named 'missing'"),
 ])
