@@ -266,7 +266,7 @@ def validate(spec: StudySpec) -> StudySpec:
         if name in ("lr_mult", "epoch_mult", "lr", "epochs") and any(
             isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values
         ):
-            raise ConfigError(f"space.{name} must be > 0, got {list(values)}")
+            raise ConfigError(f"space.{name} must be numbers > 0, got {list(values)}")
     return spec
 
 

@@ -70,6 +70,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
+    if url.partition("://")[2].split("/", 1)[0].count("@") > 1:  # the driver would take part of it for the host
+        raise EnstuneError(f"storage URL {mask_url(url)}: percent-encode an '@' in the user or password as %40")
     if scheme == "sqlite" and (url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url):
         raise EnstuneError("an in-memory SQLite storage is gone when the command ends; give a file: sqlite:///path.db")
     engine_kwargs = {} if scheme == "sqlite" else dict(POOL)

@@ -47,7 +47,7 @@ def test_create_with_a_different_spec_under_the_same_name_fails():
 
 @pytest.mark.parametrize("args, fragment", [
     (["study", "create", "nope"], "unknown template 'nope'"),
-    (["study", "create", "starsse-demo", "--set", "space.lr_mult.choices=[0]"], "must be > 0"),
+    (["study", "create", "starsse-demo", "--set", "space.lr_mult.choices=[0]"], "must be numbers > 0"),
     (["study", "create", "starsse-demo", "--set", "bogus=1"], "unknown key bogus"),
     (["study", "create", "starsse-demo", "--set", "method=nope"], "unknown method 'nope'"),
     (["study", "create", "starsse-demo", "--storage", "redis://u:hunter2@localhost/0"], "unsupported storage"),
@@ -65,13 +65,15 @@ def test_create_with_a_different_spec_under_the_same_name_fails():
     (["study", "run", "missing", "--heartbeat", "0"], "--heartbeat must be at least 1 second"),
     (["recommend", "--dataset", " "], "--dataset must name a dataset"),
     (["report", "missing", "--out", "/proc/enstune-report"], "cannot write pictures to /proc/enstune-report"),
+    (["study", "create", "starsse-demo", "--storage", "postgresql+psycopg://u:hun@ter2@127.0.0.1:1/db"],
+     "percent-encode an '@'"),
     (["study", "run", "missing"], "no study named 'missing'"),
     (["study", "show", "missing"], "no study named 'missing'"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_study(args, fragment, home):
     result = invoke(*args)
     one_line_error(result, fragment)
-    assert "hunter2" not in result.output
+    assert "hunter2" not in result.output and "ter2" not in result.output
     listed = invoke("study", "list", "--json")
     assert listed.exit_code == 0 and json.loads(listed.stdout) == []
 
