@@ -60,8 +60,7 @@ class Workspace:
             torch.set_num_threads(1)
 
     def preflight(self, tap: str = "", freeze: int = 0) -> None:
-        """Fail now, before a trial is taken, on what would fail every trial: the network, its
-        checkpoint files, the regularizer's ``tap`` and the deepest ``freeze``."""
+        """Fail before a trial is taken on what would fail every trial: network, checkpoints, ``tap``, ``freeze``."""
         model = create_model(self.task.model, self.data.num_classes)
         for index in range(len(self.task.checkpoints)):
             from_pretrained(self.task.model, self.checkpoint(index), self.data.num_classes)
