@@ -67,6 +67,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
         except OSError as exc:
             raise EnstuneError(f"cannot keep studies in {path} (set {ENV_HOME} to a writable directory): "
                                f"{exc.strerror or exc}") from None
+        except ValueError as exc:  # undecodable bytes or JSON: the file is left exactly as it is
+            raise EnstuneError(f"{path} is not an Optuna journal ({type(exc).__name__}); move it aside or set "
+                               f"{ENV_HOME} elsewhere") from None
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")

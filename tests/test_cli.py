@@ -237,3 +237,12 @@ def test_a_runs_directory_that_is_a_file_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path / "runs"))
     one_line_error(invoke("study", "create", "starsse-demo"), "set ENSTUNE_HOME to a writable directory")
     assert (tmp_path / "runs").read_text() == "not a directory"
+
+
+def test_a_corrupted_journal_is_one_line_and_left_as_it_is(tmp_path, monkeypatch):
+    garbage = bytes(range(128, 256)) * 4 + b"\n" + b"more" * 8 + b"\n"  # whole lines: not a torn last write
+    (tmp_path / "studies.journal").write_bytes(garbage)
+    monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path))
+    one_line_error(invoke("study", "list"), "is not an Optuna journal")
+    one_line_error(invoke("study", "create", "starsse-demo"), "is not an Optuna journal")
+    assert (tmp_path / "studies.journal").read_bytes() == garbage
