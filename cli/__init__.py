@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from enstune.errors import EnstuneError
 
@@ -62,11 +62,15 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_one_line_errors
 def templates() -> None:
     """List study templates."""
-    from enstune.config import list_templates, load_template
+    from enstune.checks import load_checked
+    from enstune.config import list_templates
 
-    table = Table("template", "method", "search space", "trials", "description")
-    for name in list_templates():
-        spec = load_template(name)
+    names = list_templates()
+    table = Table("method", "search space", "trials", "description")
+    # Whole names at any width, on a pipe too (rich assumes 80 columns there): the other columns wrap.
+    table.columns.insert(0, Column("template", no_wrap=True, min_width=max(map(len, names))))
+    for name in names:
+        spec = load_checked(name)
         space = ", ".join(spec.space) or "—"
         table.add_row(name, spec.method, space, str(spec.n_trials), spec.description)
     out.print(table)
@@ -107,7 +111,7 @@ def study_run(
     study = st.run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
                    reporter_factory=lambda budget: RichReporter(budget, console=err), heartbeat=heartbeat,
                    artifacts=artifacts)
-    from enstune.report import publish
+    from enstune.publish import publish
 
     publish(name, storage)  # the pictures and the regime note in optuna-dashboard
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
@@ -191,12 +195,11 @@ def regimes(
     degradation: Annotated[float, typer.Option("--degradation", help="Member degradation above which a trial left the basin.")] = 0.05,  # noqa: E501
 ) -> None:
     """Label completed trials more-local, optimal or semi-local, with the evidence and a regime map."""
-    from enstune import study as st
-    from enstune.regimes import Thresholds, classify
+    from enstune.publish import study_regimes
+    from enstune.regimes import Thresholds, regime_map
 
     th = Thresholds(band, z, barrier, degradation)
-    info = st.show(name, storage)
-    labelled = classify(info["trials"], info["spec"]["method"], th)
+    labelled, info = study_regimes(name, storage, th)
     if as_json:
         sys.stdout.write(json.dumps({"study": name, "thresholds": th.__dict__,
                                      "trials": [g.to_dict() for g in labelled]}, indent=2) + "\n")
@@ -212,7 +215,7 @@ def regimes(
                       g.reason)
     out.print(table)
     for method in sorted({g.method for g in labelled}):
-        out.print(regime_map([g for g in labelled if g.method == method], info["trials"], method))
+        out.print(regime_table(regime_map(labelled, info["trials"], method), method))
 
 
 @app.command()
@@ -226,16 +229,9 @@ def recommend(
     as_json: AsJson = False,
 ) -> None:
     """Propose (lr_mult, epoch_mult) for a dataset from finished studies and the paper's Table 3."""
-    from enstune.methods import get_method
-    from enstune.recommend import enqueue, paper_optima, rank, study_optima
+    from enstune.recommend import enqueue, propose
 
-    if not dataset.strip():
-        raise EnstuneError("--dataset must name a dataset, e.g. cifar100 or demo")
-    if "lr_mult" not in get_method(method).reads:
-        raise EnstuneError(f"recommend proposes cycle multipliers: --method must be sse or starsse, got {method!r}")
-    if top < 1:
-        raise EnstuneError(f"--top must be >= 1, got {top}")
-    proposals = rank(dataset.lower(), method, study_optima(storage) + paper_optima())[:top]
+    proposals = propose(dataset, method, top, storage)
     queued = enqueue(enqueue_into, proposals, method, storage) if enqueue_into else []
     if as_json:
         sys.stdout.write(json.dumps({"dataset": dataset, "method": method,
@@ -260,7 +256,7 @@ def report(
     storage: Storage = None,
 ) -> None:
     """Draw a study's pictures (paper Figures 1-4, regime maps) as PNGs and into optuna-dashboard."""
-    from enstune.report import publish
+    from enstune.publish import publish
 
     for path in publish(name, storage, out_dir):
         out.print(str(path), markup=False, highlight=False)
@@ -270,19 +266,11 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def regime_map(labelled: list[Any], rows: list[dict[str, Any]], method: str) -> Table:
-    """A grid of regimes over (lr_mult, epoch_mult), like the paper's Figure 1; unlabelled trials by state."""
-    cells: dict[tuple[Any, Any], str] = {}
-    for r in rows:
-        if r["params"].get("method", method) == method and "lr_mult" in r["params"]:
-            cells[(r["params"]["lr_mult"], r["params"].get("epoch_mult"))] = r["state"].lower()
-    for g in labelled:
-        cells[(g.lr_mult, g.epoch_mult)] = f"{g.label} {g.val_ens_acc:.3f}"
-    lrs = sorted({k[0] for k in cells})
-    eps = sorted({k[1] for k in cells if k[1] is not None})
-    table = Table("lr_mult \\ epoch_mult", *map(str, eps), title=f"regime map ({method})")
-    for lr in lrs:
-        table.add_row(str(lr), *[cells.get((lr, ep), "") for ep in eps])
+def regime_table(grid: dict[str, Any], method: str) -> Table:
+    """The regime map (``enstune.regimes.regime_map``) as a rich table."""
+    table = Table("lr_mult \\ epoch_mult", *map(str, grid["epoch_mult"]), title=f"regime map ({method})")
+    for lr in grid["lr_mult"]:
+        table.add_row(str(lr), *[grid["cells"].get((lr, ep), "") for ep in grid["epoch_mult"]])
     return table
 
 

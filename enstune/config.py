@@ -1,4 +1,8 @@
-"""Frozen, typed configuration: templates (TOML), overrides, the spec stored with a study."""
+"""Frozen, typed configuration: templates (TOML), overrides, the spec stored with a study.
+
+Plain data: names of datasets, methods, regularizers, optimizers and evaluators are checked
+against their registries where a study is created (``enstune.checks``), not here.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enstune.errors import ConfigError
+from enstune.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -25,19 +30,10 @@ class Task:
     data_dir: str = "{home}/data"
     val_fraction: float = 0.1
     split_seed: int = 0
-
-
-@dataclass(frozen=True)
-class Finetune:
-    """The ×1 recipe: how a single model is fine-tuned from a pre-trained checkpoint."""
-
-    epochs: int = 10
-    lr: float = 0.01
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    batch_size: int = 256
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    partition: int = 1  # SUN-397's train/test partition (1..10; the paper uses the first)
+    workers: int = 8  # DataLoader workers of streamed (folder) datasets
+    checkpoint_prefix: str = ""  # a key prefix to strip from the checkpoints' state dicts
+    head: str = "new"  # "new": a random head; "zeroshot": CLIP's zero-shot classifier from the class names
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ class StudySpec:
     template: str
     description: str = ""
     task: Task = field(default_factory=Task)
-    finetune: Finetune = field(default_factory=Finetune)
+    finetune: Recipe = field(default_factory=Recipe)  # the ×1 recipe
     method: str = "starsse"
     members: int = 5
     n_trials: int = 16
@@ -85,6 +81,12 @@ class StudySpec:
     # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
     evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
     interp_points: int = 11  # points on each interpolation segment, end points included
+    # The evaluators' cost: every point in weight space (soups, segments, joint connectivity)
+    # recalibrates BN on ``bn_images`` training images and is tested on ``curve_images`` validation
+    # images; each OOD test set is cut to ``ood_images`` (0: whole), run through every member and soup.
+    bn_images: int = 1024
+    curve_images: int = 1024
+    ood_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class TrialConfig:
     """One point of the search space, resolved against the spec."""
 
     task: Task
-    recipe: Finetune
+    recipe: Recipe
     method: str
     members: int
     lr_mult: float = 1.0
@@ -119,9 +121,11 @@ def _coerce(t: Any, value: Any, key: str) -> Any:
         (inner,) = [a for a in args if a is not type(None)]
         return _coerce(inner, value, key)
     if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key} must be a list, got {value!r}")
-        return tuple(value)
+        args = typing.get_args(t)
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in args and len(value) != len(args)):
+            raise ConfigError(f"{key} must be a list{'' if Ellipsis in args else f' of {len(args)}'}, got {value!r}")
+        kinds = [args[0]] * len(value) if Ellipsis in args else list(args)
+        return tuple(_coerce(k, v, f"{key}[{i}]") for i, (k, v) in enumerate(zip(kinds, value)))
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table, got {value!r}")
@@ -200,10 +204,7 @@ def _deepcopy(d: Any) -> Any:
 
 
 def validate(spec: StudySpec) -> StudySpec:
-    """Check the cross-field constraints of a spec; return it unchanged."""
-    from enstune.data import list_datasets
-    from enstune.methods import get_method
-
+    """Check the cross-field constraints of a spec that need no registry; return it unchanged."""
     if not 1 <= spec.members <= MAX_MEMBERS:
         raise ConfigError(f"members must be in 1..{MAX_MEMBERS}, got {spec.members}")
     if spec.n_trials < 1:
@@ -211,84 +212,81 @@ def validate(spec: StudySpec) -> StudySpec:
     if not 0 <= spec.seed < 2**32 or spec.prune_startup_trials < 0:
         raise ConfigError(f"seed must be in 0..2**32-1 and prune_startup_trials >= 0, got {spec.seed}, "
                           f"{spec.prune_startup_trials}")
-    if spec.task.dataset not in list_datasets():
-        raise ConfigError(f"unknown dataset {spec.task.dataset!r}; known: {', '.join(list_datasets())}")
-    if not 0.0 < spec.task.val_fraction < 1.0:
-        raise ConfigError(f"task.val_fraction must be in (0, 1), got {spec.task.val_fraction}")
-    ft = spec.finetune
-    if ft.epochs < 1 or ft.lr <= 0 or ft.batch_size < 1 or ft.weight_decay < 0:
-        raise ConfigError(f"finetune needs epochs >= 1, lr > 0, batch_size >= 1, weight_decay >= 0, got {ft}")
-    if ft.momentum < 0 or ft.warmup_epochs < 0 or not 0 <= ft.label_smoothing < 1:
-        raise ConfigError(f"finetune needs momentum >= 0, warmup_epochs >= 0, 0 <= label_smoothing < 1, got {ft}")
+    _validate_task(spec.task)
+    _validate_recipe(spec.finetune)
     if spec.sampler not in ("tpe", "random", "grid"):
         raise ConfigError(f"sampler must be tpe, random or grid, got {spec.sampler!r}")
     if spec.pruner not in ("median", "none"):
         raise ConfigError(f"pruner must be median or none, got {spec.pruner!r}")
-    from enstune.evaluation.evaluators import list_evaluators
-
-    unknown = [e for e in spec.evaluate if e not in list_evaluators()]
-    if unknown:
-        raise ConfigError(f"unknown evaluator {unknown[0]!r}; known: {', '.join(list_evaluators())}")
     if spec.interp_points < 2:
         raise ConfigError(f"interp_points must be >= 2, got {spec.interp_points}")
-    if spec.regularizer != "none":
-        from enstune.regularizers import get_regularizer
-
-        get_regularizer(spec.regularizer)  # raises with the known names
+    if spec.bn_images < 1 or spec.curve_images < 1 or spec.ood_images < 0:
+        raise ConfigError(f"bn_images and curve_images must be >= 1 and ood_images >= 0 (0: whole sets), got "
+                          f"{spec.bn_images}, {spec.curve_images}, {spec.ood_images}")
     if spec.subsample < 4:
         raise ConfigError(f"subsample must be >= 4, got {spec.subsample}")
-    methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
-    if not methods:
+    if "method" in spec.space and not spec.space["method"].choices:
         raise ConfigError("space.method needs a list of choices, e.g. [\"local_de\", \"starsse\"]")
-    read = set().union(*(read_params(spec, m) for m in methods))  # raises for an unknown method
     for name, p in spec.space.items():
-        if name not in TRIAL_PARAMS:
-            raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
-        if name not in read:
-            why = _why_unread(name, spec, methods)
-            raise ConfigError(f"space.{name}: {why}, so its values would repeat the same trial")
-        if p.choices:
-            if p.low is not None or p.high is not None:
-                raise ConfigError(f"space.{name}: give either choices or low/high, not both")
-            values = p.choices
-        elif p.low is None or p.high is None or p.low > p.high:
-            raise ConfigError(f"space.{name}: needs choices or low <= high, got {p}")
-        else:
-            values = (p.low, p.high)
-        if p.log and p.step is not None:
-            raise ConfigError(f"space.{name}: a log range takes no step")
-        if spec.sampler == "grid" and not p.choices:
-            raise ConfigError(f"space.{name}: the grid sampler needs choices")
-        if name == "seed" and any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in values):
-            raise ConfigError(f"space.seed must be whole numbers in 0..2**32-1, got {list(values)}")
-        if name == "freeze" and any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-            raise ConfigError(f"space.freeze must be whole numbers of stages >= 0, got {list(values)}")
-        if name in ("lr_mult", "epoch_mult", "lr", "epochs") and any(
-            isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values
-        ):
-            raise ConfigError(f"space.{name} must be numbers > 0, got {list(values)}")
+        _validate_axis(name, p, spec.sampler)
     return spec
 
 
-def read_params(spec: StudySpec, method: str) -> frozenset[str]:
-    """The search parameters a trial of ``method`` reads under ``spec``."""
-    from enstune.methods import get_method
-
-    read = SHARED_PARAMS | get_method(method).reads
-    if spec.members == 1:
-        read -= LATER_MEMBER_AXES
-    if spec.regularizer == "none":
-        read -= {"alpha"}
-    return read
+def _validate_task(task: Task) -> None:
+    if not 0.0 < task.val_fraction < 1.0:
+        raise ConfigError(f"task.val_fraction must be in (0, 1), got {task.val_fraction}")
+    if not 1 <= task.partition <= 10 or task.workers < 0:
+        raise ConfigError(f"task.partition must be in 1..10 and task.workers >= 0, got {task.partition}, "
+                          f"{task.workers}")
+    if task.head not in ("new", "zeroshot"):
+        raise ConfigError(f"task.head must be new or zeroshot, got {task.head!r}")
 
 
-def _why_unread(name: str, spec: StudySpec, methods: tuple[str, ...]) -> str:
-    if name == "alpha" and spec.regularizer == "none":
-        return "alpha weights a regularizer and the spec has none (set regularizer)"
-    if spec.members == 1 and name in LATER_MEMBER_AXES:
-        return "it acts on members 2..K and members is 1"
-    return f"method {', '.join(methods)} never reads it" if len(methods) == 1 else \
-        f"none of the methods {', '.join(methods)} reads it"
+def _validate_recipe(r: Recipe) -> None:
+    rules = [(r.epochs >= 1, "epochs >= 1", r.epochs), (r.lr > 0, "lr > 0", r.lr),
+             (r.batch_size >= 1, "batch_size >= 1", r.batch_size),
+             (r.weight_decay >= 0, "weight_decay >= 0", r.weight_decay), (r.momentum >= 0, "momentum >= 0", r.momentum),
+             (all(0 <= b < 1 for b in r.betas), "betas in [0, 1)", list(r.betas)),
+             (r.warmup_epochs >= 0, "warmup_epochs >= 0", r.warmup_epochs),
+             (r.warmup_steps >= 0, "warmup_steps >= 0", r.warmup_steps),
+             (0 <= r.label_smoothing < 1, "0 <= label_smoothing < 1", r.label_smoothing),
+             (r.grad_clip >= 0, "grad_clip >= 0 (0: no clipping)", r.grad_clip),
+             (r.augment in ("default", "randaugment", "none"), "augment default, randaugment or none", r.augment),
+             (0 <= r.randaugment_ops <= 16, "randaugment_ops in 0..16", r.randaugment_ops),
+             (0 <= r.randaugment_magnitude <= 30, "randaugment_magnitude in 0..30", r.randaugment_magnitude)]
+    for ok, rule, value in rules:
+        if not ok:
+            raise ConfigError(f"finetune needs {rule}, got {value!r}")
+
+
+def _validate_axis(name: str, p: Param, sampler: str) -> None:
+    if name not in TRIAL_PARAMS:
+        raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
+    if p.choices:
+        if p.low is not None or p.high is not None:
+            raise ConfigError(f"space.{name}: give either choices or low/high, not both")
+        values = p.choices
+    elif p.low is None or p.high is None or p.low > p.high:
+        raise ConfigError(f"space.{name}: needs choices or low <= high, got {p}")
+    else:
+        values = (p.low, p.high)
+    if p.log and p.step is not None:
+        raise ConfigError(f"space.{name}: a log range takes no step")
+    if sampler == "grid" and not p.choices:
+        raise ConfigError(f"space.{name}: the grid sampler needs choices")
+    if name == "seed" and any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in values):
+        raise ConfigError(f"space.seed must be whole numbers in 0..2**32-1, got {list(values)}")
+    if name == "freeze" and any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ConfigError(f"space.freeze must be whole numbers of stages >= 0, got {list(values)}")
+    if name in ("lr_mult", "epoch_mult", "lr", "epochs") and any(
+        isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values
+    ):
+        raise ConfigError(f"space.{name} must be numbers > 0, got {list(values)}")
+
+
+def study_methods(spec: StudySpec) -> tuple[str, ...]:
+    """The methods a study's trials run: its ``method`` axis, else its one ``method``."""
+    return spec.space["method"].choices if "method" in spec.space else (spec.method,)
 
 
 def spec_from_dict(data: dict[str, Any]) -> StudySpec:

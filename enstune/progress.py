@@ -29,6 +29,9 @@ class Reporter:
     def member_done(self, index: int, val_ens_acc: float, cached: bool) -> None:
         """Member ``index`` is done; the ensemble of 1..index reached ``val_ens_acc``."""
 
+    def evaluating(self, name: str, step: int, steps: int) -> None:
+        """Evaluator ``name``, ``step`` of ``steps``, begins on the trial's members."""
+
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         """The trial ended in ``state``."""
 
@@ -71,6 +74,11 @@ class RichReporter(Reporter):
     def member_done(self, index: int, val_ens_acc: float, cached: bool) -> None:
         note = " (cached)" if cached else ""
         self._progress.update(self._member, description=f"  member {index} val ens {val_ens_acc:.4f}{note}")
+
+    def evaluating(self, name: str, step: int, steps: int) -> None:
+        # Soups, segments and OOD sets can take longer than training: the bar says which and how far.
+        self._progress.update(self._member, description=f"  evaluating {name}", total=steps, completed=step - 1,
+                              visible=True)
 
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         self._best = best

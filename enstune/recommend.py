@@ -68,6 +68,20 @@ def paper_optima() -> list[Optimum]:
             for (pre, d, m), (lr, ep) in PAPER_OPTIMA.items()]
 
 
+def propose(dataset: str, method: str = "starsse", top: int = 5, storage_url: str | None = None) -> list[Proposal]:
+    """The ``top`` (lr_mult, epoch_mult) proposals for ``method`` on ``dataset``, from finished studies and the paper."""
+    from enstune.errors import EnstuneError
+    from enstune.methods import get_method
+
+    if not dataset.strip():
+        raise EnstuneError("--dataset must name a dataset, e.g. cifar100 or demo")
+    if "lr_mult" not in get_method(method).reads:
+        raise EnstuneError(f"recommend proposes cycle multipliers: --method must be sse or starsse, got {method!r}")
+    if top < 1:
+        raise EnstuneError(f"--top must be >= 1, got {top}")
+    return rank(dataset.lower(), method, study_optima(storage_url) + paper_optima())[:top]
+
+
 def rank(dataset: str, method: str, known: list[Optimum]) -> list[Proposal]:
     """Proposals for ``dataset`` and ``method`` from ``known`` optima (studies first, then the paper)."""
     same = [o for o in known if o.method == method]
@@ -130,6 +144,7 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
 def enqueue(name: str, proposals: list[Proposal], method: str, storage_url: str | None = None) -> list[Proposal]:
     """Queue ``proposals`` for ``method`` as the next trials of study ``name``; return those its space admits."""
     from enstune import study as st
+    from enstune.config import study_methods
     from enstune.errors import EnstuneError
     from enstune.storage import open_storage
 
@@ -137,7 +152,7 @@ def enqueue(name: str, proposals: list[Proposal], method: str, storage_url: str 
     spec = st.load_spec(study)
     if spec.sampler == "grid":
         raise EnstuneError(f"study {name!r} queues its whole grid already; enqueue into a tpe or random study")
-    methods = spec.space["method"].choices if "method" in spec.space else (spec.method,)
+    methods = study_methods(spec)
     if method not in methods:
         raise EnstuneError(f"study {name!r} runs {', '.join(methods)}, not {method}: recommend with --method "
                            f"{methods[0]}")

@@ -121,3 +121,19 @@ def _label(r: dict[str, Any], method: str, best: float, margin: float, optimum_d
                                       f"less diverse than the optimum"
     return Regime(r["number"], method, r["params"].get("lr_mult"), r["params"].get("epoch_mult"), acc,
                   acc - a["val_ens_acc"][0], degradation, diversity, barrier, label, reason)
+
+
+def regime_map(labelled: list[Regime], rows: list[dict[str, Any]], method: str) -> dict[str, Any]:
+    """The paper's Figure 1 as data: {"lr_mult": [...], "epoch_mult": [...], "cells": {(lr, ep): text}}.
+
+    A labelled trial reads "label accuracy"; one not labelled (running, pruned, failed) its state.
+    """
+    cells: dict[tuple[Any, Any], str] = {}
+    for r in rows:
+        if r["params"].get("method", method) == method and "lr_mult" in r["params"]:
+            cells[(r["params"]["lr_mult"], r["params"].get("epoch_mult"))] = r["state"].lower()
+    for g in labelled:
+        if g.method == method:
+            cells[(g.lr_mult, g.epoch_mult)] = f"{g.label} {g.val_ens_acc:.3f}"
+    return {"lr_mult": sorted({k[0] for k in cells}), "epoch_mult": sorted({k[1] for k in cells if k[1] is not None}),
+            "cells": cells}

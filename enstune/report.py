@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enstune.errors import EnstuneError
 from enstune.regimes import LABELS, Regime
 
 COLOURS = {"more-local": "#4C72B0", "optimal": "#55A868", "semi-local": "#C44E52"}
@@ -204,33 +203,3 @@ def attach_trial_pictures(trial: Any, params: dict[str, Any], attrs: dict[str, A
         for chart in trial_charts(row):
             path = to_png(chart, Path(tmp) / f"{chart.key}.png")
             upload_artifact(artifact_store=artifacts, file_path=str(path), study_or_trial=trial, mimetype="image/png")
-
-
-def publish(name: str, storage_url: str | None = None, out: Path | None = None,
-            thresholds: Any = None) -> list[Path]:
-    """Save a study's pictures and regime note to the study (optuna-dashboard); with ``out``, also PNGs."""
-    import optuna_dashboard
-
-    from enstune import study as st
-    from enstune.regimes import Thresholds, classify
-    from enstune.storage import open_storage
-
-    if out is not None:
-        out = Path(out)
-        try:  # before anything is written to the study
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EnstuneError(f"cannot write pictures to {out}: {exc.strerror or exc}") from None
-    storage = open_storage(storage_url)
-    study = st._load(name, storage)
-    spec = st.load_spec(study)
-    rows = st.trial_rows(study)
-    th = thresholds or Thresholds()
-    regimes = classify(rows, spec.method, th)
-    pictures = charts(rows, regimes)
-    for chart in pictures:
-        optuna_dashboard.save_plotly_graph_object(study, to_plotly(chart), graph_object_id=chart.key)
-    optuna_dashboard.save_note(study, regimes_note(name, regimes, th.__dict__))
-    if out is None:
-        return []
-    return [to_png(chart, out / f"{chart.key}.png") for chart in pictures]

@@ -5,29 +5,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from enstune.errors import ConfigError
+from enstune.registry import Registry
 
 # factor(step, total_steps, warmup_steps) -> multiplier of the peak lr
 Schedule = Callable[[int, int, int], float]
-_REGISTRY: dict[str, Schedule] = {}
+SCHEDULES: Registry[Schedule] = Registry("schedule")
 
 
 def register_schedule(fn: Schedule) -> Schedule:
     """Register a schedule under its function name."""
-    _REGISTRY[fn.__name__] = fn
-    return fn
+    return SCHEDULES.add(fn.__name__, fn)
 
 
 def list_schedules() -> list[str]:
     """Names of the registered schedules."""
-    return sorted(_REGISTRY)
+    return SCHEDULES.names()
 
 
 def get_schedule(name: str) -> Schedule:
     """The schedule called ``name``."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown schedule {name!r}; known: {', '.join(list_schedules())}")
-    return _REGISTRY[name]
+    return SCHEDULES.get(name)
 
 
 def _warmup(step: int, warmup: int) -> float | None:

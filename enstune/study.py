@@ -16,7 +16,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from enstune.config import Param, StudySpec, TrialConfig, load_template, read_params, spec_from_dict, to_dict
+from enstune.checks import check_spec, load_checked, read_params
+from enstune.config import Param, StudySpec, TrialConfig, spec_from_dict, to_dict
 from enstune.errors import ConfigError, DivergedError, EnstuneError
 from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
@@ -60,8 +61,9 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
 
 
 def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    if spec.sampler == "grid" and spec.space:
-        return optuna.samplers.GridSampler({n: list(p.choices) for n, p in spec.space.items()}, seed=spec.seed)
+    # A grid study queues every point at create (grid_points): its trials carry fixed parameters
+    # and no sampler chooses one. Optuna's GridSampler would only get in the way: on a grid of one
+    # point its after_trial fails on the queued trial ("grid_id").
     if spec.sampler == "tpe" and spec.space:
         return optuna.samplers.TPESampler(seed=spec.seed)
     return optuna.samplers.RandomSampler(seed=spec.seed)
@@ -76,7 +78,7 @@ def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
 
 def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:
     """The StudySpec stored with ``study``, waiting up to ``wait`` seconds for a creator to store it."""
-    return spec_from_dict(_wait_ready(study, wait))
+    return check_spec(spec_from_dict(_wait_ready(study, wait)))
 
 
 def _load(name: str, storage: Any) -> optuna.Study:
@@ -126,7 +128,7 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     Safe under races: of many concurrent creators exactly one creates the study and queues
     its grid; the spec is stored last, and is what marks the study ready for workers.
     """
-    spec = load_template(template, overrides)  # validated before anything touches the storage
+    spec = load_checked(template, overrides)  # checked before anything touches the storage
     if name is not None and not name.strip():
         raise ConfigError("--name must not be empty")
     name = name or template
@@ -211,7 +213,7 @@ class Objective:
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
         epochs: list[int] = []
         results: list[MemberResult] = []
-        attrs: dict[str, Any] = {"val_size": len(self.ws.data.val)}
+        attrs: dict[str, Any] = {"val_size": len(self.ws.data.val), "input_size": self.ws.input_size}
         seconds = 0.0
         cached = 0
         try:
@@ -233,8 +235,8 @@ class Objective:
                 if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
             attrs["val_correct"] = pack_correct(val.probs(), self.ws.data.val.y)
-            members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec.interp_points)
-            attrs.update(evaluate(members, self.spec.evaluate))
+            members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec)
+            attrs.update(evaluate(members, self.spec.evaluate, on_step=self.reporter.evaluating))
             attach_trial_pictures(trial, trial.params, attrs, self.ws.cache.store)
         except DivergedError as exc:
             attrs["diverged"] = True
@@ -294,7 +296,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         return study
     ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts))
     freeze = spec.space.get("freeze")
-    ws.preflight(spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
+    ws.preflight(executor.devices[0], spec.finetune, spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
     objective = Objective(spec, ws, executor, reporter)

@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enstune.data._base import Augment, Split, batches, steps_per_epoch
+from enstune.data._base import Split, steps_per_epoch
 from enstune.errors import DivergedError
-from enstune.methods import Recipe
+from enstune.optim import make_optimizer
+from enstune.recipe import Recipe
 from enstune.schedules import get_schedule
 
 # on_epoch(epoch, epochs, mean train loss)
@@ -34,7 +35,8 @@ class TrainStats:
     final_loss: float
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA, nothing elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -46,13 +48,12 @@ def train(
     recipe: Recipe,
     *,
     seed: int,
-    augment: Augment | None = None,
     on_epoch: EpochCallback | None = None,
     extra: ExtraLoss | None = None,
     frozen: Sequence[nn.Module] = (),
     tap: str = "",
 ) -> TrainStats:
-    """Train ``model`` in place on ``data`` (already on the model's device) with a fresh optimizer.
+    """Train ``model`` in place on ``data`` (bound to the model's device) with a fresh optimizer.
 
     ``frozen`` modules keep their weights (left out of the optimizer) and, for BatchNorm, their
     running statistics (kept in eval mode). ``extra`` sees the output of module ``tap`` (default:
@@ -62,10 +63,9 @@ def train(
         m.requires_grad_(False)
     start = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
+    opt = make_optimizer(model, recipe)
     per_epoch = steps_per_epoch(len(data), recipe.batch_size)
-    total, warmup = recipe.epochs * per_epoch, round(recipe.warmup_epochs * per_epoch)
+    total, warmup = recipe.epochs * per_epoch, recipe.warmup(per_epoch)
     factor = get_schedule(recipe.schedule)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step, total, warmup))
     model.train()
@@ -75,7 +75,7 @@ def train(
     hook = tap_features(model, tap, features) if extra else None
     try:
         for epoch in range(recipe.epochs):
-            mean_loss = _epoch(model, data, recipe, generator, augment, opt, sched, extra, features)
+            mean_loss = _epoch(model, data, recipe, generator, opt, sched, extra, features)
             if not math.isfinite(mean_loss):
                 raise DivergedError(f"loss became {mean_loss} in epoch {epoch + 1}")
             if on_epoch is not None:
@@ -93,12 +93,12 @@ def tap_features(model: nn.Module, tap: str, into: list[torch.Tensor]) -> Any:
     return model.get_classifier().register_forward_hook(lambda _m, inputs, _o: into.append(inputs[0]))
 
 
-def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Generator, augment: Augment | None,
-           opt: torch.optim.Optimizer, sched: Any, extra: ExtraLoss | None, features: list[torch.Tensor]) -> float:
+def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Generator, opt: torch.optim.Optimizer,
+           sched: Any, extra: ExtraLoss | None, features: list[torch.Tensor]) -> float:
     """One epoch; the mean loss (one host sync per epoch: the divergence check and the display share it)."""
-    loss_sum = torch.zeros((), device=data.x.device)
-    for x, y in batches(data, recipe.batch_size, generator, augment):
-        with _autocast(data.x.device):
+    loss_sum: torch.Tensor | float = 0.0
+    for x, y in data.batches(recipe.batch_size, generator):
+        with autocast(x.device):
             features.clear()
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
@@ -106,10 +106,12 @@ def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Gener
                 loss = loss + extra(model, x, y, features[0], logits)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if recipe.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
         opt.step()
         sched.step()
-        loss_sum += loss.detach()
-    return loss_sum.item() / steps_per_epoch(len(data), recipe.batch_size)
+        loss_sum = loss_sum + loss.detach()
+    return float(loss_sum) / steps_per_epoch(len(data), recipe.batch_size)
 
 
 @torch.no_grad()
@@ -117,8 +119,8 @@ def predict(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Ten
     """Class probabilities of ``model`` on ``split`` (float32, on the CPU)."""
     model.eval()
     out = []
-    for start in range(0, len(split), batch_size):
-        with _autocast(split.x.device):
-            logits = model(split.x[start : start + batch_size])
+    for x, _ in split.batches(batch_size):
+        with autocast(x.device):
+            logits = model(x)
         out.append(F.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out)

@@ -112,8 +112,7 @@ def _is_schema_race(exc: BaseException) -> bool:
 
 
 def mask_url_text(text: str, url: str) -> str:
-    """``text`` with ``url`` masked, and its passwords removed wherever else they appear."""
-    text = text.replace(url, mask_url(url))
+    """``text`` with ``url``'s passwords removed wherever they appear (the URL in it included)."""
     found = [m.group(2) for m in (_USERINFO_PASSWORD.search(url), *_QUERY_PASSWORD.finditer(url)) if m]
     for secret in sorted((f for f in found if f), key=len, reverse=True):
         text = text.replace(secret, "***")

@@ -2,6 +2,7 @@ import re
 
 import pytest
 
+from enstune.checks import load_checked
 from enstune.config import StudySpec, apply_overrides, list_templates, load_template, spec_from_dict, to_dict
 from enstune.errors import ConfigError
 
@@ -15,7 +16,7 @@ def test_required_templates_ship():
 
 @pytest.mark.parametrize("name", list_templates())
 def test_every_template_loads_and_round_trips(name):
-    spec = load_template(name)
+    spec = load_checked(name)
     assert isinstance(spec, StudySpec) and spec.template == name
     assert spec_from_dict(to_dict(spec)) == spec
 
@@ -29,7 +30,7 @@ def test_base_template_is_merged():
 def test_cifar_templates_carry_the_papers_recipe():
     spec = load_template("starsse-cifar100")
     assert (spec.finetune.epochs, spec.finetune.lr, spec.finetune.weight_decay) == (25, 5e-3, 5e-4)
-    assert spec.task.model == "resnet50" and spec.members == 5 and len(spec.task.checkpoints) == 5
+    assert spec.task.model == "resnet50.tv_in1k" and spec.members == 5 and len(spec.task.checkpoints) == 5
     assert {1, 2, 4, 8} <= set(spec.space["lr_mult"].choices)
 
 
@@ -55,13 +56,18 @@ def test_apply_overrides_leaves_input_alone():
     ("space.lr_mult.choices=[0, 1]", "space.lr_mult must be numbers > 0"),
     ("space.epoch_mult.choices=[-1]", "space.epoch_mult must be numbers > 0"),
     ("space.volume.choices=[1]", "unknown search parameter 'volume'"),
-    ("task.dataset=imagenet", "unknown dataset 'imagenet'"),
+    ("task.dataset=mnist", "unknown dataset 'mnist'"),
     ("finetune.lr=nan", "finetune.lr must be finite"),
     ("justtext", "--set expects key=value"),
     ("members=100000000000000000000", "members must be in 1..100"),
     ("seed=-1", "seed must be in 0..2**32-1"),
     ("prune_startup_trials=-1", "prune_startup_trials >= 0"),
     ("finetune.momentum=-1", "momentum >= 0"),
+    ("finetune.optimizer=lamb", "unknown optimizer 'lamb'; known: adamw, sgd"),
+    ("finetune.schedule=saw", "unknown schedule 'saw'"),
+    ("finetune.betas=[0.9]", "finetune.betas must be a list of 2"),
+    ("finetune.augment=mixup", "augment default, randaugment or none"),
+    ("task.head=linear", "task.head must be new or zeroshot"),
     ("finetune.warmup_epochs=-1", "warmup_epochs >= 0"),
     ("finetune.label_smoothing=2", "0 <= label_smoothing < 1"),
     ("space.method.choices=[]", "space.method needs a list of choices"),
@@ -71,7 +77,7 @@ def test_apply_overrides_leaves_input_alone():
 ])
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        load_template("starsse-demo", [override])
+        load_checked("starsse-demo", [override])
 
 
 @pytest.mark.parametrize("template, overrides, message", [
@@ -83,7 +89,7 @@ def test_bad_overrides_name_the_problem(override, message):
 ])
 def test_an_axis_no_method_reads_is_refused(template, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(".", r"\.")):
-        load_template(template, overrides)
+        load_checked(template, overrides)
 
 
 def test_a_mixed_study_may_carry_the_axes_of_one_of_its_methods():

@@ -3,12 +3,13 @@ import math
 
 import pytest
 
-from enstune.config import Finetune, Task, TrialConfig
-from enstune.methods import MemberJob, Recipe, get_method, list_methods
+from enstune.config import Task, TrialConfig
+from enstune.methods import MemberJob, get_method, list_methods
+from enstune.recipe import Recipe
 from enstune.methods._base import regularize
 from enstune.errors import ConfigError
 
-FT = Finetune(epochs=10, lr=0.1, weight_decay=1e-4, batch_size=32, warmup_epochs=1)
+FT = Recipe(epochs=10, lr=0.1, weight_decay=1e-4, batch_size=32, warmup_epochs=1)
 
 
 def cfg(method: str, members: int = 5, lr_mult: float = 4.0, epoch_mult: float = 0.35, seed: int = 3) -> TrialConfig:
@@ -25,7 +26,7 @@ def test_every_plan_is_well_formed(name):
     assert len({j.seed for j in jobs}) == len(jobs), "members need distinct seeds"
     first = jobs[0]
     assert first.checkpoint == 0
-    assert first.recipe == Recipe.from_finetune(FT) and first.recipe.warmup_epochs == 1
+    assert first.recipe == FT and first.recipe.warmup_epochs == 1
 
 
 @pytest.mark.parametrize("name", list_methods())
@@ -75,12 +76,12 @@ def test_deep_ensembles_start_from_checkpoints():
     glob = get_method("global_de").plan(cfg("global_de"))
     assert [j.checkpoint for j in local] == [0] * 5
     assert [j.checkpoint for j in glob] == [0, 1, 2, 3, 4]
-    assert all(j.recipe == Recipe.from_finetune(FT) for j in local + glob)
+    assert all(j.recipe == FT for j in local + glob)
     assert local[0] == get_method("starsse").plan(cfg("starsse"))[0], "member 1 is shared across methods"
 
 
 def test_a_job_has_exactly_one_starting_point():
-    r = Recipe.from_finetune(FT)
+    r = FT
     with pytest.raises(ValueError):
         MemberJob(2, r, 0, checkpoint=0, parent=1)
     with pytest.raises(ValueError):

@@ -8,7 +8,7 @@ import torch
 
 from cli_helpers import TINY
 from enstune import study as st
-from enstune.config import load_template
+from enstune.checks import load_checked
 from enstune.executor import Executor
 from enstune.members import Workspace
 from enstune.methods import get_method, regularize
@@ -20,12 +20,12 @@ CPU = torch.device("cpu")
 
 @pytest.fixture
 def ws(home):
-    return Workspace(load_template("starsse-demo", []).task, home)
+    return Workspace(load_checked("starsse-demo", []).task, home)
 
 
 def _cfg(regularizer: str, alpha: float, method: str = "sse", extra: tuple[str, ...] = ()):
     axis = [f"space.alpha.choices=[{alpha}]"] if regularizer != "none" else []  # alpha weighs nothing without one
-    spec = load_template(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", *axis, *extra])
+    spec = load_checked(f"{method}-demo", TINY + [f"regularizer={regularizer!r}", *axis, *extra])
     return st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1, "alpha": alpha}), spec)
 
 
@@ -102,17 +102,30 @@ def test_alpha_zero_trains_exactly_the_plain_member_and_alpha_changes_it(ws):
     assert all(torch.equal(retrained.state[k], reference.state[k]) for k in reference.state)
     pulled = ws.run(regularize(plain, _cfg("mse", 10.0, extra=fast))[1], first, CPU, refs={1: first})
     assert pulled.key != reference.key
-    # the MSE term pulls member 2's embedding towards member 1's, as the loss sees them: on the
-    # training images, BN on batch statistics (running statistics move alike with or without it)
-    def gap(state):
-        m = create_model("demo_mlp", 10)
-        m.load_state_dict(state)
-        with torch.no_grad():
-            return (m.forward_features(ws.data.train.x) - ref.forward_features(ws.data.train.x)).pow(2).mean().item()
+    # The term reaches the weights. How far it pulls a whole member is not asserted here: over
+    # seeds and thread counts the feature gap of a 3-epoch member ranged from 0.67x to 1.25x the
+    # plain member's at alpha 10, and grew at alpha >= 100 (the pull diverges at these rates);
+    # the direction of the pull is tested on the term itself below.
+    assert any(not torch.equal(pulled.state[k], reference.state[k]) for k in reference.state)
 
-    ref = create_model("demo_mlp", 10)
-    ref.load_state_dict(first.state)
-    assert gap(pulled.state) < 0.9 * gap(reference.state)
+
+@pytest.mark.parametrize("name", ["mse", "l2_ft"])
+def test_descending_the_term_pulls_the_member_back_to_its_reference(name):
+    torch.manual_seed(0)
+    x = torch.rand(64, 1, 8, 8)
+    reference = create_model("demo_mlp", 10)
+    member = create_model("demo_mlp", 10)
+    member.load_state_dict({k: v + 0.05 * torch.randn_like(v) if v.is_floating_point() else v
+                            for k, v in reference.state_dict().items()})
+    reference.eval()
+    member.eval()  # the same BN statistics on both sides: the gap is the weights'
+    start = _term(name, member, reference.state_dict(), x).item()
+    opt = torch.optim.SGD(member.parameters(), lr=0.5 if name == "mse" else 0.05)
+    for _ in range(20):
+        opt.zero_grad()
+        _term(name, member, reference.state_dict(), x).backward()
+        opt.step()
+    assert _term(name, member, reference.state_dict(), x).item() < 0.5 * start
 
 
 def test_executor_waits_for_the_members_a_job_reads():
@@ -156,12 +169,12 @@ def test_ce_pushes_away_from_the_other_members_predictions():
 
 
 def test_fisher_diagonal_matches_per_example_gradients_by_hand():
-    from enstune.data._base import Split
+    from enstune.data._base import TensorSplit
     from enstune.regularizers.ewc import fisher_diagonal
 
     torch.manual_seed(3)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
-    data = Split(torch.randn(10, 4), torch.zeros(10, dtype=torch.long))
+    data = TensorSplit(torch.randn(10, 4), torch.zeros(10, dtype=torch.long))
     fisher = fisher_diagonal(model, data, samples=10, seed=5, batch_size=4)
     # the same draws, one example at a time with autograd
     g = torch.Generator().manual_seed(5)
@@ -210,7 +223,7 @@ def test_ewc_trains_on_the_demo_with_a_fisher_from_its_source_task(ws):
 
 
 def _freeze_cfg(freeze: int):
-    spec = load_template("starsse-demo", TINY + [f"space.freeze.choices=[{freeze}]"])
+    spec = load_checked("starsse-demo", TINY + [f"space.freeze.choices=[{freeze}]"])
     return st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1, "freeze": freeze}), spec)
 
 

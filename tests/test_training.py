@@ -14,7 +14,8 @@ from enstune.data import demo
 from enstune.errors import DivergedError, EnstuneError
 from enstune.executor import Executor, parse_devices
 from enstune.members import Workspace
-from enstune.methods import Recipe, get_method
+from enstune.methods import get_method
+from enstune.recipe import Recipe
 from enstune.models import create_model, from_pretrained
 from enstune.training import predict, train
 
@@ -41,32 +42,32 @@ def test_cache_keys_follow_the_data_and_checkpoints_their_source(home, monkeypat
                                                      load_template("starsse-demo", TINY)))[0]
     task = load_template("starsse-demo", []).task
     before = Workspace(task, home)
-    key, path = before.job_key(job, None), before.checkpoint(0)
+    key, path = before.job_key(job, None), before.checkpoints.path(0)
     assert Workspace(task, home).job_key(job, None) == key, "the same data, the same key"
     monkeypatch.setattr(demo, "NOISE_STD", 0.2)  # the target task changes, its source does not
     after = Workspace(task, home)
-    assert after.checkpoint(0) == path and after.job_key(job, None) != key
+    assert after.checkpoints.path(0) == path and after.job_key(job, None) != key
     monkeypatch.setattr(demo, "SOURCE_SIZE", 800)
-    assert Workspace(task, home).checkpoint(0) != path, "a checkpoint is named by what it was trained on"
+    assert Workspace(task, home).checkpoints.path(0) != path, "a checkpoint is named by what it was trained on"
 
 
 def test_checkpoints_are_ordinary_files_loaded_like_downloads(ws):
     rng = torch.get_rng_state()
-    path = ws.checkpoint(0)  # pre-trains on first use, then finds the file
-    assert path.is_file() and ws.checkpoint(0) == path
+    path = ws.checkpoints.path(0)  # pre-trains on first use, then finds the file
+    assert path.is_file() and ws.checkpoints.path(0) == path
     assert torch.equal(torch.get_rng_state(), rng), "a member's seeded draws do not depend on a checkpoint's history"
     state = torch.load(path, weights_only=True)["state_dict"]
     model = from_pretrained("demo_mlp", path, num_classes=10)
     trunk = {k for k in state if not k.startswith("head.")}
     assert all(torch.equal(model.state_dict()[k], state[k]) for k in trunk)
-    other = torch.load(ws.checkpoint(1), weights_only=True)["state_dict"]
+    other = torch.load(ws.checkpoints.path(1), weights_only=True)["state_dict"]
     assert not torch.equal(other["features.1.weight"], state["features.1.weight"]), "independent pre-trainings"
 
 
 def test_missing_checkpoint_is_a_clear_error(home):
     ws = Workspace(Task(checkpoints=("{home}/nope.pt",)), home)
     with pytest.raises(EnstuneError, match="checkpoint not found: .*nope.pt"):
-        ws.checkpoint(0)
+        ws.checkpoints.path(0)
 
 
 def test_training_lowers_the_loss_and_is_deterministic(ws):
@@ -76,8 +77,8 @@ def test_training_lowers_the_loss_and_is_deterministic(ws):
         torch.manual_seed(0)
         model = create_model("demo_mlp", 10)
         losses = []
-        train(model, ws.data.train, recipe, seed=1, on_epoch=lambda e, n, loss: losses.append(loss))
-        results.append((losses, predict(model, ws.data.val)))
+        train(model, ws.split("train", torch.device("cpu")), recipe, seed=1, on_epoch=lambda e, n, loss: losses.append(loss))
+        results.append((losses, predict(model, ws.split("val", torch.device("cpu")))))
     (losses, probs), (losses2, probs2) = results
     assert len(losses) == 5 and losses[-1] < losses[0]
     assert losses == losses2 and torch.equal(probs, probs2)
@@ -87,7 +88,7 @@ def test_training_lowers_the_loss_and_is_deterministic(ws):
 def test_non_finite_loss_raises(ws):
     model = create_model("demo_mlp", 10)
     with pytest.raises(DivergedError):
-        train(model, ws.data.train, Recipe(epochs=3, lr=1e12, weight_decay=0, batch_size=8), seed=0)
+        train(model, ws.split("train", torch.device("cpu")), Recipe(epochs=3, lr=1e12, weight_decay=0, batch_size=8), seed=0)
 
 
 def test_shared_members_come_from_the_cache(ws):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from enstune.data._base import Split
+from enstune.data._base import TensorSplit
 from enstune.evaluation import accuracy
 from enstune.evaluation.metrics import diversity, ece, nll
 from enstune.evaluation.weights import WeightSpace, barrier, mix, recalibrate_bn
@@ -55,7 +55,7 @@ def test_a_soup_of_identical_models_is_the_model():
     assert all(torch.allclose(soup[k].float(), state[k].float()) for k in state)
     twin = _bn_net(1)
     twin.load_state_dict(soup)
-    x = Split(torch.randn(50, 2), torch.zeros(50, dtype=torch.long))
+    x = TensorSplit(torch.randn(50, 2), torch.zeros(50, dtype=torch.long))
     assert torch.allclose(predict(twin, x), predict(net, x))
 
 
@@ -76,13 +76,13 @@ def test_barrier_is_the_largest_drop_below_the_line():
     assert barrier([0.5, 0.6, 0.7, 0.8]) == pytest.approx(0.0, abs=1e-12)
 
 
-def _xor() -> Split:
+def _xor() -> TensorSplit:
     # Quadrants with alternating labels: no linear model gets them, so accuracy needs the hidden units.
     x = torch.rand(400, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    return Split(x, ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long())
+    return TensorSplit(x, ((x[:, 0] > 0) ^ (x[:, 1] > 0)).long())
 
 
-def _trained(data: Split, seed: int) -> nn.Module:
+def _trained(data: TensorSplit, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 2))
     opt = torch.optim.Adam(net.parameters(), lr=0.05)

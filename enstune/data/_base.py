@@ -1,30 +1,59 @@
-"""Tensor-resident splits and a loader that slices a random permutation (no workers, no PIL)."""
+"""The data interface: labelled splits that yield batches on a device, at the backbone's input.
+
+Everything that reads data (the training loop, prediction, BN recalibration, the Fisher of
+EWC, the evaluators) sees only ``Split``: ``batches(batch_size, generator)`` gives one epoch,
+shuffled and augmented when a generator is given, in order through the evaluation transform
+when not. A dataset builds unbound splits; ``bind(device, preprocess, augmentation)`` makes the
+split that a member trains or is evaluated on. Two implementations: ``TensorSplit`` (examples
+held as one tensor on the device, transformed in batches there) and the streamed folders of
+``enstune.data.folders``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from enstune.methods._base import Recipe
+from enstune.cache import tensor_digest
+from enstune.preprocess import Preprocess
+from enstune.recipe import Augmentation
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
+# train(x, generator) -> augmented network input; evaluate(x) -> network input
+TrainTransform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+EvalTransform = Callable[[torch.Tensor], torch.Tensor]
+# (the backbone's preprocessing or None, the recipe's augmentation) -> (train, evaluate); None: identity
+Transforms = Callable[[Preprocess | None, Augmentation], tuple[TrainTransform | None, EvalTransform | None]]
 
 
-@dataclass(frozen=True)
-class Split:
-    """Inputs and integer labels of one split."""
+class Split(ABC):
+    """Labelled examples of one split; ``y`` holds the labels (on any device)."""
 
-    x: torch.Tensor
     y: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.y)
 
+    @abstractmethod
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        """One epoch of (inputs, labels) on the split's device; shuffled and augmented with ``generator``."""
+
+    @abstractmethod
     def subset(self, index: torch.Tensor) -> Split:
-        """The examples at ``index``."""
-        return Split(self.x[index], self.y[index])
+        """The examples at ``index``, bound as this split is."""
+
+    @abstractmethod
+    def bind(self, device: torch.device, preprocess: Preprocess | None, augmentation: Augmentation) -> Split:
+        """These examples on ``device``, at the backbone's input, trained with ``augmentation``."""
+
+    @abstractmethod
+    def digest(self) -> str:
+        """A digest of the examples and labels: data that changes gets a new digest."""
 
     def sample(self, n: int, seed: int) -> Split:
         """At most ``n`` examples: a seeded random subset, or the whole split when it is no larger."""
@@ -34,20 +63,65 @@ class Split:
         return self.subset(keep.to(self.y.device))
 
 
+def _identity(_prep: Preprocess | None, _aug: Augmentation) -> tuple[None, None]:
+    return None, None
+
+
+class TensorSplit(Split):
+    """Examples held as one tensor (uint8 images, or features) and transformed in batches on its device.
+
+    No workers and no PIL: a batch is a slice of a seeded permutation (airbench's loader), and
+    ``transforms`` turns a batch into the network's input, e.g. uint8 32×32 images into
+    augmented float 224×224 ones, so the split never holds a float copy at the input size.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, transforms: Transforms = _identity,
+                 train: TrainTransform | None = None, evaluate: EvalTransform | None = None) -> None:
+        self.x, self.y, self.transforms = x, y, transforms
+        self._train, self._eval = train, evaluate
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        if generator is None:
+            for start in range(0, len(self), batch_size):
+                x = self.x[start:start + batch_size]
+                yield (self._eval(x) if self._eval is not None else x), self.y[start:start + batch_size]
+            return
+        perm = torch.randperm(len(self), generator=generator).to(self.x.device)
+        for start in range(0, len(self), batch_size):
+            idx = perm[start:start + batch_size]
+            x = self.x[idx]
+            yield (self._train(x, generator) if self._train is not None else x), self.y[idx]
+
+    def subset(self, index: torch.Tensor) -> TensorSplit:
+        return TensorSplit(self.x[index.to(self.x.device)], self.y[index.to(self.y.device)], self.transforms,
+                           self._train, self._eval)
+
+    def bind(self, device: torch.device, preprocess: Preprocess | None, augmentation: Augmentation) -> TensorSplit:
+        train, evaluate = self.transforms(preprocess, augmentation)
+        return TensorSplit(self.x.to(device), self.y.to(device), self.transforms, train, evaluate)
+
+    def digest(self) -> str:
+        return tensor_digest(self.x, self.y)
+
+
 @dataclass(frozen=True)
 class TaskData:
-    """A target task; ``source`` is the task its checkpoints were pre-trained on, when known."""
+    """A target task: unbound splits; ``source`` is the task its checkpoints were pre-trained on, when known."""
 
     train: Split
     val: Split
     test: Split
     num_classes: int
-    augment: Augment | None = None
+    classes: tuple[str, ...] = ()  # class names, in label order, when the dataset has them
     # The task the checkpoints are pre-trained on, when enstune makes its own checkpoints.
     source: TaskData | None = None
-    pretrain: Recipe | None = None
+    pretrain: Any = None  # the Recipe that pre-trains them
     # Out-of-distribution test sets, {family: [severity 1..5]}, made on first use.
     ood: Callable[[], dict[str, list[Split]]] | None = None
+
+    def digest(self) -> str:
+        """A digest of all three splits."""
+        return hashlib.sha256(" ".join(s.digest() for s in (self.train, self.val, self.test)).encode()).hexdigest()
 
 
 def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -55,20 +129,6 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     n_val = max(1, round(fraction * len(train)))
     return train.subset(perm[n_val:]), train.subset(perm[:n_val])
-
-
-def batches(
-    split: Split,
-    batch_size: int,
-    generator: torch.Generator,
-    augment: Augment | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """One epoch of shuffled mini-batches; the last, smaller batch is kept."""
-    perm = torch.randperm(len(split), generator=generator).to(split.x.device)
-    for start in range(0, len(split), batch_size):
-        idx = perm[start : start + batch_size]
-        x = split.x[idx]
-        yield (augment(x, generator) if augment is not None else x), split.y[idx]
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:

@@ -2,7 +2,7 @@
 
 The families act on images in the [0, 1] pixel range, each with one parameter per severity;
 a task picks the severity tables that suit its images. Real runs read the published
-CIFAR-100-C arrays instead (``load_cifar_c``).
+CIFAR-10-C / CIFAR-100-C arrays instead (``load_cifar_c``), held as uint8 images.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from enstune.data._base import Split
+from enstune.data._base import Transforms, TensorSplit
+from enstune.data.images import image_transforms
 from enstune.errors import EnstuneError
 
 Corruption = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
@@ -66,27 +67,39 @@ def list_corruptions() -> list[str]:
     return sorted(_FAMILIES)
 
 
-def corrupt(split: Split, tables: dict[str, Sequence[float]], seed: int = 0) -> dict[str, list[Split]]:
-    """``split`` (pixels in [0, 1], on the CPU) under each family at each severity of ``tables``."""
-    out: dict[str, list[Split]] = {}
+def corrupt(split: TensorSplit, tables: dict[str, Sequence[float]], seed: int = 0) -> dict[str, list[TensorSplit]]:
+    """``split`` (on the CPU; floats in [0, 1] or uint8 images) under each family at each severity of ``tables``.
+
+    The corrupted splits keep the dtype and the transforms of ``split``.
+    """
+    x = split.x.float().div(255) if split.x.dtype == torch.uint8 else split.x
+    out: dict[str, list[TensorSplit]] = {}
     for name, params in tables.items():
         g = torch.Generator().manual_seed(seed)
-        out[name] = [Split(_FAMILIES[name](split.x, p, g), split.y) for p in params]
+        out[name] = [TensorSplit(_like(_FAMILIES[name](x, p, g), split.x), split.y, split.transforms) for p in params]
     return out
 
 
-def load_cifar_c(root: Path, normalise: Callable[[torch.Tensor], torch.Tensor],
-                 families: Sequence[str] | None = None) -> dict[str, list[Split]]:
-    """The published CIFAR-100-C arrays (``<family>.npy``, 5 × 10000 images, ``labels.npy``) under ``root``."""
+def _like(x: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    return x.mul(255).round_().to(torch.uint8) if original.dtype == torch.uint8 else x
+
+
+def load_cifar_c(root: Path, transforms: Transforms = image_transforms,
+                 families: Sequence[str] | None = None) -> dict[str, list[TensorSplit]]:
+    """The published CIFAR-10-C / CIFAR-100-C arrays (``<family>.npy`` by severity, ``labels.npy``) as uint8 splits."""
     root = Path(root)
     if not (root / "labels.npy").is_file():
-        raise EnstuneError(f"CIFAR-100-C not found: expected {root / 'labels.npy'} and <corruption>.npy files")
+        raise EnstuneError(f"CIFAR-C not found: expected {root / 'labels.npy'} and <corruption>.npy files")
     labels = torch.from_numpy(np.load(root / "labels.npy")).long()
     names = families or sorted(p.stem for p in root.glob("*.npy") if p.stem != "labels")
-    out: dict[str, list[Split]] = {}
+    out: dict[str, list[TensorSplit]] = {}
     for name in names:
-        images = np.load(root / f"{name}.npy", mmap_mode="r")
+        images = np.load(root / f"{name}.npy", mmap_mode="r")  # (5 * n, 32, 32, 3) uint8
+        if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(labels) or len(images) % 5:
+            raise EnstuneError(f"{root / f'{name}.npy'}: expected uint8 (5 x n, H, W, 3) images, one per label of "
+                               f"labels.npy ({len(labels)}); got {images.dtype} {images.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
         per = len(images) // 5
-        x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div_(255)
-        out[name] = [Split(normalise(x[i * per:(i + 1) * per]), labels[i * per:(i + 1) * per]) for i in range(5)]
+        out[name] = [TensorSplit(x[i * per:(i + 1) * per], labels[i * per:(i + 1) * per], transforms)
+                     for i in range(5)]
     return out

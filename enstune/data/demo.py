@@ -16,14 +16,16 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from enstune.data import register_dataset
-from enstune.data._base import Split, TaskData, carve_validation
+from enstune.data._base import TaskData, TensorSplit, carve_validation
+from enstune.data._registry import register_dataset
 from enstune.data.augment import random_shift
 from enstune.data.corruptions import corrupt
-from enstune.methods._base import Recipe
+from enstune.preprocess import Preprocess
+from enstune.recipe import Augmentation, Recipe
 
 SOURCE_SIZE = 900  # of the 1797 shuffled images, the first form the source task
 NOISE_STD = 0.15  # the target sensor's noise, in units of the [0, 1] pixel range
@@ -32,6 +34,7 @@ OOD_CAPTURES = 2  # of them, corrupted into the OOD test sets (20 sets: their co
 LABELS_PER_CLASS = 10  # target training labels per class (one capture each)
 TEST_SIZE = 400  # target test digits
 DATA_SEED = 0  # the digits shuffle and the sensor noise
+CLASSES = tuple(str(d) for d in range(10))
 # Severities of the demo's OOD test sets (on top of the sensor's noise); contrast and JPEG
 # quality follow CIFAR-10-C's tables.
 OOD = {"gaussian_noise": (0.1, 0.2, 0.3, 0.4, 0.5), "gaussian_blur": (0.4, 0.6, 0.8, 1.0, 1.2),
@@ -50,6 +53,15 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
     return x[perm], y[perm]
 
 
+def _shift(_prep: Preprocess | None, aug: Augmentation) -> tuple[Any, None]:
+    """The digits' augmentation: a random one-pixel shift (any policy but ``none``); evaluation as is."""
+    return (None if aug.policy == "none" else partial(random_shift, pad=1)), None
+
+
+def _split(x: torch.Tensor, y: torch.Tensor) -> TensorSplit:
+    return TensorSplit(x, y, _shift)
+
+
 def _per_class(y: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat([(y == c).nonzero().flatten()[:n] for c in range(int(y.max()) + 1)])
 
@@ -58,13 +70,13 @@ def source_task() -> TaskData:
     """The pre-training task of the demo checkpoints."""
     x, y = _digits()
     n = SOURCE_SIZE
-    train, val = carve_validation(Split(x[:n], y[:n]), 0.1, DATA_SEED)
-    return TaskData(train, val, val, num_classes=10, augment=partial(random_shift, pad=1))
+    train, val = carve_validation(_split(x[:n], y[:n]), 0.1, DATA_SEED)
+    return TaskData(train, val, val, num_classes=10, classes=CLASSES)
 
 
-def _captures(x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, n: int) -> Split:
+def _captures(x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, n: int) -> TensorSplit:
     """Captures 0..n-1 of digits ``x`` (capture c of all digits, then c + 1)."""
-    return Split((x + NOISE_STD * noise[:n]).clamp_(0, 1).flatten(0, 1), y.repeat(n))
+    return _split((x + NOISE_STD * noise[:n]).clamp_(0, 1).flatten(0, 1), y.repeat(n))
 
 
 @register_dataset("demo")
@@ -73,12 +85,11 @@ def demo(task, home: Path) -> TaskData:  # noqa: ANN001
     x, y = _digits()
     # A digit keeps its noise draws whichever split it lands in: (capture, digit, pixels).
     noise = torch.randn((CAPTURES, *x.shape), generator=torch.Generator().manual_seed(DATA_SEED + 1))
-    ids = Split(torch.arange(SOURCE_SIZE, len(y)), y[SOURCE_SIZE:])  # the target digits, by index
+    ids = TensorSplit(torch.arange(SOURCE_SIZE, len(y)), y[SOURCE_SIZE:])  # the target digits, by index
     test = ids.subset(torch.arange(TEST_SIZE))
     train, val = carve_validation(ids.subset(torch.arange(TEST_SIZE, len(ids))), task.val_fraction, task.split_seed)
     train = train.subset(_per_class(train.y, LABELS_PER_CLASS))
     train, val, test = (_captures(x[s.x], s.y, noise[:, s.x], n)
                         for s, n in ((train, 1), (val, CAPTURES), (test, CAPTURES)))
-    return TaskData(train, val, test, num_classes=10, augment=partial(random_shift, pad=1),
-                    source=source_task(), pretrain=PRETRAIN,
+    return TaskData(train, val, test, num_classes=10, classes=CLASSES, source=source_task(), pretrain=PRETRAIN,
                     ood=partial(corrupt, test.subset(torch.arange(OOD_CAPTURES * TEST_SIZE)), OOD, DATA_SEED + 2))

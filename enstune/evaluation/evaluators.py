@@ -12,13 +12,13 @@ import torch
 from enstune.data._base import Split
 from enstune.evaluation import accuracy
 from enstune.evaluation.metrics import diversity, ece, nll
+from enstune.registry import Registry
 from enstune.evaluation.weights import State, WeightSpace, barrier
 from enstune.training import predict
 
 # Every point in weight space is a new model: BN recalibration and two accuracies. On 1,024
-# images each, connectivity costs about 5.4 s per demo trial on one CPU thread (8.4 s at 2,048).
-BN_SUBSET = 1024  # training images for BN recalibration and train accuracy along segments
-CURVE_SUBSET = 1024  # validation images for accuracy along segments and joint connectivity
+# images each (the spec's bn_images and curve_images), connectivity costs about 5.4 s per demo
+# trial on one CPU thread (8.4 s at 2,048).
 
 
 @dataclass
@@ -34,7 +34,10 @@ class Members:
     weights: WeightSpace
     seed: int
     interp_points: int = 11
-    ood: dict[str, list[Split]] | None = None  # {family: [severity 1..5]}, on the CPU
+    curve_images: int = 1024  # validation images for accuracy along segments and joint connectivity
+    ood_images: int = 0  # images of each OOD set (0: all)
+    ood: dict[str, list[Split]] | None = None  # {family: [severity 1..5]}, unbound
+    bind: Callable[[Split], Split] | None = None  # an unbound split on the evaluation device
 
     def ensemble(self, split: str) -> torch.Tensor:
         """Mean probabilities of all members on ``val`` or ``test``."""
@@ -43,29 +46,23 @@ class Members:
 
 
 Evaluator = Callable[[Members], dict[str, Any]]
-_EVALUATORS: dict[str, Evaluator] = {}
-
-
-def register_evaluator(name: str) -> Callable[[Evaluator], Evaluator]:
-    """Add an evaluator under ``name``."""
-
-    def add(fn: Evaluator) -> Evaluator:
-        _EVALUATORS[name] = fn
-        return fn
-
-    return add
+EVALUATORS: Registry[Evaluator] = Registry("evaluator")
+register_evaluator = EVALUATORS.register
 
 
 def list_evaluators() -> list[str]:
     """Names of the registered evaluators."""
-    return sorted(_EVALUATORS)
+    return EVALUATORS.names()
 
 
-def evaluate(members: Members, names: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """Run evaluators ``names`` and merge their attributes."""
+def evaluate(members: Members, names: tuple[str, ...] | list[str],
+             on_step: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run evaluators ``names`` and merge their attributes; ``on_step(name, i, n)`` before each."""
     out: dict[str, Any] = {}
-    for name in names:
-        out.update(_EVALUATORS[name](members))
+    for i, name in enumerate(names):
+        if on_step is not None:
+            on_step(name, i + 1, len(names))
+        out.update(EVALUATORS.get(name)(members))
     return out
 
 
@@ -99,7 +96,7 @@ def _connectivity(m: Members) -> dict[str, Any]:
     if k < 2:
         return {}
     # Each curve point is a model with recalibrated BN: a seeded subset keeps large sets affordable.
-    curve_val = m.val.sample(CURVE_SUBSET, m.seed)
+    curve_val = m.val.sample(m.curve_images, m.seed)
     train, val = m.weights.segment(m.states[0], m.states[-1], [m.train, curve_val], m.interp_points)
     out: dict[str, Any] = {"interp_train_acc": train, "interp_val_acc": val,
                            "barrier_train": barrier(train), "barrier_val": barrier(val)}
@@ -119,12 +116,12 @@ def _ood(m: Members) -> dict[str, Any]:
     k = len(m.states)
     members = [m.weights.build(s) for s in m.states]
     soup = m.weights.model(m.states, [1 / k] * k)
-    device = next(soup.parameters()).device
+    assert m.bind is not None, "OOD sets need a way to bind them to the evaluation device"
     severities = max(len(v) for v in m.ood.values())
     ens, single, soups = ([[] for _ in range(severities)] for _ in range(3))
     for splits in m.ood.values():
-        for s, cpu_split in enumerate(splits):
-            split = Split(cpu_split.x.to(device), cpu_split.y.to(device))
+        for s, unbound in enumerate(splits):
+            split = m.bind(unbound.sample(m.ood_images, m.seed) if m.ood_images else unbound)
             probs = [predict(model, split) for model in members]
             ens[s].append(accuracy(torch.stack(probs).mean(0), split.y))
             single[s].append(sum(accuracy(p, split.y) for p in probs) / k)

@@ -3,38 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-
-import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import ClassVar
 
-from enstune.config import Finetune, TrialConfig
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """How one member is trained: schedule, length, optimizer settings."""
-
-    epochs: int
-    lr: float
-    weight_decay: float
-    momentum: float = 0.9
-    batch_size: int = 256
-    warmup_epochs: float = 0.0
-    schedule: str = "cosine"
-    label_smoothing: float = 0.0
-
-    @classmethod
-    def from_finetune(cls, ft: Finetune) -> Recipe:
-        """The ×1 recipe."""
-        return cls(ft.epochs, ft.lr, ft.weight_decay, ft.momentum, ft.batch_size, ft.warmup_epochs,
-                   "cosine", ft.label_smoothing)
-
-    def cycle(self, lr_mult: float, epoch_mult: float) -> Recipe:
-        """The cycle recipe: lr × lr_mult, epochs × epoch_mult rounded down (at least 1), no warm-up."""
-        return replace(self, lr=self.lr * lr_mult, epochs=max(1, math.floor(self.epochs * epoch_mult)),
-                       warmup_epochs=0.0)
+from enstune.config import TrialConfig
+from enstune.recipe import Recipe
 
 
 @dataclass(frozen=True)
@@ -88,7 +62,7 @@ def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
 
 def first_member(cfg: TrialConfig, checkpoint: int = 0, index: int = 1) -> MemberJob:
     """A plain ×1 fine-tune from a pre-trained checkpoint."""
-    return MemberJob(index, Recipe.from_finetune(cfg.recipe), member_seed(cfg.seed, index),
+    return MemberJob(index, cfg.recipe, member_seed(cfg.seed, index),
                      checkpoint=checkpoint)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enstune.config import TrialConfig
-from enstune.methods import register_method
+from enstune.methods._registry import register_method
 from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, first_member
 
 

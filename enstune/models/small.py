@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from enstune.models import register_model
+from enstune.models._registry import FAMILIES, Family
+from enstune.registry import Registry
+
+NETS: Registry[Callable[[int], nn.Module]] = Registry("enstune net")
 
 
 class MLP(nn.Module):
@@ -48,8 +53,27 @@ class MLP(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@register_model
+@NETS.register("demo_mlp")
 def demo_mlp(num_classes: int) -> nn.Module:
     """The demo network: 8×8 digits → 512 → 512 → 512 → classes."""
     # Measured on the demo task: at 256 × 2 the best StarSSE only tied Local DE on validation.
     return MLP(64, 512, 3, num_classes)
+
+
+class SmallFamily(Family):
+    """The nets registered in ``NETS``; their inputs are not images at a resolution, so no preprocessing."""
+
+    def has(self, arch: str) -> bool:
+        return arch in NETS
+
+    def names(self) -> list[str]:
+        return NETS.names()
+
+    def create(self, arch: str, num_classes: int) -> nn.Module:
+        model = NETS.get(arch)(num_classes)
+        # timm's record of what the network is; preprocess() finds the family from it.
+        model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "architecture": arch}
+        return model
+
+
+FAMILIES.add("enstune", SmallFamily())

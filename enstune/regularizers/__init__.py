@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from enstune.errors import ConfigError
+from enstune.registry import Registry
 
 State = dict[str, torch.Tensor]
 # term(model, x, y, features, logits) -> the unweighted loss term
@@ -47,14 +48,14 @@ class Regularizer:
     make: Callable[[Context], Term]
 
 
-_REGISTRY: dict[str, Regularizer] = {}
+REGULARIZERS: Registry[Regularizer] = Registry("regularizer")
 
 
 def register_regularizer(name: str, needs: str = "first") -> Callable[[Callable[[Context], Term]], Callable]:
     """Register ``make(context) -> term`` under ``name``."""
 
     def add(make: Callable[[Context], Term]) -> Callable[[Context], Term]:
-        _REGISTRY[name] = Regularizer(name, needs, make)
+        REGULARIZERS.add(name, Regularizer(name, needs, make))
         return make
 
     return add
@@ -62,14 +63,12 @@ def register_regularizer(name: str, needs: str = "first") -> Callable[[Callable[
 
 def list_regularizers() -> list[str]:
     """Names of the registered regularizers."""
-    return sorted(_REGISTRY)
+    return REGULARIZERS.names()
 
 
 def get_regularizer(name: str) -> Regularizer:
-    """The regularizer called ``name``."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown regularizer {name!r}; known: none, {', '.join(list_regularizers())}")
-    return _REGISTRY[name]
+    """The regularizer called ``name`` ("none" adds no term and is not registered)."""
+    return REGULARIZERS.get(name)
 
 
 def body(model: nn.Module, head: str, state: State | None = None) -> list[torch.Tensor]:

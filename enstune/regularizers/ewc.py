@@ -12,7 +12,7 @@ from enstune.data._base import Split
 
 def fisher_diagonal(model: nn.Module, data: Split, samples: int = 512, seed: int = 0,
                     batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """E over source inputs and labels drawn from the model's own predictions of (d log p(y|x) / dθ)^2.
+    """E over source inputs (``data`` bound without augmentation) and labels drawn from the model's own predictions of (d log p(y|x) / dθ)^2.
 
     Per-example gradients come from ``torch.func`` (vmap of grad); BatchNorm uses its running
     statistics (eval mode), so each example's gradient is its own.
@@ -29,8 +29,7 @@ def fisher_diagonal(model: nn.Module, data: Split, samples: int = 512, seed: int
 
     per_example = vmap(grad(log_likelihood), in_dims=(None, 0, 0))
     total = {k: torch.zeros_like(v) for k, v in params.items()}
-    for start in range(0, len(index), batch_size):
-        x = data.x[index[start:start + batch_size].to(data.x.device)]
+    for x, _ in data.subset(index).batches(batch_size):
         with torch.no_grad():
             probs = model(x).softmax(1)
         y = torch.multinomial(probs.cpu(), 1, generator=g).squeeze(1).to(x.device)

@@ -1,0 +1,54 @@
+"""What a study is checked against where it is created: the registries' names and the axes its methods read."""
+
+from __future__ import annotations
+
+from enstune.config import LATER_MEMBER_AXES, SHARED_PARAMS, TRIAL_PARAMS, StudySpec, load_template, study_methods
+from enstune.data import list_datasets
+from enstune.errors import ConfigError
+from enstune.evaluation.evaluators import EVALUATORS
+from enstune.methods import get_method
+from enstune.optim import OPTIMIZERS
+from enstune.regularizers import get_regularizer
+from enstune.schedules import SCHEDULES
+
+
+def check_spec(spec: StudySpec) -> StudySpec:
+    """Check every name in ``spec`` against its registry, and that each search axis is read; return it."""
+    if spec.task.dataset not in list_datasets():
+        raise ConfigError(f"unknown dataset {spec.task.dataset!r}; known: {', '.join(list_datasets())}")
+    OPTIMIZERS.get(spec.finetune.optimizer)
+    SCHEDULES.get(spec.finetune.schedule)
+    for name in spec.evaluate:
+        EVALUATORS.get(name)
+    if spec.regularizer != "none":
+        get_regularizer(spec.regularizer)
+    methods = study_methods(spec)
+    for method in methods:
+        get_method(method)
+    for name in spec.space:
+        reasons = [unread(spec, m, name) for m in methods]
+        if all(reasons):
+            why = reasons[0] if len(set(reasons)) == 1 else f"none of the methods {', '.join(methods)} reads it"
+            raise ConfigError(f"space.{name}: {why}, so its values would repeat the same trial")
+    return spec
+
+
+def load_checked(template: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
+    """A template with ``--set`` overrides, validated and checked against the registries."""
+    return check_spec(load_template(template, overrides))
+
+
+def read_params(spec: StudySpec, method: str) -> frozenset[str]:
+    """The search parameters a trial of ``method`` reads under ``spec``."""
+    return frozenset(name for name in TRIAL_PARAMS if unread(spec, method, name) is None)
+
+
+def unread(spec: StudySpec, method: str, name: str) -> str | None:
+    """Why a trial of ``method`` ignores axis ``name`` under ``spec``; None when it reads it."""
+    if name in SHARED_PARAMS:
+        return None
+    if name == "alpha" and spec.regularizer == "none":
+        return "alpha weights a regularizer and the spec has none (set regularizer)"
+    if spec.members == 1 and name in LATER_MEMBER_AXES:
+        return "it acts on members 2..K and members is 1"
+    return None if name in get_method(method).reads else f"method {method} never reads it"

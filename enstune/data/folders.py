@@ -1,0 +1,251 @@
+"""Image files streamed from disk: ImageFolder trees (ImageNet and others) and SUN-397's official partitions.
+
+A ``FolderSplit`` holds (file, label) pairs; a ``DataLoader`` decodes and transforms them in
+workers with torchvision's v2 transforms, as timm does: RandomResizedCrop + flip (+ RandAugment)
+to train, Resize(size / crop_pct) + CenterCrop to evaluate. Workers hand over uint8 batches;
+the scaling to [0, 1] and the normalisation (v2's ToDtype and Normalize) run on the device, so
+pinned memory and the host-to-device copy carry a quarter of the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset, pil_loader
+from torchvision.datasets.vision import VisionDataset
+from torchvision.transforms import v2
+
+from enstune.data._base import Batch, Split, TaskData, carve_validation
+from enstune.data._registry import register_dataset
+from enstune.data.images import check_policy, eval_resize, interpolation_mode
+from enstune.errors import EnstuneError
+from enstune.preprocess import Preprocess
+from enstune.recipe import Augmentation
+
+PREFETCH = 2  # batches each worker keeps ready
+
+
+def _pil_transform(preprocess: Preprocess, augmentation: Augmentation, train: bool) -> v2.Compose:
+    """The per-image part, PIL in, uint8 tensor at the input size out."""
+    mode = interpolation_mode(preprocess.interpolation)
+    size = list(preprocess.size)
+    if train and augmentation.policy != "none":
+        steps = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
+        if augmentation.policy == "randaugment" and augmentation.ops > 0:
+            steps.append(v2.RandAugment(num_ops=augmentation.ops, magnitude=augmentation.magnitude))
+    else:
+        steps = [v2.Resize(eval_resize(preprocess), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+    return v2.Compose([*steps, v2.PILToTensor()])
+
+
+class _Images(VisionDataset):
+    """Files under ``root`` decoded to RGB; an item is an index, or (index, seed) for a seeded augmentation."""
+
+    def __init__(self, root: Path, files: Sequence[str], labels: np.ndarray, transform: v2.Compose) -> None:
+        super().__init__(os.fspath(root), transform=transform)
+        # One bytes array, not a list of str: forked workers reading a list touch every object's
+        # reference count and copy its pages, a copy of ImageNet's 1.28M names per worker.
+        self.files, self.labels = np.array([os.fsencode(f) for f in files]), labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        image = pil_loader(os.path.join(self.root, os.fsdecode(self.files[index])))  # RGB, whatever the file's mode
+        if seed is None:
+            return self.transform(image), int(self.labels[index])
+        # v2 transforms draw from the global RNG: a private copy seeded per example, so the
+        # draws depend on neither the worker that decodes it nor the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(image), int(self.labels[index])
+
+
+class _Seeded:
+    """A sampler: the examples in ``order``, each with its augmentation seed."""
+
+    def __init__(self, order: torch.Tensor, seed: int) -> None:
+        self.order, self.seed = order, seed
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, self.seed + i) for i in self.order.tolist())
+
+
+class FolderSplit(Split):
+    """Image files under ``root`` with their labels, streamed through a DataLoader with ``workers`` processes.
+
+    Unbound, a split reads at ``Preprocess()`` (ImageNet's 224 config) on the CPU; ``bind`` sets
+    the device and the backbone's input (its default too when the backbone has none).
+    """
+
+    def __init__(self, root: Path, files: Sequence[str], y: torch.Tensor, workers: int = 0,
+                 device: torch.device | str = "cpu", preprocess: Preprocess | None = None,
+                 augmentation: Augmentation = Augmentation()) -> None:
+        check_policy(augmentation)
+        self.root, self.files, self.workers = Path(root), list(files), workers
+        self.device, self.preprocess, self.augmentation = torch.device(device), preprocess or Preprocess(), augmentation
+        self.y = y.to(self.device)
+        self._normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
+                                      v2.Normalize(list(self.preprocess.mean), list(self.preprocess.std))])
+
+    def _loader(self, transform: v2.Compose, sampler: Sequence[int] | _Seeded, batch_size: int,
+                seed: int) -> DataLoader:
+        labels = self.y.cpu().numpy()
+        # A generator of its own: without one, the loader draws its workers' base seed from the global RNG.
+        return DataLoader(_Images(self.root, self.files, labels, transform), batch_size=batch_size, sampler=sampler,
+                          num_workers=self.workers, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=PREFETCH if self.workers > 0 else None, persistent_workers=False,
+                          generator=torch.Generator().manual_seed(seed))
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        train = generator is not None
+        seed = int(torch.randint(0, 2**62, (), generator=generator)) if train else 0
+        sampler = _Seeded(torch.randperm(len(self), generator=generator), seed) if train else range(len(self))
+        transform = _pil_transform(self.preprocess, self.augmentation, train)
+        for x, y in self._loader(transform, sampler, batch_size, seed):
+            x = x.to(self.device, non_blocking=True)
+            yield self._normalize(x), y.to(self.device, non_blocking=True)
+
+    def subset(self, index: torch.Tensor) -> FolderSplit:
+        return FolderSplit(self.root, [self.files[i] for i in index.tolist()], self.y[index.to(self.y.device)],
+                           self.workers, self.device, self.preprocess, self.augmentation)
+
+    def bind(self, device: torch.device, preprocess: Preprocess | None, augmentation: Augmentation) -> FolderSplit:
+        return FolderSplit(self.root, self.files, self.y, self.workers, device, preprocess, augmentation)
+
+    def digest(self) -> str:
+        """From the relative paths, file sizes and labels: reading every image's bytes would take hours."""
+        h = hashlib.sha256()
+        for name, label in zip(self.files, self.y.tolist()):
+            h.update(f"{name}\t{os.stat(self.root / name).st_size}\t{label}\n".encode())
+        return h.hexdigest()
+
+
+def _root(task, home: Path) -> Path:  # noqa: ANN001 - enstune.config.Task
+    return Path(task.data_dir.format(home=home))
+
+
+def _folder(directory: Path, class_to_idx: dict[str, int] | None = None) -> tuple[list[str], list[int], list[str]]:
+    """(relative files, labels, classes) of a tree of class folders; ``class_to_idx`` from the training tree."""
+    if not directory.is_dir():
+        raise EnstuneError(f"image folder not found: expected {directory} with one folder per class")
+    try:
+        if class_to_idx is None:
+            found = ImageFolder(os.fspath(directory), loader=pil_loader)
+            samples, classes = found.samples, found.classes
+        else:
+            extra = sorted(e.name for e in os.scandir(directory) if e.is_dir() and e.name not in class_to_idx)
+            if extra:
+                raise EnstuneError(f"{directory} has class folders that the training set lacks: {', '.join(extra[:5])}")
+            samples = make_dataset(os.fspath(directory), class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+            classes = list(class_to_idx)
+    except FileNotFoundError as exc:
+        raise EnstuneError(f"cannot read the image folder {directory}: {str(exc).strip()}") from None
+    if not samples:
+        raise EnstuneError(f"no images found under {directory} (extensions: {', '.join(IMG_EXTENSIONS)})")
+    files = [os.path.relpath(path, directory) for path, _ in samples]
+    return files, [label for _, label in samples], classes
+
+
+def _folders(task, root: Path, test_dirs: Sequence[str]) -> TaskData:  # noqa: ANN001 - enstune.config.Task
+    """train/ and the first of ``test_dirs`` under ``root``; validation carved from train."""
+    files, labels, names = _folder(root / "train")
+    test_dir = next((root / d for d in test_dirs if (root / d).is_dir()), None)
+    if test_dir is None:
+        raise EnstuneError(f"no test images: expected {' or '.join(str(root / d) for d in test_dirs)}")
+    test_files, test_labels, _ = _folder(test_dir, {c: i for i, c in enumerate(names)})
+    train = FolderSplit(root / "train", files, torch.tensor(labels, dtype=torch.long), task.workers)
+    test = FolderSplit(test_dir, test_files, torch.tensor(test_labels, dtype=torch.long), task.workers)
+    train, val = carve_validation(train, task.val_fraction, task.split_seed)
+    return TaskData(train, val, test, num_classes=len(names), classes=tuple(names))
+
+
+@register_dataset("imagefolder")
+def imagefolder(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
+    """Class folders under ``task.data_dir``/train and /test (or /val, used when there is no test/); names = folders."""
+    return _folders(task, _root(task, home), ("test", "val"))
+
+
+@register_dataset("imagenet")
+def imagenet(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
+    """ImageNet-1k as class folders: ``task.data_dir``/train/n01440764/… and /val/n01440764/… (the test split).
+
+    Read with ``ImageFolder``, not torchvision's ``ImageNet`` (which needs the devkit archive);
+    when torchvision's ``meta.bin`` lies in ``data_dir``, the classes are its readable names.
+    """
+    from torchvision.datasets.imagenet import META_FILE, load_meta_file
+
+    root = _root(task, home)
+    data = _folders(task, root, ("val",))
+    if (root / META_FILE).is_file():
+        wnid_to_names = load_meta_file(os.fspath(root))[0]
+        data = TaskData(data.train, data.val, data.test, data.num_classes,
+                        classes=tuple(wnid_to_names[w][0] if w in wnid_to_names else w for w in data.classes))
+    return data
+
+
+def _partition(sun: Path, root: Path, partition: int) -> tuple[Path, Path]:
+    """The Training_NN.txt and Testing_NN.txt of ``partition``, from wherever the official files were unpacked."""
+    if not 1 <= partition <= 10:
+        raise EnstuneError(f"SUN-397 partition must be 1..10, got {partition}")
+    names = (f"Training_{partition:02d}.txt", f"Testing_{partition:02d}.txt")
+    places = (sun, root / "Partitions", sun / "Partitions")
+    for place in places:
+        if all((place / n).is_file() for n in names):
+            return place / names[0], place / names[1]
+    raise EnstuneError(f"SUN-397 partition files {' and '.join(names)} not found in any of "
+                       f"{', '.join(str(p) for p in places)}")
+
+
+def _listed(sun: Path, listing: Path, class_to_idx: dict[str, int]) -> tuple[list[str], torch.Tensor]:
+    """The images a partition file lists (``/a/abbey/sun_x.jpg``) and their labels."""
+    files, labels = [], []
+    for line in filter(None, map(str.strip, listing.read_text().splitlines())):
+        parts = line.strip("/").split("/")
+        key = "/".join(parts[1:-1])  # "/b/bakery/shop/sun_x.jpg" -> "bakery/shop", as in ClassName.txt
+        if key not in class_to_idx:
+            raise EnstuneError(f"{listing}: {line} is in no class of {sun / 'ClassName.txt'}")
+        files.append("/".join(parts))
+        labels.append(class_to_idx[key])
+    missing = [f for f in files if not (sun / f).is_file()]
+    if missing:
+        raise EnstuneError(f"{listing} lists {len(missing)} images missing under {sun}, e.g. {missing[0]}")
+    return files, torch.tensor(labels, dtype=torch.long)
+
+
+@register_dataset("sun397")
+def sun397(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
+    """SUN-397 as published: ``data_dir``/SUN397/ClassName.txt, its images, and partition ``task.partition``.
+
+    The partition's files are ``Training_NN.txt`` / ``Testing_NN.txt``, in SUN397/, Partitions/ or
+    SUN397/Partitions/; validation is carved from its training images. ClassName.txt is read here
+    as torchvision's ``SUN397`` reads it (that class walks all 108,754 images and knows no partitions).
+    """
+    root = _root(task, home)
+    sun = root / "SUN397"
+    names_file = sun / "ClassName.txt"
+    if not names_file.is_file():
+        raise EnstuneError(f"SUN-397 not found: expected {names_file} and the images under {sun}")
+    keys = [line.strip()[3:] for line in names_file.read_text().splitlines() if line.strip()]  # "/a/abbey" -> "abbey"
+    if not keys or not all(keys):
+        raise EnstuneError(f"{names_file}: expected one class a line, like /a/abbey")
+    class_to_idx = {k: i for i, k in enumerate(keys)}
+    training, testing = _partition(sun, root, task.partition)
+    train_files, train_y = _listed(sun, training, class_to_idx)
+    test_files, test_y = _listed(sun, testing, class_to_idx)
+    train = FolderSplit(sun, train_files, train_y, task.workers)
+    train, val = carve_validation(train, task.val_fraction, task.split_seed)
+    classes = tuple(k.replace("/", " ").replace("_", " ") for k in keys)  # "apse/indoor" -> "apse indoor"
+    return TaskData(train, val, FolderSplit(sun, test_files, test_y, task.workers), num_classes=len(keys),
+                    classes=classes)

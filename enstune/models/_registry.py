@@ -1,0 +1,73 @@
+"""Backbone families: how one library builds a network, fits a checkpoint into it and describes its input.
+
+Family modules import this module, never ``enstune.models`` itself, so the package can import them
+for registration without a cycle (timm's ``_registry`` pattern).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from enstune.errors import EnstuneError
+from enstune.models.checkpoint import load_body
+from enstune.preprocess import Preprocess
+from enstune.registry import Registry
+
+# Bare names are looked up in this order: enstune's own nets shadow a library's of the same name.
+BARE_NAME_ORDER = ("enstune", "timm")
+
+
+class Family:
+    """Builds, loads and describes one library's networks; ``arch`` is the name without ``family:``."""
+
+    heads: tuple[str, ...] = ("new",)  # the heads ``load`` can start from
+
+    def has(self, arch: str) -> bool:
+        """Whether ``arch`` names a network of this family."""
+        raise NotImplementedError
+
+    def names(self) -> list[str]:
+        """The names worth listing (only enstune's own nets: libraries list theirs)."""
+        return []
+
+    def create(self, arch: str, num_classes: int) -> nn.Module:
+        """A freshly initialised network with a ``num_classes`` head."""
+        raise NotImplementedError
+
+    def convert(self, arch: str, state: dict[str, torch.Tensor], model: nn.Module,
+                source: str) -> dict[str, torch.Tensor]:
+        """``state`` renamed to ``model``'s keys (the library's filter for foreign layouts)."""
+        return state
+
+    def load(self, arch: str, state: dict[str, torch.Tensor], num_classes: int, *, source: str, head: str,
+             class_names: Sequence[str] | None) -> nn.Module:
+        """The network with ``state`` as its body and a new ``num_classes`` head."""
+        model = self.create(arch, num_classes)
+        load_body(model, self.convert(arch, state, model, source), source=source, name=arch)
+        return model
+
+    def preprocess(self, model: nn.Module) -> Preprocess | None:
+        """The input ``model`` expects, from its own configuration; None when it does not read images."""
+        return None
+
+
+FAMILIES: Registry[Family] = Registry("model family")
+
+
+def resolve(name: str) -> tuple[Family, str]:
+    """The family of model ``name`` and the name within it (``open_clip:ViT-B-32`` → clip, ``ViT-B-32``)."""
+    prefix, colon, arch = name.partition(":")
+    if colon:
+        family = FAMILIES.get(prefix)
+        if not family.has(arch):
+            raise EnstuneError(f"unknown model {name!r}: {prefix} has no model {arch!r}")
+        return family, arch
+    for key in BARE_NAME_ORDER:
+        if key in FAMILIES and FAMILIES.get(key).has(name):
+            return FAMILIES.get(key), name
+    own = [n for key in FAMILIES for n in FAMILIES.get(key).names()]
+    raise EnstuneError(f"unknown model {name!r}; enstune has {', '.join(own) or 'no nets'}, "
+                       "and timm's model names and open_clip:NAME work too")

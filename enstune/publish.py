@@ -1,0 +1,45 @@
+"""A study read back from storage: its regimes, and its pictures saved into optuna-dashboard and PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from enstune import study as st
+from enstune.errors import EnstuneError
+from enstune.regimes import Regime, Thresholds, classify
+from enstune.report import charts, regimes_note, to_plotly, to_png
+from enstune.storage import open_storage
+
+
+def publish(name: str, storage_url: str | None = None, out: Path | None = None,
+            thresholds: Any = None) -> list[Path]:
+    """Save a study's pictures and regime note to the study (optuna-dashboard); with ``out``, also PNGs."""
+    import optuna_dashboard
+
+    if out is not None:
+        out = Path(out)
+        try:  # before anything is written to the study
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EnstuneError(f"cannot write pictures to {out}: {exc.strerror or exc}") from None
+    storage = open_storage(storage_url)
+    study = st._load(name, storage)
+    spec = st.load_spec(study)
+    rows = st.trial_rows(study)
+    th = thresholds or Thresholds()
+    regimes = classify(rows, spec.method, th)
+    pictures = charts(rows, regimes)
+    for chart in pictures:
+        optuna_dashboard.save_plotly_graph_object(study, to_plotly(chart), graph_object_id=chart.key)
+    optuna_dashboard.save_note(study, regimes_note(name, regimes, th.__dict__))
+    if out is None:
+        return []
+    return [to_png(chart, out / f"{chart.key}.png") for chart in pictures]
+
+
+def study_regimes(name: str, storage_url: str | None = None,
+                  thresholds: Thresholds = Thresholds()) -> tuple[list[Regime], dict[str, Any]]:
+    """The regimes of study ``name``'s completed trials, and the study as ``study.show`` gives it."""
+    info = st.show(name, storage_url)
+    return classify(info["trials"], info["spec"]["method"], thresholds), info
