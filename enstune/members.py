@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,21 +10,21 @@ from typing import Any
 
 import torch
 
-from enstune.cache import MemberCache, content_key
+from enstune.cache import MemberCache
 from enstune.checkpoints import Checkpoints
 from enstune.config import StudySpec, Task
 from enstune.data import Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import Members
 from enstune.evaluation.weights import WeightSpace
+from enstune.member_keys import member_key
 from enstune.methods import MemberJob
-from enstune.models import classifier_prefix, create_model, list_models, load_checkpoint, preprocess, stage_modules
+from enstune.models import create_model, list_models, preprocess, stage_modules
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
-from enstune.regularizers import Context, get_regularizer
-from enstune.regularizers.ewc import fisher_diagonal
 from enstune.storage import open_artifacts
-from enstune.training import EpochCallback, ExtraLoss, autocast, predict, train
+from enstune.terms import Terms, check_tap
+from enstune.training import EpochCallback, autocast, predict, train
 
 
 @dataclass
@@ -51,7 +50,7 @@ class Workspace:
         self.checkpoints = Checkpoints(task, self.home, self.data)
         self._splits: dict[tuple[str, str, Augmentation], Split] = {}
         self._ood: dict[str, list[Split]] | None = None
-        self._fishers: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
+        self.terms = Terms(self.data, self.checkpoints, self.model_from)
         if task.model in list_models():
             # The small nets run batches of a few dozen 8x8 images: intra-op threads only add
             # synchronisation, and spin badly when another process holds a core (measured 0.5 s
@@ -68,7 +67,7 @@ class Workspace:
         model = self.checkpoints.backbone(0)
         for index in range(1, len(self.task.checkpoints)):
             self.checkpoints.backbone(index)
-        self._check_tap(model, tap)
+        check_tap(model, tap, self.task.model)
         stage_modules(model, freeze)
         model.to(device).train()
         x, y = next(self.split("train", device, recipe.augmentation).batches(recipe.batch_size, torch.Generator()))
@@ -85,10 +84,6 @@ class Workspace:
         """The shape of one network input, as members train and are evaluated on it (e.g. [3, 224, 224])."""
         x, _ = next(self.split("val", torch.device("cpu")).batches(1))
         return list(x.shape[1:])
-
-    def _check_tap(self, model: torch.nn.Module, tap: str) -> None:
-        if tap and tap not in dict(model.named_modules()):
-            raise EnstuneError(f"tap {tap!r} is not a module of {self.task.model}")
 
     @functools.cached_property
     def data_digest(self) -> str:
@@ -136,47 +131,11 @@ class Workspace:
                        WeightSpace(lambda state: self.model_from(state, device), bn_batches), seed, spec.interp_points,
                        spec.curve_images, spec.ood_images, self._ood, lambda split: self.bind(split, device))
 
-    def _extra(self, job: MemberJob, refs: dict[int, MemberResult], model: torch.nn.Module,
-               device: torch.device) -> ExtraLoss | None:
-        """The weighted regularizer term of ``job`` training ``model``, or None (none, or alpha 0: the plain member)."""
-        if job.regularizer == "none" or job.alpha == 0:
-            return None
-        source = self.data.source
-        checkpoint = job.checkpoint if job.checkpoint is not None else 0
-        pretrained = None if source is None else (lambda: self._fisher(checkpoint, source))
-        self._check_tap(model, job.tap)
-        ctx = Context({i: r.state for i, r in refs.items()}, lambda state: self.model_from(state, device),
-                      classifier_prefix(model), job.seed, pretrained, job.tap, job.subsample)
-        term = get_regularizer(job.regularizer).make(ctx)
-        return lambda model, x, y, features, logits: job.alpha * term(model, x, y, features, logits)
-
-    def _fisher(self, index: int, source: TaskData) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Pre-trained checkpoint ``index`` and its diagonal Fisher on the source task (once per worker)."""
-        if index not in self._fishers:
-            model = create_model(self.task.model, source.num_classes)
-            model.load_state_dict(load_checkpoint(self.checkpoints.path(index)))
-            train = source.train.bind(torch.device("cpu"), None, Augmentation("none"))
-            self._fishers[index] = (model.state_dict(), fisher_diagonal(model, train, seed=index))
-        return self._fishers[index]
-
     def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:
-        """Content key of a job: task, starting point, recipe, seed, and its regularizer with what it reads."""
-        if job.checkpoint is not None:
-            start = {"checkpoint": self.checkpoints.digest(job.checkpoint)}
-        else:
-            assert parent is not None
-            start = {"parent": parent.key}
-        t = self.task
-        task = {"dataset": t.dataset, "model": t.model, "val_fraction": t.val_fraction, "split_seed": t.split_seed,
-                "data": self.data_digest, "prefix": t.checkpoint_prefix, "head": t.head}
-        parts: dict[str, Any] = {"task": task, "start": start, "recipe": dataclasses.asdict(job.recipe),
-                                 "seed": job.seed}
-        if job.freeze:
-            parts["freeze"] = job.freeze
-        if job.regularizer != "none" and job.alpha != 0:
-            parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
-                            "refs": [(refs or {})[r].key for r in job.refs]}
-        return content_key(**parts)
+        """Content key of a job (``enstune.member_keys``): where it starts, how it trains, what it reads."""
+        start = ({"checkpoint": self.checkpoints.digest(job.checkpoint)} if job.checkpoint is not None
+                 else {"parent": parent.key if parent is not None else None})
+        return member_key(self.task, self.data_digest, start, job, [(refs or {})[r].key for r in job.refs])
 
     def run(
         self,
@@ -198,7 +157,7 @@ class Workspace:
             assert parent is not None
             model = self.model_from(parent.state, device)
         stats = train(model, self.split("train", device, job.recipe.augmentation), job.recipe, seed=job.seed,
-                      on_epoch=on_epoch, extra=self._extra(job, refs, model, device),
+                      on_epoch=on_epoch, extra=self.terms.extra(job, {i: r.state for i, r in refs.items()}, model, device),
                       frozen=stage_modules(model, job.freeze), tap=job.tap)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         result = MemberResult(key, state, predict(model, self.split("val", device)),

@@ -25,11 +25,27 @@ def one_line_error(result, fragment: str) -> None:
     assert fragment in lines[0]
 
 
-def test_templates_lists_them():
+@pytest.mark.parametrize("columns", ["40", "200"])
+def test_templates_lists_whole_names_at_any_width_and_on_a_pipe(monkeypatch, columns):
+    from enstune.config import list_templates
+
+    monkeypatch.setenv("COLUMNS", columns)  # CliRunner's output is a pipe, not a terminal
     result = invoke("templates")
     assert result.exit_code == 0
-    for name in ("starsse-demo", "sse-demo", "localde-demo", "globalde-demo", "finetune-demo", "starsse-cifar100"):
-        assert name in result.stdout
+    names = list_templates()
+    assert {"starsse-demo", "starsse-swint-sun397", "localde-clip-imagenet", "globalde-byol-cifar100"} <= set(names)
+    for name in names:
+        assert f" {name} " in result.stdout, name
+
+
+def test_a_grid_of_one_point_runs_its_trial_and_exits_cleanly():
+    sets = ["--set", "members=2", "--set", "finetune.epochs=2", "--set", "space.lr_mult.choices=[4]",
+            "--set", "space.epoch_mult.choices=[2]", "--set", 'evaluate=["calibration"]']
+    assert invoke("study", "create", "sse-demo", *sets).exit_code == 0
+    ran = invoke("study", "run", "sse-demo")
+    assert ran.exit_code == 0, ran.output
+    (trial,) = json.loads(invoke("study", "show", "sse-demo", "--json").stdout)["trials"]
+    assert trial["state"] == "COMPLETE" and trial["params"] == {"lr_mult": 4, "epoch_mult": 2}
 
 
 def test_create_is_idempotent(home):

@@ -219,7 +219,7 @@ def test_ewc_trains_on_the_demo_with_a_fisher_from_its_source_task(ws):
     job = regularize(plain, _cfg("ewc_pt", 100.0))[1]
     member = ws.run(job, first, CPU, refs={1: first})
     assert not member.cached and member.key != ws.job_key(plain[1], first)
-    assert set(ws._fishers) == {0} and all((v >= 0).all() for v in ws._fishers[0][1].values())
+    assert set(ws.terms._fishers) == {0} and all((v >= 0).all() for v in ws.terms._fishers[0][1].values())
 
 
 def _freeze_cfg(freeze: int):
@@ -262,5 +262,5 @@ def test_alpha_zero_is_the_plain_member_for_every_regularizer(ws, name):
     job = regularize(plain, _cfg(name, 0.0, "starsse"))[1]
     assert job.regularizer == name and job.alpha == 0.0
     refs = {r: first for r in job.refs}
-    assert ws._extra(job, refs, create_model("demo_mlp", 10), CPU) is None, "no term is added at alpha 0"
+    assert ws.terms.extra(job, {i: r.state for i, r in refs.items()}, create_model("demo_mlp", 10), CPU) is None, "no term is added at alpha 0"
     assert ws.job_key(job, first, refs) == ws.job_key(plain[1], first)

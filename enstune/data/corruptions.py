@@ -17,17 +17,11 @@ import torch
 from enstune.data._base import Transforms, TensorSplit
 from enstune.data.images import image_transforms
 from enstune.errors import EnstuneError
+from enstune.registry import Registry
 
 Corruption = Callable[[torch.Tensor, float, torch.Generator], torch.Tensor]
-_FAMILIES: dict[str, Corruption] = {}
-
-
-def _family(name: str) -> Callable[[Corruption], Corruption]:
-    def add(fn: Corruption) -> Corruption:
-        _FAMILIES[name] = fn
-        return fn
-
-    return add
+CORRUPTIONS: Registry[Corruption] = Registry("corruption")
+_family = CORRUPTIONS.register
 
 
 @_family("gaussian_noise")
@@ -64,7 +58,7 @@ def _jpeg(x: torch.Tensor, quality: float, g: torch.Generator) -> torch.Tensor:
 
 def list_corruptions() -> list[str]:
     """Names of the corruption families."""
-    return sorted(_FAMILIES)
+    return CORRUPTIONS.names()
 
 
 def corrupt(split: TensorSplit, tables: dict[str, Sequence[float]], seed: int = 0) -> dict[str, list[TensorSplit]]:
@@ -76,7 +70,7 @@ def corrupt(split: TensorSplit, tables: dict[str, Sequence[float]], seed: int = 
     out: dict[str, list[TensorSplit]] = {}
     for name, params in tables.items():
         g = torch.Generator().manual_seed(seed)
-        out[name] = [TensorSplit(_like(_FAMILIES[name](x, p, g), split.x), split.y, split.transforms) for p in params]
+        out[name] = [TensorSplit(_like(CORRUPTIONS.get(name)(x, p, g), split.x), split.y, split.transforms) for p in params]
     return out
 
 

@@ -1,0 +1,26 @@
+"""Content keys of member jobs: the same member, trained anywhere, has the same key."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from enstune.cache import content_key
+from enstune.config import Task
+from enstune.methods import MemberJob
+
+
+def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJob, ref_keys: list[str]) -> str:
+    """The key of ``job``: the task and its data, where it starts (a checkpoint's digest or the parent's key),
+    its recipe and seed, frozen stages, and its regularizer with the keys of the members it reads."""
+    task_part = {"dataset": task.dataset, "model": task.model, "val_fraction": task.val_fraction,
+                 "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
+                 "head": task.head}
+    parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": dataclasses.asdict(job.recipe),
+                             "seed": job.seed}
+    if job.freeze:
+        parts["freeze"] = job.freeze
+    if job.regularizer != "none" and job.alpha != 0:  # alpha 0 is the plain member and shares its key
+        parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
+                        "refs": ref_keys}
+    return content_key(**parts)
