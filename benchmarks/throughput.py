@@ -39,26 +39,15 @@ def _sync(device: torch.device) -> None:
 
 
 def enstune_step(name: str, device: torch.device, batch: int, steps: int) -> float:
-    """Seconds per step of the one training loop over device-resident uint8 32×32 images."""
+    """Seconds per step of the one training loop over device-resident uint8 32×32 images (one epoch of ``steps``)."""
     model = create_model(name, 100).to(device)
-    x = torch.randint(0, 256, (batch * (steps + 1), 3, 32, 32), dtype=torch.uint8)
+    x = torch.randint(0, 256, (batch * steps, 3, 32, 32), dtype=torch.uint8)
     data = TensorSplit(x, torch.arange(len(x)) % 100, image_transforms).bind(device, preprocess(model), Augmentation())
-    recipe = Recipe(epochs=1, lr=1e-3, batch_size=batch)
-    times: list[float] = []
-    # The first step warms up kernels and allocators: time from the end of the first epoch's first step.
-    marks: list[float] = []
-
-    def tick(_m: torch.nn.Module, _i: object, _o: object) -> None:
-        _sync(device)
-        marks.append(time.perf_counter())
-
-    hook = model.get_classifier().register_forward_hook(tick)
-    train(model, data, recipe, seed=0)
     _sync(device)
-    end = time.perf_counter()
-    hook.remove()
-    times = [b - a for a, b in zip(marks[1:], [*marks[2:], end])]
-    return sum(times) / len(times)
+    start = time.perf_counter()
+    train(model, data, Recipe(epochs=1, lr=1e-3, batch_size=batch), seed=0)
+    _sync(device)
+    return (time.perf_counter() - start) / steps
 
 
 def bare_step(name: str, device: torch.device, batch: int, steps: int) -> float:
@@ -67,20 +56,15 @@ def bare_step(name: str, device: torch.device, batch: int, steps: int) -> float:
     size = preprocess(model).size
     x = torch.randn(batch, 3, *size, device=device)
     y = torch.arange(batch, device=device) % 100
+    _sync(device)
+    start = time.perf_counter()  # timed as the loop above: from the fresh optimizer to the last step
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
-
-    def step() -> None:
+    for _ in range(steps):
         with autocast(device):
             loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-
-    step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
     _sync(device)
     return (time.perf_counter() - start) / steps
 
@@ -122,11 +106,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=192, help="JPEGs the loader streams")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"device {device}, batch {args.batch}, {args.steps} timed steps, torch threads {torch.get_num_threads()}")
+    print(f"device {device}, batch {args.batch}, {args.steps} steps (the first included) x 2 runs, torch threads "
+          f"{torch.get_num_threads()}; ratio = bare s/step / enstune s/step")
     rate = loader_rate(device, args.batch, args.workers, args.images)
     print(f"streaming loader, {args.workers} workers: {rate:.1f} img/s (JPEG 500x375 -> 224)")
     for name in MODELS:
-        ours, bare = enstune_step(name, device, args.batch, args.steps), bare_step(name, device, args.batch, args.steps)
+        # Alternated, twice each: on a shared machine the order of two runs would otherwise bias their ratio.
+        runs = [(bare_step if i % 2 == 0 else enstune_step)(name, device, args.batch, args.steps) for i in range(4)]
+        bare, ours = (runs[0] + runs[2]) / 2, (runs[1] + runs[3]) / 2
         print(f"{name:40s} enstune {ours:.3f} s/step, bare {bare:.3f} s/step, ratio {bare / ours:.3f} "
               f"(enstune at {args.batch / ours:.1f} img/s; loader/model {rate * ours / args.batch:.1f}x)")
 
