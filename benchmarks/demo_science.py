@@ -46,7 +46,8 @@ def _studies(seeds: list[int], overrides: list[str], methods: tuple[str, ...] = 
 
 
 def _run(studies: dict[str, tuple[str, list[str]]]) -> None:
-    from enstune.study import create, run
+    from enstune.study import create
+    from enstune.worker import run
 
     for name, (template, overrides) in studies.items():
         start = time.perf_counter()

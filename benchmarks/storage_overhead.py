@@ -35,7 +35,9 @@ def _worker(url: str | None, name: str, trials: int, queue: mp.Queue) -> None:
     import optuna
 
     from enstune.storage import open_storage
-    from enstune.study import _admit, _open_trials, _pruner, _sampler, load_spec, set_user_attrs, trial_config
+    from enstune.objective import _admit
+    from enstune.study import load_spec, set_user_attrs, trial_config
+    from enstune.worker import _open_trials, _pruner, _sampler
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     storage = open_storage(url, heartbeat=60)

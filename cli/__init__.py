@@ -40,9 +40,11 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
-        except KeyboardInterrupt:
-            err.print("interrupted", markup=False)
-            raise typer.Exit(130) from None
+        except KeyboardInterrupt as exc:
+            # A worker says what it did with its trial (re-queued, members kept); 128 + the signal.
+            outcome = getattr(exc, "outcome", "")
+            err.print(f"interrupted{': ' + outcome if outcome else ''}", markup=False, highlight=False)
+            raise typer.Exit(128 + getattr(exc, "signum", 2)) from None
         except Exception as exc:  # noqa: BLE001 - the CLI never shows a traceback
             if os.environ.get("ENSTUNE_DEBUG"):
                 raise
@@ -107,8 +109,9 @@ def study_run(
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
     from enstune import study as st
     from enstune.progress import RichReporter
+    from enstune.worker import run
 
-    study = st.run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
+    study = run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
                    reporter_factory=lambda budget: RichReporter(budget, console=err), heartbeat=heartbeat,
                    artifacts=artifacts)
     from enstune.publish import publish
@@ -289,8 +292,22 @@ def dashboard(
 
     store, artifact_store = open_storage(storage), open_artifacts(artifacts)
     _check_bindable(host, port)
+    if not _loopback(host):
+        err.print(f"warning: optuna-dashboard has no authentication: anyone who reaches {host}:{port} can change "
+                  f"or delete studies; prefer --host 127.0.0.1 and an SSH tunnel", markup=False, highlight=False)
     err.print(f"optuna-dashboard on http://{host}:{port}/", markup=False, highlight=False)
     optuna_dashboard.run_server(store, host=host, port=port, artifact_store=artifact_store)
+
+
+def _loopback(host: str) -> bool:
+    """Whether ``host`` resolves only to loopback addresses (reachable from this machine alone)."""
+    import ipaddress
+    import socket
+
+    try:
+        return all(ipaddress.ip_address(info[4][0]).is_loopback for info in socket.getaddrinfo(host, None))
+    except (OSError, ValueError):
+        return False
 
 
 def _check_bindable(host: str, port: int) -> None:

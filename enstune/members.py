@@ -60,10 +60,11 @@ class Workspace:
     def preflight(self, device: torch.device, recipe: Recipe, tap: str = "", freeze: int = 0) -> None:
         """Fail before a trial is taken on what would fail every trial.
 
-        Every checkpoint must load into the network, ``tap`` and ``freeze`` must exist in it, and one
+        The artifact store must take a write, every checkpoint must load into the network, ``tap`` and ``freeze`` must exist in it, and one
         real training batch of the recipe's size at the task's resolution must go forward and
         backward on ``device`` (a wrong input size, or a batch too large for the device).
         """
+        self.cache.check_writable()
         model = self.checkpoints.backbone(0)
         for index in range(1, len(self.task.checkpoints)):
             self.checkpoints.backbone(index)

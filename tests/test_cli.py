@@ -262,3 +262,27 @@ def test_a_corrupted_journal_is_one_line_and_left_as_it_is(tmp_path, monkeypatch
     one_line_error(invoke("study", "list"), "is not an Optuna journal")
     one_line_error(invoke("study", "create", "starsse-demo"), "is not an Optuna journal")
     assert (tmp_path / "studies.journal").read_bytes() == garbage
+
+
+@pytest.mark.parametrize("host, warned", [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_dashboard_beyond_loopback_warns_that_it_has_no_authentication(home, host, warned):
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exe = Path(sys.executable).with_name("enstune")
+    proc = subprocess.Popen([str(exe), "dashboard", "--host", host, "--port", str(port)], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True, env=dict(os.environ))
+    try:
+        lines = []
+        while not lines or not lines[-1].startswith("optuna-dashboard on"):
+            lines.append(proc.stderr.readline().strip())
+            assert lines[-1] or proc.poll() is None, lines
+    finally:
+        proc.kill()
+        proc.wait()
+    assert any("no authentication" in line for line in lines) == warned, lines

@@ -100,7 +100,9 @@ def test_trial_counts_on_the_database_match_the_trials_themselves(pg, home):
         by_hand = [t.state for t in study.get_trials() if below is None or t.number < below]
         assert st.trial_states(study, below) == {s: by_hand.count(s) for s in set(by_hand)}
     assert st.trial_states(study)[TrialState.WAITING] == 3
-    assert st._open_trials(study, spec) == (3 + 1, 1), "three queued, one trial's worth of budget back from the FAIL"
+    from enstune.worker import _open_trials
+
+    assert _open_trials(study, spec) == (3 + 1, 1), "three queued, one trial's worth of budget back from the FAIL"
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])

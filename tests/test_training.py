@@ -9,6 +9,8 @@ from optuna.storages.journal import JournalFileBackend
 
 from cli_helpers import TINY
 from enstune import study as st
+from enstune.objective import OverBudget, _admit
+from enstune.worker import _open_trials, run
 from enstune.config import Task, load_template
 from enstune.data import demo
 from enstune.errors import DivergedError, EnstuneError
@@ -125,19 +127,19 @@ def test_a_trial_sampled_past_the_study_wide_budget_is_refused(home):
     spec = st.load_spec(study)
     first, second, third = study.ask(), study.ask(), study.ask()  # three workers asked at once
     study.tell(first, 0.5)
-    assert "fixed_params" not in st._admit(second, spec), "a sampled trial within the budget"
-    with pytest.raises(st.OverBudget):
-        st._admit(third, spec)
+    assert "fixed_params" not in _admit(second, spec), "a sampled trial within the budget"
+    with pytest.raises(OverBudget):
+        _admit(third, spec)
     assert study.trials[2].user_attrs["over_budget"] is True
     study.tell(third, state=optuna.trial.TrialState.FAIL)
-    assert st._open_trials(study, spec) == (0, 1), "nothing left to start, one trial still running"
+    assert _open_trials(study, spec) == (0, 1), "nothing left to start, one trial still running"
 
 
 def test_diverged_trial_is_pruned_and_the_worker_goes_on(home):
     overrides = TINY + ["space.lr_mult.choices=[1e12, 0.5]", "space.epoch_mult.choices=[1]", "n_trials=2",
                         "pruner='none'"]
     st.create("starsse-demo", name="div", overrides=overrides)
-    study = st.run("div")
+    study = run("div")
     states = {t.params["lr_mult"]: (t.state, t.user_attrs.get("diverged")) for t in study.trials}
     assert states[1e12] == (optuna.trial.TrialState.PRUNED, True)
     assert states[0.5] == (optuna.trial.TrialState.COMPLETE, None)
@@ -190,7 +192,7 @@ def test_a_worker_whose_trial_was_failed_elsewhere_carries_on(home):
                 (running,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
                 storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)
 
-    st.run("taken", reporter_factory=lambda budget: FailFirstTrial())
+    run("taken", reporter_factory=lambda budget: FailFirstTrial())
     states = [t.state for t in optuna.load_study(study_name="taken", storage=storage).trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3, states

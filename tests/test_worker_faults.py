@@ -1,0 +1,121 @@
+"""Whatever stops a worker, no trial and no grid point is lost: signals, errors, retries."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+
+from cli_helpers import TINY
+from enstune import study as st
+from enstune.progress import Reporter
+from enstune.worker import run
+
+W = optuna.trial.TrialState
+# Members slow enough to be caught mid-trial: 4 members of 60 epochs on the demo.
+SLOW = ["n_trials=3", "members=4", "finetune.epochs=60", "space.lr_mult.choices=[0.5, 2]",
+        "space.epoch_mult.choices=[0.5, 1]", "pruner='none'", 'evaluate=["calibration"]']
+
+
+def _journal(home: Path) -> optuna.storages.JournalStorage:
+    return optuna.storages.JournalStorage(JournalFileBackend(str(home / "studies.journal")))
+
+
+def _worker(name: str) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("enstune")
+    return subprocess.Popen([str(exe), "study", "run", name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=dict(os.environ))
+
+
+def _wait_for_a_member(home: Path, name: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        trials = optuna.load_study(study_name=name, storage=_journal(home)).get_trials(states=(W.RUNNING,))
+        if trials and trials[0].intermediate_values:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"no member finished in time: {proc.poll()}, {proc.stderr.read() if proc.stderr else ''}")
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_requeues_the_trial_in_progress_and_a_new_worker_finishes_the_grid(home, sig, code):
+    st.create("starsse-demo", name="sig", overrides=SLOW)
+    proc = _worker("sig")
+    _wait_for_a_member(home, "sig", proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err and lines[-1].startswith("interrupted: trial 0 re-queued (attempt 2)"), err
+    assert "finished member(s) stay in the member cache" in lines[-1]
+    study = optuna.load_study(study_name="sig", storage=_journal(home))
+    failed = [t for t in study.trials if t.state == W.FAIL]
+    assert len(failed) == 1 and failed[0].number == 0
+    queued = [t for t in study.trials if t.state == W.WAITING and t.system_attrs.get("failed_trial") == 0]
+    assert len(queued) == 1 and queued[0].params == failed[0].params
+
+    finish = _worker("sig")
+    out, err = finish.communicate(timeout=600)
+    assert finish.returncode == 0, err
+    study = optuna.load_study(study_name="sig", storage=_journal(home))
+    done = [t for t in study.trials if t.state == W.COMPLETE]
+    points = [tuple(sorted(t.params.items())) for t in done]
+    assert len(points) == 3 and len(set(points)) == 3, "each queued grid point ran exactly once"
+    retried = [t for t in done if t.system_attrs.get("failed_trial") == 0]
+    assert retried and retried[0].user_attrs["resumed_from_member"] >= 2, "the finished members were reused"
+
+
+class Explodes(Reporter):
+    """A fault in the middle of a member (the reporter is the worker's own callback)."""
+
+    def epoch_done(self, epoch, epochs, loss):
+        if epoch == 2:
+            raise RuntimeError("a fault mid-member")
+
+
+def test_a_failed_trial_goes_back_to_the_queue_up_to_the_retry_limit(home):
+    from enstune.storage import MAX_RETRY
+
+    st.create("starsse-demo", name="boom", overrides=TINY + ["pruner='none'", "n_trials=1",
+                                                              "space.lr_mult.choices=[2]",
+                                                              "space.epoch_mult.choices=[1]"])
+    for attempt in range(MAX_RETRY + 1):
+        with pytest.raises(RuntimeError, match="a fault mid-member"):
+            run("boom", reporter_factory=lambda budget: Explodes())
+        study = optuna.load_study(study_name="boom", storage=_journal(home))
+        waiting = study.get_trials(states=(W.WAITING,))
+        if attempt < MAX_RETRY:
+            assert len(waiting) == 1 and waiting[0].params == {"lr_mult": 2, "epoch_mult": 1}
+    assert waiting == [], f"after {MAX_RETRY} retries the point is reported, not queued again"
+    assert len(study.get_trials(states=(W.FAIL,))) == MAX_RETRY + 1
+    # Nothing was sampled in place of the lost point: a grid study draws only from its queue.
+    assert run("boom").get_trials(states=(W.COMPLETE,)) == []
+
+
+def test_an_artifact_store_that_cannot_be_written_stops_the_worker_before_a_trial(home):
+    from typer.testing import CliRunner
+
+    from enstune.cli import app
+
+    st.create("starsse-demo", name="ro", overrides=TINY)
+    # sysfs takes no new files, not even from root (a read-only mount in containers).
+    result = CliRunner().invoke(app, ["study", "run", "ro", "--artifacts", "/sys/kernel"])
+    assert result.exit_code == 1 and "the artifact store cannot be written" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    states = {t.state for t in optuna.load_study(study_name="ro", storage=_journal(home)).trials}
+    assert states == {W.WAITING}, "no trial was taken"
+
+
+def test_a_study_deleted_under_a_running_worker_stops_it_with_one_line(home):
+    st.create("starsse-demo", name="gone", overrides=SLOW)
+    proc = _worker("gone")
+    _wait_for_a_member(home, "gone", proc)
+    st.delete("gone")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "error: study 'gone' was deleted while this worker ran it; the worker stops"
