@@ -103,7 +103,7 @@ def study_run(
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Trials for this worker (default: until the study's budget is used).")] = None,  # noqa: E501
     devices: Annotated[str, typer.Option("--devices", help="cpu or cuda:0,cuda:1,…")] = "cpu",
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
-    heartbeat: Annotated[int, typer.Option("--heartbeat", help="Heartbeat interval in seconds (database storage): a trial silent for two intervals is retried.")] = 60,  # noqa: E501
+    heartbeat: Annotated[int | None, typer.Option("--heartbeat", help="Heartbeat interval in seconds, at least the study's (its spec's heartbeat, default 60): a trial silent for two intervals is retried.")] = None,  # noqa: E501
     artifacts: Artifacts = None,
 ) -> None:
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
@@ -181,6 +181,7 @@ def study_delete(
     from enstune import study as st
 
     if not yes and not typer.confirm(f"delete study {name} and all its trials?"):
+        err.print(f"study {name} not deleted", markup=False, highlight=False)
         raise typer.Exit(1)
     st.delete(name, storage)
     out.print(f"study {name} deleted", markup=False, highlight=False)
@@ -261,7 +262,10 @@ def report(
     """Draw a study's pictures (paper Figures 1-4, regime maps) as PNGs and into optuna-dashboard."""
     from enstune.publish import publish
 
-    for path in publish(name, storage, out_dir):
+    paths = publish(name, storage, out_dir)
+    if not paths:
+        raise EnstuneError(f"study {name} has no completed trial yet: nothing to draw")
+    for path in paths:
         out.print(str(path), markup=False, highlight=False)
 
 

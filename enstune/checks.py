@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from enstune.config import LATER_MEMBER_AXES, SHARED_PARAMS, TRIAL_PARAMS, StudySpec, load_template, study_methods
+from enstune.config import (LATER_MEMBER_AXES, SHARED_PARAMS, TRIAL_PARAMS, StudySpec, TrialConfig, load_template,
+                            study_methods)
 from enstune.data import list_datasets
 from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
@@ -24,13 +25,25 @@ def check_spec(spec: StudySpec) -> StudySpec:
         get_regularizer(spec.regularizer)
     methods = study_methods(spec)
     for method in methods:
-        get_method(method)
+        _check_checkpoints(spec, method)
     for name in spec.space:
         reasons = [unread(spec, m, name) for m in methods]
         if all(reasons):
             why = reasons[0] if len(set(reasons)) == 1 else f"none of the methods {', '.join(methods)} reads it"
             raise ConfigError(f"space.{name}: {why}, so its values would repeat the same trial")
     return spec
+
+
+def _check_checkpoints(spec: StudySpec, method: str) -> None:
+    """A task that lists checkpoint files lists every one a plan of ``method`` starts from."""
+    cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members)
+    starts = [job.checkpoint for job in get_method(method).plan(cfg) if job.checkpoint is not None]
+    needed = max(starts, default=0) + 1
+    # An empty list: the dataset pre-trains its own checkpoints, as many as a plan asks for.
+    if spec.task.checkpoints and needed > len(spec.task.checkpoints):
+        have = len(spec.task.checkpoints)
+        raise ConfigError(f"task.checkpoints lists {have} file{'s' * (have != 1)}, and method {method} with "
+                          f"members={spec.members} needs {needed}")
 
 
 def load_checked(template: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.resources
+import itertools
 import math
+import pathlib
 import tomllib
 import types
 import typing
@@ -48,6 +50,19 @@ class Param:
 
 
 MAX_MEMBERS = 100  # an ensemble's size; beyond it a typo, not a study
+# Bounds beyond which a value is a typo, not a study; each also keeps a worker's arithmetic finite.
+MAX_TRIALS = 10**6  # n_trials and prune_startup_trials
+MAX_GRID = 10_000  # a grid's points: create enumerates every one of them
+MAX_SEED = 2**32 - 1  # Optuna's samplers and numpy take 32-bit seeds
+MAX_EPOCHS = 10_000  # the ×1 recipe's epochs (and warm-up epochs)
+MAX_STEPS = 10**9  # warm-up steps
+MAX_EPOCH_MULT = 100  # a cycle trains at most 100 × the ×1 epochs
+MAX_LR_MULT = 1000  # a cycle's lr at most 1000 × the ×1 lr
+MAX_BATCH = 2**20  # batch_size and RTD's subsample
+MAX_WORKERS = 256  # DataLoader processes
+MAX_INTERP_POINTS = 1000  # each point is a model with recalibrated BN
+MAX_IMAGES = 10**7  # bn_images, curve_images, ood_images
+MAX_HEARTBEAT = 86_400  # a day
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
 TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
 # Those every method reads: they pick the method, the ×1 recipe and the seeds.
@@ -87,6 +102,10 @@ class StudySpec:
     bn_images: int = 1024
     curve_images: int = 1024
     ood_images: int = 0
+    # Seconds between a running trial's heartbeats on a database storage; a trial silent for two
+    # intervals is failed and re-queued. A property of the study, so that every worker judges
+    # staleness alike; a worker's --heartbeat may only lengthen it.
+    heartbeat: int = 60
 
 
 @dataclass(frozen=True)
@@ -111,6 +130,12 @@ def _type_name(t: Any) -> str:
     return getattr(t, "__name__", str(t))
 
 
+def _show(value: Any) -> str:
+    """``repr(value)``, cut short: an error stays one readable line even for a 400-digit number."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}…{text[-10:]}"
+
+
 def _coerce(t: Any, value: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``t`` and convert TOML values to it."""
     origin = typing.get_origin(t)
@@ -123,29 +148,48 @@ def _coerce(t: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         args = typing.get_args(t)
         if not isinstance(value, (list, tuple)) or (Ellipsis not in args and len(value) != len(args)):
-            raise ConfigError(f"{key} must be a list{'' if Ellipsis in args else f' of {len(args)}'}, got {value!r}")
+            size = "" if Ellipsis in args else f" of {len(args)}"
+            raise ConfigError(f"{key} must be a list{size}, got {_show(value)}")
         kinds = [args[0]] * len(value) if Ellipsis in args else list(args)
         return tuple(_coerce(k, v, f"{key}[{i}]") for i, (k, v) in enumerate(zip(kinds, value)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {value!r}")
+            raise ConfigError(f"{key} must be a table, got {_show(value)}")
         _, vt = typing.get_args(t)
         return {k: _coerce(vt, v, f"{key}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(t):
         if isinstance(value, t):
+            _check_fields(value, f"{key}.")  # built by hand, not from TOML: its fields are unchecked
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{key} must be a table, got {value!r}")
+            raise ConfigError(f"{key} must be a table, got {_show(value)}")
         return build(t, value, prefix=f"{key}.")
     if t is Any:
         return value
     if t is float and isinstance(value, int) and not isinstance(value, bool):
+        if not _finite(value):  # float() of a huge int overflows
+            raise ConfigError(f"{key} must be finite, got {_show(value)}")
         return float(value)
     if not isinstance(value, t) or (t is int and isinstance(value, bool)):
-        raise ConfigError(f"{key} must be {_type_name(t)}, got {value!r}")
+        raise ConfigError(f"{key} must be {_type_name(t)}, got {_show(value)}")
     if t is float and not math.isfinite(value):
         raise ConfigError(f"{key} must be finite, got {value!r}")
     return value
+
+
+def _check_fields(obj: Any, prefix: str = "") -> None:
+    """Check every field of dataclass instance ``obj`` against its annotation, as ``build`` does."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        _coerce(hints[f.name], getattr(obj, f.name), f"{prefix}{f.name}")
+
+
+def _finite(value: Any) -> bool:
+    """Whether the number ``value`` is finite as a float (an int too large for one is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -171,11 +215,17 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(obj))
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, key: str = "value") -> Any:
+    """The TOML value ``text``; a bare word is a string, a broken list, table or string an error."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text  # a bare word is a string
+        parsed = tomllib.loads(f"v = {text}")
+    except tomllib.TOMLDecodeError as exc:
+        if text[:1] in ("[", "{", '"', "'"):  # meant as TOML: a silent string would hide the typo
+            raise ConfigError(f"--set {key}: malformed TOML value {_show(text)} ({exc})") from None
+        return text
+    if list(parsed) != ["v"]:  # a newline in the value would set other keys of the document
+        raise ConfigError(f"--set {key}: one TOML value expected, got {_show(text)}")
+    return parsed["v"]
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -184,14 +234,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
+            raise ConfigError(f"--set expects key=value, got {_show(item)}")
         parts = key.strip().split(".")
+        if not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {key.strip()}: a dotted key has an empty part")
         node = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            node = node.setdefault(part.strip(), {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {key}: {part} is not a table")
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1].strip()] = _parse_value(text.strip(), key.strip())
     return data
 
 
@@ -204,84 +256,194 @@ def _deepcopy(d: Any) -> Any:
 
 
 def validate(spec: StudySpec) -> StudySpec:
-    """Check the cross-field constraints of a spec that need no registry; return it unchanged."""
-    if not 1 <= spec.members <= MAX_MEMBERS:
-        raise ConfigError(f"members must be in 1..{MAX_MEMBERS}, got {spec.members}")
-    if spec.n_trials < 1:
-        raise ConfigError(f"n_trials must be >= 1, got {spec.n_trials}")
-    if not 0 <= spec.seed < 2**32 or spec.prune_startup_trials < 0:
-        raise ConfigError(f"seed must be in 0..2**32-1 and prune_startup_trials >= 0, got {spec.seed}, "
-                          f"{spec.prune_startup_trials}")
+    """Check every value of a spec that needs no registry against what a worker meets; return it unchanged."""
+    _check_fields(spec)  # types first: a spec built by hand has never been through ``build``
+    _validate_study(spec)
     _validate_task(spec.task)
     _validate_recipe(spec.finetune)
+    _validate_space(spec)
+    _validate_cycles(spec)
+    return spec
+
+
+# (field, low, high, shown bound, note): whole-number fields of the spec and their ranges.
+STUDY_RANGES = (("members", 1, MAX_MEMBERS, MAX_MEMBERS, ""), ("n_trials", 1, MAX_TRIALS, "10**6", ""),
+                ("seed", 0, MAX_SEED, "2**32-1", ""), ("prune_startup_trials", 0, MAX_TRIALS, "10**6", ""),
+                ("interp_points", 2, MAX_INTERP_POINTS, MAX_INTERP_POINTS, ""),
+                ("bn_images", 1, MAX_IMAGES, "10**7", ""), ("curve_images", 1, MAX_IMAGES, "10**7", ""),
+                ("ood_images", 0, MAX_IMAGES, "10**7", " (0: whole sets)"), ("subsample", 4, MAX_BATCH, "2**20", ""),
+                ("heartbeat", 1, MAX_HEARTBEAT, f"{MAX_HEARTBEAT} seconds", ""))
+
+
+def _validate_study(spec: StudySpec) -> None:
+    """The spec's own scalars: sizes, seeds, sampler, pruner, evaluators."""
+    for name, low, high, shown, note in STUDY_RANGES:
+        value = getattr(spec, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{name} must be in {low}..{shown}{note}, got {_show(value)}")
     if spec.sampler not in ("tpe", "random", "grid"):
         raise ConfigError(f"sampler must be tpe, random or grid, got {spec.sampler!r}")
     if spec.pruner not in ("median", "none"):
         raise ConfigError(f"pruner must be median or none, got {spec.pruner!r}")
-    if spec.interp_points < 2:
-        raise ConfigError(f"interp_points must be >= 2, got {spec.interp_points}")
-    if spec.bn_images < 1 or spec.curve_images < 1 or spec.ood_images < 0:
-        raise ConfigError(f"bn_images and curve_images must be >= 1 and ood_images >= 0 (0: whole sets), got "
-                          f"{spec.bn_images}, {spec.curve_images}, {spec.ood_images}")
-    if spec.subsample < 4:
-        raise ConfigError(f"subsample must be >= 4, got {spec.subsample}")
+    if len(set(spec.evaluate)) != len(spec.evaluate):
+        raise ConfigError(f"evaluate lists an evaluator twice, got {list(spec.evaluate)}")
+    if not spec.template:
+        raise ConfigError("template must name a template, got ''")
+
+
+def _validate_task(task: Task) -> None:
+    """The task: split, partition, loader workers, head, and the paths' placeholders."""
+    if not 0.0 < task.val_fraction < 1.0:
+        raise ConfigError(f"task.val_fraction must be in (0, 1), got {task.val_fraction}")
+    if not 0 <= task.split_seed <= MAX_SEED:
+        raise ConfigError(f"task.split_seed must be in 0..2**32-1, got {_show(task.split_seed)}")
+    if not 1 <= task.partition <= 10:
+        raise ConfigError(f"task.partition must be in 1..10, got {_show(task.partition)}")
+    if not 0 <= task.workers <= MAX_WORKERS:
+        raise ConfigError(f"task.workers must be in 0..{MAX_WORKERS}, got {_show(task.workers)}")
+    if task.head not in ("new", "zeroshot"):
+        raise ConfigError(f"task.head must be new or zeroshot, got {task.head!r}")
+    if not task.dataset or not task.model:
+        raise ConfigError(f"task.dataset and task.model must be names, got {task.dataset!r}, {task.model!r}")
+    for key, path in [("task.data_dir", task.data_dir)] + [
+            (f"task.checkpoints[{i}]", c) for i, c in enumerate(task.checkpoints)]:
+        _validate_path(key, path)
+
+
+def _validate_path(key: str, path: str) -> None:
+    """A path a worker expands with ``str.format(home=<a Path>)``: no other placeholder, not empty."""
+    if not path.strip():
+        raise ConfigError(f"{key} must be a path, got {path!r}")
+    try:
+        path.format(home=pathlib.Path("/"))
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        raise ConfigError(f"{key}: {{home}} is the only placeholder (write {{{{ and }}}} for a brace), "
+                          f"got {path!r}") from None
+
+
+# The ×1 recipe's fields and what each must satisfy: (test, rule). An axis named like a field obeys its rule.
+RECIPE_RULES: dict[str, tuple[Any, str]] = {
+    "epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"in 1..{MAX_EPOCHS}"),
+    "lr": (lambda v: v > 0, "> 0"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "batch_size": (lambda v: 1 <= v <= MAX_BATCH, "in 1..2**20"),
+    "momentum": (lambda v: v >= 0, ">= 0"),
+    "betas": (lambda v: all(0 <= b < 1 for b in v), "in [0, 1)"),
+    "warmup_epochs": (lambda v: 0 <= v <= MAX_EPOCHS, f"in 0..{MAX_EPOCHS}"),
+    "warmup_steps": (lambda v: 0 <= v <= MAX_STEPS, "in 0..10**9"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
+    "augment": (lambda v: v in ("default", "randaugment", "none"), "default, randaugment or none"),
+    "randaugment_ops": (lambda v: 0 <= v <= 16, "in 0..16"),
+    "randaugment_magnitude": (lambda v: 0 <= v <= 30, "in 0..30"),
+}
+
+
+def _validate_recipe(r: Recipe) -> None:
+    """Each field of recipe ``r`` against its rule (types are checked by ``_check_fields``)."""
+    for name, (ok, rule) in RECIPE_RULES.items():
+        value = getattr(r, name)
+        if not ok(value):
+            shown = list(value) if isinstance(value, tuple) else value
+            raise ConfigError(f"finetune.{name} must be {rule}, got {_show(shown)}")
+
+
+def _number(kind: type, v: Any) -> bool:
+    """Whether ``v`` is a number of ``kind`` (int: a whole number; float: any finite int or float), not a bool."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) if kind is int else _finite(v)
+
+
+def _axis_rule(name: str) -> tuple[type, Any, str]:
+    """(kind, test, what it must be) for every value of search axis ``name``."""
+    if name in RECIPE_RULES:  # the ×1 recipe's own field: its type and rule
+        kind = typing.get_type_hints(Recipe)[name]
+        ok, rule = RECIPE_RULES[name]
+        return kind, ok, f"{'whole numbers' if kind is int else 'finite numbers'} {rule}"
+    return {
+        "lr_mult": (float, lambda v: 0 < v <= MAX_LR_MULT, f"numbers > 0 and <= {MAX_LR_MULT}"),
+        "epoch_mult": (float, lambda v: 0 < v <= MAX_EPOCH_MULT,
+                       f"numbers > 0 and <= {MAX_EPOCH_MULT} (a cycle of at most {MAX_EPOCH_MULT} × the ×1 epochs)"),
+        "alpha": (float, lambda v: True, "finite numbers"),
+        "freeze": (int, lambda v: v >= 0, "whole numbers of stages >= 0"),
+        "seed": (int, lambda v: 0 <= v <= MAX_SEED, "whole numbers in 0..2**32-1"),
+        "method": (str, bool, "method names"),
+    }[name]
+
+
+def _validate_space(spec: StudySpec) -> None:
+    """Every search axis, and the size of a grid."""
     if "method" in spec.space and not spec.space["method"].choices:
         raise ConfigError("space.method needs a list of choices, e.g. [\"local_de\", \"starsse\"]")
     for name, p in spec.space.items():
         _validate_axis(name, p, spec.sampler)
-    return spec
-
-
-def _validate_task(task: Task) -> None:
-    if not 0.0 < task.val_fraction < 1.0:
-        raise ConfigError(f"task.val_fraction must be in (0, 1), got {task.val_fraction}")
-    if not 1 <= task.partition <= 10 or task.workers < 0:
-        raise ConfigError(f"task.partition must be in 1..10 and task.workers >= 0, got {task.partition}, "
-                          f"{task.workers}")
-    if task.head not in ("new", "zeroshot"):
-        raise ConfigError(f"task.head must be new or zeroshot, got {task.head!r}")
-
-
-def _validate_recipe(r: Recipe) -> None:
-    rules = [(r.epochs >= 1, "epochs >= 1", r.epochs), (r.lr > 0, "lr > 0", r.lr),
-             (r.batch_size >= 1, "batch_size >= 1", r.batch_size),
-             (r.weight_decay >= 0, "weight_decay >= 0", r.weight_decay), (r.momentum >= 0, "momentum >= 0", r.momentum),
-             (all(0 <= b < 1 for b in r.betas), "betas in [0, 1)", list(r.betas)),
-             (r.warmup_epochs >= 0, "warmup_epochs >= 0", r.warmup_epochs),
-             (r.warmup_steps >= 0, "warmup_steps >= 0", r.warmup_steps),
-             (0 <= r.label_smoothing < 1, "0 <= label_smoothing < 1", r.label_smoothing),
-             (r.grad_clip >= 0, "grad_clip >= 0 (0: no clipping)", r.grad_clip),
-             (r.augment in ("default", "randaugment", "none"), "augment default, randaugment or none", r.augment),
-             (0 <= r.randaugment_ops <= 16, "randaugment_ops in 0..16", r.randaugment_ops),
-             (0 <= r.randaugment_magnitude <= 30, "randaugment_magnitude in 0..30", r.randaugment_magnitude)]
-    for ok, rule, value in rules:
-        if not ok:
-            raise ConfigError(f"finetune needs {rule}, got {value!r}")
+    if spec.sampler == "grid" and (size := math.prod(len(p.choices) for p in spec.space.values())) > MAX_GRID:
+        raise ConfigError(f"space: a grid of at most {MAX_GRID} points, got {size}")
 
 
 def _validate_axis(name: str, p: Param, sampler: str) -> None:
+    """One axis: choices or a range, and every value it can take against the rule of its parameter."""
     if name not in TRIAL_PARAMS:
         raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
+    kind, ok, wanted = _axis_rule(name)
+    values = _axis_values(name, p, sampler, kind)
+    shown = _show(list(values))
+    if not all((isinstance(v, str) if kind is str else _number(kind, v)) and ok(v) for v in values):
+        raise ConfigError(f"space.{name} must be {wanted}, got {shown}")
+    if len(set(values)) != len(values):  # 1 and 1.0 are the same choice too
+        raise ConfigError(f"space.{name} lists a choice twice, got {shown}")
+
+
+def _axis_values(name: str, p: Param, sampler: str, kind: type) -> tuple[Any, ...]:
+    """The values that bound axis ``name``: its choices, or its low and high; the range's own rules checked."""
     if p.choices:
         if p.low is not None or p.high is not None:
             raise ConfigError(f"space.{name}: give either choices or low/high, not both")
-        values = p.choices
-    elif p.low is None or p.high is None or p.low > p.high:
+        if p.log or p.step is not None:
+            raise ConfigError(f"space.{name}: log and step shape a low/high range, not choices")
+        return tuple(p.choices)
+    if p.low is None or p.high is None or not p.low <= p.high:
         raise ConfigError(f"space.{name}: needs choices or low <= high, got {p}")
-    else:
-        values = (p.low, p.high)
     if p.log and p.step is not None:
         raise ConfigError(f"space.{name}: a log range takes no step")
-    if sampler == "grid" and not p.choices:
+    if sampler == "grid":
         raise ConfigError(f"space.{name}: the grid sampler needs choices")
-    if name == "seed" and any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**32 for v in values):
-        raise ConfigError(f"space.seed must be whole numbers in 0..2**32-1, got {list(values)}")
-    if name == "freeze" and any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
-        raise ConfigError(f"space.freeze must be whole numbers of stages >= 0, got {list(values)}")
-    if name in ("lr_mult", "epoch_mult", "lr", "epochs") and any(
-        isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0 for v in values
-    ):
-        raise ConfigError(f"space.{name} must be numbers > 0, got {list(values)}")
+    if kind is not float and not all(isinstance(v, int) and not isinstance(v, bool)
+                                     for v in (p.low, p.high, 1 if p.step is None else p.step)):
+        # A range from TOML holds floats, and Optuna would sample floats from it.
+        raise ConfigError(f"space.{name} takes a list of choices (a low/high range samples floats), got "
+                          f"low={p.low}, high={p.high}")
+    if p.step is not None and not p.step > 0:
+        raise ConfigError(f"space.{name}.step must be > 0, got {p.step}")
+    if p.log and not p.low > 0:
+        raise ConfigError(f"space.{name}: a log range needs low > 0, got low={p.low}")
+    return p.low, p.high
+
+
+def _extremes(spec: StudySpec, name: str, default: float) -> tuple[float, ...]:
+    """The smallest and largest value axis ``name`` takes (rules are monotone), else the ×1 value."""
+    if name not in spec.space:
+        return (default,)
+    p = spec.space[name]
+    values = p.choices or (p.low, p.high)
+    return min(values), max(values)
+
+
+def _validate_cycles(spec: StudySpec) -> None:
+    """Every cycle recipe the space can give (×1 lr and epochs scaled by the multipliers) has a finite lr > 0
+    and at most ``MAX_EPOCH_MULT`` × the ×1 epochs."""
+    f = spec.finetune
+    for lr, epochs, lr_mult, epoch_mult in itertools.product(
+            _extremes(spec, "lr", f.lr), _extremes(spec, "epochs", f.epochs),
+            _extremes(spec, "lr_mult", 1.0), _extremes(spec, "epoch_mult", 1.0)):
+        cycle = dataclasses.replace(f, lr=lr, epochs=epochs).cycle(lr_mult, epoch_mult)
+        if not (cycle.lr > 0 and _finite(cycle.lr)):
+            raise ConfigError(f"space.lr_mult: a cycle's lr must be finite and > 0, got lr × lr_mult = "
+                              f"{lr} × {lr_mult} = {cycle.lr}")
+        if cycle.epochs > MAX_EPOCH_MULT * epochs:
+            raise ConfigError(f"space.epoch_mult: a cycle trains at most {MAX_EPOCH_MULT} × the ×1 epochs, got "
+                              f"{epochs} × {epoch_mult} = {cycle.epochs}")
 
 
 def study_methods(spec: StudySpec) -> tuple[str, ...]:

@@ -122,6 +122,7 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
 
     from enstune import study as st
     from enstune.config import spec_from_dict
+    from enstune.errors import EnstuneError
     from enstune.regimes import classify
     from enstune.storage import open_storage
 
@@ -131,7 +132,10 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
         data = summary.user_attrs.get(st.SPEC_ATTR)
         if data is None:
             continue
-        spec = spec_from_dict(data)
+        try:
+            spec = spec_from_dict(data)
+        except EnstuneError:  # a study of another enstune version: its evidence cannot be read safely
+            continue
         rows = st.trial_rows(optuna.load_study(study_name=summary.study_name, storage=storage))
         for g in classify(rows, spec.method):
             if g.label == "optimal" and g.lr_mult is not None and g.epoch_mult is not None:

@@ -29,12 +29,23 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 logging.getLogger("optuna.study._optimize").addFilter(lambda record: " failed with " not in record.getMessage())
 
 
+WHOLE_AXES = frozenset({"seed", "freeze", "epochs"})  # sampled as integers; every other range as floats
+
+
 def _suggest(trial: optuna.Trial, name: str, p: Param) -> Any:
     if p.choices:
         return trial.suggest_categorical(name, list(p.choices))
-    if all(isinstance(v, int) for v in (p.low, p.high)) and (p.step is None or isinstance(p.step, int)):
+    if name in WHOLE_AXES:
         return trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
     return trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
+
+
+def _same_spec_dict(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored spec as today's code writes it (keys added since get their defaults); as stored if it no longer loads."""
+    try:
+        return to_dict(spec_from_dict(stored))
+    except EnstuneError:
+        return stored
 
 
 def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
@@ -108,7 +119,7 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        if _wait_ready(_load(name, storage)) != wanted:
+        if _same_spec_dict(_wait_ready(_load(name, storage))) != wanted:
             raise EnstuneError(f"study {name!r} already exists with a different spec") from None
         return name, False
     try:

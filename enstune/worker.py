@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from enstune.config import StudySpec
@@ -29,7 +30,7 @@ from enstune.pruning import MethodAwarePruner
 from enstune.storage import MAX_RETRY, home_dir, open_storage
 from enstune.study import READY_TIMEOUT, _load, best_value, budget, load_spec, trial_states
 
-DEFAULT_HEARTBEAT = 60  # seconds; a dead worker's trial is retried after two silent intervals
+MAX_HEARTBEAT = 86_400  # seconds: a day between heartbeats is as long as one may be
 log = logging.getLogger("enstune.worker")
 
 
@@ -115,13 +116,23 @@ def _taken_over(exc: Exception) -> bool:
         isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a"))
 
 
+def _heartbeat(spec: StudySpec, asked: int | None) -> int:
+    """The worker's heartbeat interval: the study's, or longer when asked (never shorter: workers must agree)."""
+    if asked is None:
+        return spec.heartbeat
+    if not spec.heartbeat <= asked:
+        raise ConfigError(f"--heartbeat must be in {spec.heartbeat}..{MAX_HEARTBEAT} seconds (this study's interval "
+                          f"is {spec.heartbeat}: a shorter one would fail other workers' live trials), got {asked}")
+    return asked
+
+
 def run(name: str, storage_url: str | None = None, n_trials: int | None = None, devices: str = "cpu",
-        timeout: float | None = None, reporter_factory: Any = None, heartbeat: int = DEFAULT_HEARTBEAT,
+        timeout: float | None = None, reporter_factory: Any = None, heartbeat: int | None = None,
         artifacts: str | None = None) -> optuna.Study:
     """Work on study ``name`` until ``n_trials`` more trials, the study's budget, or ``timeout``.
 
-    On a database storage the worker records heartbeats; before each trial, and while others
-    still run when the budget is spent, it fails trials whose worker went silent, which
+    The worker records heartbeats (every storage); before each trial, and while others still
+    run when the budget is spent, it fails trials whose worker went silent or died, which
     re-queues them for any worker to resume.
     """
     from enstune.executor import parse_devices
@@ -131,12 +142,14 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         raise ConfigError(f"--n-trials must be >= 0, got {n_trials}")
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout}")
+    if heartbeat is not None and not 1 <= heartbeat <= MAX_HEARTBEAT:
+        raise ConfigError(f"--heartbeat must be at least 1 second and at most {MAX_HEARTBEAT}, got {heartbeat}")
+    spec = load_spec(_load(name, open_storage(storage_url)), wait=READY_TIMEOUT)
+    heartbeat = _heartbeat(spec, heartbeat)
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)
-    spec = load_spec(study, wait=READY_TIMEOUT)
     executor = Executor(parse_devices(devices))
-    beats = optuna.storages.fail_stale_trials if isinstance(storage, optuna.storages.RDBStorage) and heartbeat \
-        else None
+    beats = optuna.storages.fail_stale_trials if is_heartbeat_enabled(storage) else None
     todo, running = _open_trials(study, spec)
     todo = todo if n_trials is None else min(n_trials, todo)
     if todo == 0 and not (running and beats):

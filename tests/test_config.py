@@ -3,7 +3,8 @@ import re
 import pytest
 
 from enstune.checks import load_checked
-from enstune.config import StudySpec, apply_overrides, list_templates, load_template, spec_from_dict, to_dict
+from enstune.config import (Param, StudySpec, apply_overrides, list_templates, load_template, spec_from_dict,
+                            to_dict)
 from enstune.errors import ConfigError
 
 REQUIRED = {"starsse-demo", "sse-demo", "localde-demo", "globalde-demo", "finetune-demo",
@@ -53,23 +54,23 @@ def test_apply_overrides_leaves_input_alone():
     ("members=many", "members must be int"),
     ("members=0", "members must be in 1..100"),
     ("method=bogus", "unknown method 'bogus'"),
-    ("space.lr_mult.choices=[0, 1]", "space.lr_mult must be numbers > 0"),
-    ("space.epoch_mult.choices=[-1]", "space.epoch_mult must be numbers > 0"),
+    ("space.lr_mult.choices=[0, 1]", "space.lr_mult must be numbers > 0 and <= 1000, got [0, 1]"),
+    ("space.epoch_mult.choices=[-1]", "space.epoch_mult must be numbers > 0 and <= 100"),
     ("space.volume.choices=[1]", "unknown search parameter 'volume'"),
     ("task.dataset=mnist", "unknown dataset 'mnist'"),
     ("finetune.lr=nan", "finetune.lr must be finite"),
     ("justtext", "--set expects key=value"),
     ("members=100000000000000000000", "members must be in 1..100"),
     ("seed=-1", "seed must be in 0..2**32-1"),
-    ("prune_startup_trials=-1", "prune_startup_trials >= 0"),
-    ("finetune.momentum=-1", "momentum >= 0"),
+    ("prune_startup_trials=-1", "prune_startup_trials must be in 0..10**6, got -1"),
+    ("finetune.momentum=-1", "finetune.momentum must be >= 0, got -1.0"),
     ("finetune.optimizer=lamb", "unknown optimizer 'lamb'; known: adamw, sgd"),
     ("finetune.schedule=saw", "unknown schedule 'saw'"),
     ("finetune.betas=[0.9]", "finetune.betas must be a list of 2"),
-    ("finetune.augment=mixup", "augment default, randaugment or none"),
+    ("finetune.augment=mixup", "finetune.augment must be default, randaugment or none, got 'mixup'"),
     ("task.head=linear", "task.head must be new or zeroshot"),
-    ("finetune.warmup_epochs=-1", "warmup_epochs >= 0"),
-    ("finetune.label_smoothing=2", "0 <= label_smoothing < 1"),
+    ("finetune.warmup_epochs=-1", "finetune.warmup_epochs must be in 0..10000, got -1.0"),
+    ("finetune.label_smoothing=2", "finetune.label_smoothing must be in [0, 1), got 2.0"),
     ("space.method.choices=[]", "space.method needs a list of choices"),
     ("space.seed.choices=[1.5]", "space.seed must be whole numbers"),
     ("space.lr_mult={low=1, high=2, log=true, step=0.5}", "a log range takes no step"),  # checked before the sampler
@@ -113,3 +114,177 @@ def test_a_trial_samples_only_the_axes_its_method_reads():
 def test_unknown_template_lists_known():
     with pytest.raises(ConfigError, match="unknown template 'nope'; known: .*starsse-demo"):
         load_template("nope")
+
+
+# Values accepted at create that failed every trial at run time (or hung it): each is refused at
+# create now, in one line that names the key and the value. Demo templates; a grid unless the
+# case sets another sampler.
+MSE = 'regularizer="mse"'  # a regularizer makes alpha an axis the methods read
+TPE = 'sampler="tpe"'
+
+
+@pytest.mark.parametrize("overrides, message", [
+    # search axes: wrong types, NaN/inf, values the recipe cannot take
+    (["space.lr_mult.choices=[nan]"], "space.lr_mult must be numbers > 0 and <= 1000, got [nan]"),
+    (["space.lr_mult.choices=[inf]"], "space.lr_mult must be numbers > 0 and <= 1000, got [inf]"),
+    (["space.lr_mult.choices=[1e308]"], "space.lr_mult must be numbers > 0 and <= 1000, got [1e+308]"),
+    (["space.lr_mult.choices=[1, 1001]"], "space.lr_mult must be numbers > 0 and <= 1000, got [1, 1001]"),
+    (["space.epoch_mult.choices=[1e18]"], "space.epoch_mult must be numbers > 0 and <= 100 (a cycle of at most 100"),
+    (["space.epoch_mult.choices=[nan]"], "space.epoch_mult must be numbers > 0 and <= 100"),
+    (["space.epochs.choices=[2.5]"], "space.epochs must be whole numbers in 1..10000, got [2.5]"),
+    (["space.epochs.choices=[10, 10001]"], "space.epochs must be whole numbers in 1..10000, got [10, 10001]"),
+    (["space.weight_decay.choices=[-1]"], "space.weight_decay must be finite numbers >= 0, got [-1]"),
+    (["space.weight_decay.choices=[nan]"], "space.weight_decay must be finite numbers >= 0, got [nan]"),
+    (["space.weight_decay.choices=['a']"], "space.weight_decay must be finite numbers >= 0, got ['a']"),
+    (["space.lr.choices=[inf]"], "space.lr must be finite numbers > 0, got [inf]"),
+    ([MSE, 'space.alpha.choices=["a"]'], "space.alpha must be finite numbers, got ['a']"),
+    ([MSE, "space.alpha.choices=[nan]"], "space.alpha must be finite numbers, got [nan]"),
+    ([MSE, "space.alpha.choices=[0.1, true]"], "space.alpha must be finite numbers, got [0.1, True]"),
+    (['space.method.choices=["sse", 1]'], "space.method must be method names, got ['sse', 1]"),
+    # multipliers that overflow or underflow the cycle's lr, combined with the ×1 recipe
+    (["finetune.lr=1e306", "space.lr_mult.choices=[1000]"],
+     "space.lr_mult: a cycle's lr must be finite and > 0, got lr × lr_mult = 1e+306 × 1000 = inf"),
+    (["space.lr.choices=[1e306]", "space.lr_mult.choices=[0.5, 1000]"], "a cycle's lr must be finite and > 0"),
+    (["finetune.lr=1e-320", "space.lr_mult.choices=[1e-10]"], "a cycle's lr must be finite and > 0, got lr × lr_mult"),
+    # choices and ranges
+    (["space.lr_mult.choices=[1, 1]"], "space.lr_mult lists a choice twice, got [1, 1]"),
+    (["space.lr_mult.choices=[2, 2.0]"], "space.lr_mult lists a choice twice, got [2, 2.0]"),
+    (['space.method.choices=["sse", "sse"]'], "space.method lists a choice twice"),
+    (["space.lr_mult={choices=[1, 2], log=true}"], "space.lr_mult: log and step shape a low/high range, not choices"),
+    (["space.lr_mult={choices=[1, 2], step=1}"], "space.lr_mult: log and step shape a low/high range, not choices"),
+    ([TPE, "space.lr_mult={low=1, high=2, step=0}"], "space.lr_mult.step must be > 0, got 0.0"),
+    ([TPE, "space.lr_mult={low=1, high=2, step=-0.5}"], "space.lr_mult.step must be > 0, got -0.5"),
+    ([TPE, "space.weight_decay={low=0, high=0.1, log=true}"],
+     "space.weight_decay: a log range needs low > 0, got low=0.0"),
+    ([TPE, MSE, "space.alpha={low=-1, high=1, log=true}"], "space.alpha: a log range needs low > 0, got low=-1.0"),
+    ([TPE, "space.lr_mult={low=1, high=2000}"], "space.lr_mult must be numbers > 0 and <= 1000, got [1.0, 2000.0]"),
+    ([TPE, "space.epochs={low=1, high=5}"], "space.epochs takes a list of choices (a low/high range samples floats)"),
+    ([f"space.seed.choices={list(range(1000))}"], "space: a grid of at most 10000 points, got 16000"),
+    # the spec's scalars
+    (["interp_points=1000000000"], "interp_points must be in 2..1000, got 1000000000"),
+    (["n_trials=1000001"], "n_trials must be in 1..10**6, got 1000001"),
+    (["prune_startup_trials=10000000"], "prune_startup_trials must be in 0..10**6"),
+    (["bn_images=1000000000000000"], "bn_images must be in 1..10**7, got 1000000000000000"),
+    (["curve_images=100000000"], "curve_images must be in 1..10**7"),
+    (["ood_images=100000000"], "ood_images must be in 0..10**7 (0: whole sets)"),
+    (["subsample=1000000000"], "subsample must be in 4..2**20"),
+    (['evaluate=["soups", "soups"]'], "evaluate lists an evaluator twice, got ['soups', 'soups']"),
+    (["heartbeat=0"], "heartbeat must be in 1..86400 seconds, got 0"),
+    (["heartbeat=-5"], "heartbeat must be in 1..86400 seconds, got -5"),
+    (["heartbeat=100000"], "heartbeat must be in 1..86400 seconds, got 100000"),
+    (["heartbeat=1.5"], "heartbeat must be int, got 1.5"),
+    # the task
+    (["task.split_seed=-1"], "task.split_seed must be in 0..2**32-1, got -1"),
+    (["task.split_seed=18446744073709551616"], "task.split_seed must be in 0..2**32-1, got 18446744073709551616"),
+    (["task.workers=100000"], "task.workers must be in 0..256, got 100000"),
+    (['task.data_dir="{data}/x"'],
+     "task.data_dir: {home} is the only placeholder (write {{ and }} for a brace), got '{data}/x'"),
+    (['task.data_dir="{home:>10}"'], "task.data_dir: {home} is the only placeholder"),  # a Path takes no format spec
+    (['task.checkpoints=["{home}/a.pt", "{}/b.pt"]'], "task.checkpoints[1]: {home} is the only placeholder"),
+    (['task.checkpoints=["{home/a.pt"]'], "task.checkpoints[0]: {home} is the only placeholder"),
+    (['task.checkpoints=[""]'], "task.checkpoints[0] must be a path, got ''"),
+    # the ×1 recipe
+    (["finetune.epochs=1000000000"], "finetune.epochs must be in 1..10000, got 1000000000"),
+    (["finetune.batch_size=1099511627776"], "finetune.batch_size must be in 1..2**20, got 1099511627776"),
+    (["finetune.warmup_epochs=1e300"], "finetune.warmup_epochs must be in 0..10000, got 1e+300"),
+    (["finetune.warmup_steps=10000000000"], "finetune.warmup_steps must be in 0..10**9"),
+    (["finetune.lr=1" + "0" * 400], "finetune.lr must be finite, got 1000000000"),  # was an OverflowError
+    # --set itself
+    (["space.lr_mult.choices=[1, 2"], "--set space.lr_mult.choices: malformed TOML value '[1, 2' (Unclosed array"),
+    (['description="unterminated'], "--set description: malformed TOML value"),
+    (["members=3\nn_trials=99"], "--set members: one TOML value expected"),
+    (["space..lr_mult.choices=[1]"], "--set space..lr_mult.choices: a dotted key has an empty part"),
+])
+def test_values_a_worker_would_fail_on_are_refused_at_create(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_checked("starsse-demo", overrides)
+
+
+def test_a_task_lists_every_checkpoint_its_plan_starts_from():
+    with pytest.raises(ConfigError, match=re.escape("task.checkpoints lists 1 file, and method global_de with "
+                                                    "members=3 needs 3")):
+        load_checked("globalde-demo", ['task.checkpoints=["{home}/a.pt"]', "members=3"])
+    with pytest.raises(ConfigError, match="method global_de with members=3 needs 3"):
+        load_checked("starsse-demo", ['space.method.choices=["starsse", "global_de"]', "members=3",
+                                      'task.checkpoints=["{home}/a.pt", "{home}/b.pt"]'])
+    assert load_checked("globalde-demo", ['task.checkpoints=["a.pt", "b.pt", "c.pt"]', "members=3"])
+    assert load_checked("starsse-demo", ['task.checkpoints=["a.pt"]'])  # member 1 alone starts from a checkpoint
+
+
+def _by_hand(changes: dict, overrides: tuple[str, ...] = (TPE,)) -> StudySpec:
+    """starsse-demo with fields replaced in Python, as a caller of the library may: no TOML, no ``build``."""
+    import dataclasses
+
+    spec = load_template("starsse-demo", list(overrides))
+    for key, value in changes.items():
+        if "." in key:
+            part, field = key.split(".")
+            value = dataclasses.replace(getattr(spec, part), **{field: value})
+            key = part
+        spec = dataclasses.replace(spec, **{key: value})
+    return spec
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"members": True}, "members must be int, got True"),
+    ({"interp_points": True}, "interp_points must be int, got True"),
+    ({"n_trials": 10**7}, "n_trials must be in 1..10**6"),
+    ({"heartbeat": "60"}, "heartbeat must be int, got '60'"),
+    ({"evaluate": ("soups", 3)}, "evaluate[1] must be str, got 3"),
+    ({"task.checkpoints": ("a.pt", 1)}, "task.checkpoints[1] must be str, got 1"),
+    ({"task.checkpoints": "a.pt"}, "task.checkpoints must be a list, got 'a.pt'"),
+    ({"task.val_fraction": NAN}, "task.val_fraction must be finite, got nan"),
+    ({"task.partition": True}, "task.partition must be int, got True"),
+    ({"finetune.epochs": 2.5}, "finetune.epochs must be int, got 2.5"),
+    ({"finetune.lr": float("inf")}, "finetune.lr must be finite, got inf"),
+    ({"space": {"lr": Param(low=NAN, high=1.0)}}, "space.lr.low must be finite, got nan"),
+    ({"space": {"lr_mult": Param(low=1.0, high=2.0, step=0.0)}}, "space.lr_mult.step must be > 0, got 0.0"),
+    ({"space": {"lr_mult": Param(low=1.0, high=2.0, step=-1.0)}}, "space.lr_mult.step must be > 0, got -1.0"),
+    ({"space": {"lr_mult": Param(low=1.0, high=2.0, log=1)}}, "space.lr_mult.log must be bool, got 1"),
+    ({"space": {"epochs": Param(low=1, high=5, step=0.5)}}, "space.epochs takes a list of choices"),
+    ({"space": {"epoch_mult": Param(choices=(1e18,))}}, "space.epoch_mult must be numbers > 0 and <= 100"),
+])
+def test_a_spec_built_by_hand_is_checked_like_one_from_toml(changes, message):
+    from enstune.checks import check_spec
+    from enstune.config import validate
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_spec(validate(_by_hand(changes)))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["space.lr_mult.choices=[0.25, 8]"],
+    ["space.lr_mult.choices=[0.001, 1000]", "space.epoch_mult.choices=[0.001, 100]"],
+    ["seed=4294967295", "task.split_seed=4294967295", "space.seed.choices=[0, 4294967295]"],
+    ["finetune.epochs=10000", "space.epoch_mult.choices=[100]", "finetune.warmup_epochs=10000"],
+    ["space.epochs.choices=[1, 10000]", "space.weight_decay.choices=[0, 5e-4]", "space.lr.choices=[1e-5, 1]"],
+    ["heartbeat=1"], ["heartbeat=86400"], ["interp_points=2"], ["interp_points=1000"],
+    [TPE, "n_trials=1000000", "prune_startup_trials=1000000"],
+    [TPE, "space.lr={low=1e-4, high=0.1, log=true}", "space.lr_mult={low=0.5, high=4, step=0.5}"],
+    [MSE, "space.alpha.choices=[-31.6, 0, 31.6]"],
+    ['task.data_dir="{home}/data"', 'task.checkpoints=["{home}/{{braces}}.pt"]'],
+    ["bn_images=10000000", "curve_images=1", "ood_images=0", "subsample=4", "task.workers=0"],
+    [f"space.seed.choices={list(range(625))}"],  # a grid of exactly 10000 points
+])
+def test_edge_values_are_accepted(overrides):
+    spec = load_checked("starsse-demo", overrides)
+    assert spec_from_dict(to_dict(spec)) == spec
+
+
+def test_heartbeat_is_a_study_property_with_a_default():
+    assert load_template("starsse-demo").heartbeat == 60
+    assert load_template("starsse-demo", ["heartbeat=5"]).heartbeat == 5
+
+
+def test_a_whole_number_range_by_hand_samples_whole_numbers():
+    import optuna
+
+    from enstune.config import validate
+    from enstune.study import trial_config
+
+    spec = validate(_by_hand({"space": {"epochs": Param(low=1, high=5)}}, (TPE, "method=finetune", "members=1")))
+    cfg = trial_config(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), spec)
+    assert isinstance(cfg.recipe.epochs, int) and 1 <= cfg.recipe.epochs <= 5

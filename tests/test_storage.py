@@ -126,8 +126,9 @@ def test_a_trials_attributes_are_written_together_and_never_after_it_ends(kind, 
 def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
-    assert wait_all([cli("study", "create", "starsse-demo", "--name", "kill", *sets(SLOW), env=env)])[0][0] == 0
-    workers = [cli("study", "run", "kill", "--heartbeat", "1", env=env) for _ in range(3)]
+    assert wait_all([cli("study", "create", "starsse-demo", "--name", "kill", *sets(SLOW + ["heartbeat=1"]),
+                         env=env)])[0][0] == 0
+    workers = [cli("study", "run", "kill", env=env) for _ in range(3)]
     by_pid = {p.pid: p for p in workers}
 
     victim, done_members = None, 0
@@ -163,9 +164,9 @@ def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
 def test_workers_ride_out_a_database_restart(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
-    quick = SLOW + ["finetune.epochs=100"]
+    quick = SLOW + ["finetune.epochs=100", "heartbeat=5"]
     assert wait_all([cli("study", "create", "starsse-demo", "--name", "restart", *sets(quick), env=env)])[0][0] == 0
-    workers = [cli("study", "run", "restart", "--heartbeat", "5", env=env) for _ in range(2)]
+    workers = [cli("study", "run", "restart", env=env) for _ in range(2)]
     deadline = time.monotonic() + 240
     while not any(t.intermediate_values for t in trials(url, "restart")):
         assert time.monotonic() < deadline

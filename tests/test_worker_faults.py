@@ -119,3 +119,16 @@ def test_a_study_deleted_under_a_running_worker_stops_it_with_one_line(home):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "error: study 'gone' was deleted while this worker ran it; the worker stops"
+
+
+def test_a_worker_may_lengthen_the_studys_heartbeat_but_never_shorten_it(home):
+    from typer.testing import CliRunner
+
+    from enstune.cli import app
+
+    st.create("starsse-demo", name="beat", overrides=TINY + ["heartbeat=30"])
+    short = CliRunner().invoke(app, ["study", "run", "beat", "--heartbeat", "5"])
+    assert short.exit_code == 1 and "--heartbeat must be in 30.." in short.stderr, short.output
+    huge = CliRunner().invoke(app, ["study", "run", "beat", "--heartbeat", "99999999999999999999"])
+    assert huge.exit_code == 1 and "at most 86400" in huge.stderr and "Traceback" not in huge.output
+    assert {t.state for t in optuna.load_study(study_name="beat", storage=_journal(home)).trials} == {W.WAITING}
