@@ -82,4 +82,5 @@ class RichReporter(Reporter):
 
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         self._best = best
+        self._progress.update(self._member, visible=False)
         self._progress.update(self._trials, advance=1, description=f"{self._trial} {state} · {self._best_text()}")

@@ -104,7 +104,9 @@ def requeue(study: optuna.Study, trial_id: int) -> int | None:
     if trial.state != TrialState.FAIL or trial.user_attrs.get("over_budget"):
         return None
     queued = trial_states(study)[TrialState.WAITING]
-    optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, trial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, trial)
     if trial_states(study)[TrialState.WAITING] == queued:
         return None
     return len(trial.system_attrs.get("retry_history", [])) + 1

@@ -7,6 +7,7 @@ import re
 import time
 import warnings
 from pathlib import Path
+from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
 from enstune.errors import EnstuneError
 
@@ -24,7 +25,7 @@ MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 
 def home_dir() -> Path:
     """The runs directory (``ENSTUNE_HOME``, default ``./runs``)."""
-    return Path(os.environ.get(ENV_HOME, "runs")).resolve()
+    return Path(os.environ.get(ENV_HOME) or "runs").resolve()  # an empty ENSTUNE_HOME is unset, not "."
 
 
 def resolve_url(url: str | None) -> str | None:
@@ -32,38 +33,119 @@ def resolve_url(url: str | None) -> str | None:
     return url or os.environ.get(ENV_STORAGE) or None
 
 
-# The password of a URL's user info (up to its last "@", so a raw "@" in it is covered, with or
-# without the "//" a malformed URL may lack) and any ``password=`` query parameter.
-_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*[^:/@?]*:)([^?]*)@")
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&]*)", re.IGNORECASE)
+_HIDDEN = "***"
+_QUERY_SECRETS = ("password", "passwd")  # the keys drivers read a password from
+# Only for what SQLAlchemy cannot parse (no "//") or may misread (a raw "@" in the password, which
+# it ends at the first "@"): the password runs from the user's ":" to the last "@".
+_USERINFO_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*:/*[^:/?]*:)(.*)@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|passwd)=)([^&]*)", re.IGNORECASE)
+# The password as written in a URL SQLAlchemy parses: its own pattern, user info up to the first "@".
+_WRITTEN_PASSWORD = re.compile(r"^[\w+]+://[^:/]*:([^@]*)@")
+
+
+def _sqlalchemy_url(url: str):  # noqa: ANN202 - sqlalchemy.engine.URL
+    """SQLAlchemy's reading of ``url``, or None where it cannot read it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
+
+
+def _misreads_at(parsed) -> bool:  # noqa: ANN001 - sqlalchemy.engine.URL
+    """Whether SQLAlchemy ended the password at a raw "@" in it, the rest going to the host or database."""
+    return parsed.password is not None and "@" in f"{parsed.host or ''}{parsed.database or ''}"
+
+
+def _parse(url: str):  # noqa: ANN202 - sqlalchemy.engine.URL
+    """SQLAlchemy's reading of ``url``; None where it cannot read it or may misread a raw "@" in the password."""
+    parsed = _sqlalchemy_url(url)
+    if parsed is None or parsed.password is None:
+        return parsed
+    # SQLAlchemy ends the password at its first "@"; with another "@" after it, that may be the real end.
+    written = _WRITTEN_PASSWORD.match(url)
+    return None if written is None or "@" in url[written.end():] else parsed
 
 
 def mask_url(url: str | None) -> str:
     """``url`` with any password replaced by ``***``; the embedded default is named as such."""
     if url is None:
         return f"embedded ({home_dir() / 'studies.journal'})"
-    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1***@", url))
+    parsed = _parse(url)
+    if parsed is None:
+        return _QUERY_PASSWORD.sub(rf"\1{_HIDDEN}", _USERINFO_PASSWORD.sub(rf"\1{_HIDDEN}@", url))
+    hidden = {key: _HIDDEN for key in parsed.query if key.lower() in _QUERY_SECRETS}
+    if parsed.password is None and not hidden:
+        return url  # nothing to hide: as written, not as SQLAlchemy would re-encode it
+    rendered = parsed.update_query_dict(hidden).render_as_string(hide_password=True)
+    return rendered.replace(quote(_HIDDEN, safe=""), _HIDDEN)
+
+
+def mask_url_text(text: str, url: str) -> str:
+    """``text`` with ``url``'s passwords removed wherever they appear (the URL in it included)."""
+    secrets = _password_forms(url)
+    masked = mask_url(url)
+    if not secrets:
+        return text.replace(url, masked)
+    secret = re.compile("|".join(map(re.escape, sorted(secrets, key=len, reverse=True))))
+    # The URL itself, as given or already masked, is replaced whole: a password that is also part
+    # of its host or database then leaves those readable.
+    whole = re.compile("|".join(map(re.escape, sorted({url, masked}, key=len, reverse=True))))
+    pieces = whole.split(text)
+    return masked.join(secret.sub(_HIDDEN, piece) for piece in pieces)
+
+
+def _password_forms(url: str) -> set[str]:
+    """Every form ``url``'s passwords may take in a message: as written, decoded, and re-encoded."""
+    from sqlalchemy.engine import URL
+
+    parsed = _parse(url)
+    if parsed is None:
+        written = [m.group(2) for m in (_USERINFO_PASSWORD.search(url), *_QUERY_PASSWORD.finditer(url)) if m]
+        decoded: list[str] = []
+    else:
+        written = [m.group(1) for m in (_WRITTEN_PASSWORD.match(url),) if m and parsed.password is not None]
+        written += [m.group(2) for m in _QUERY_PASSWORD.finditer(url)]
+        decoded = [parsed.password] if parsed.password is not None else []
+        for key, value in parsed.query.items():
+            if key.lower() in _QUERY_SECRETS:
+                decoded += [value] if isinstance(value, str) else list(value)
+    decoded += [f(w) for w in written for f in (unquote, unquote_plus)]
+    forms = set(written)
+    for d in decoded:
+        sqlalchemy_form = URL.create("x", username="", password=d).render_as_string(hide_password=False)
+        forms |= {d, quote(d, safe=""), quote(d), quote_plus(d), sqlalchemy_form[len("x://:"):-1]}
+    return {f for f in forms if f}
 
 
 def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa: ANN201 - optuna BaseStorage
     """An Optuna storage for ``url`` (see ``resolve_url``); unreachable storage is a one-line error.
 
-    With ``heartbeat`` seconds, a database storage records a heartbeat per running trial, and a
-    trial silent for two intervals is failed and re-queued with the same parameters.
+    With ``heartbeat`` seconds, the storage (a database or the embedded journal) records a
+    heartbeat per running trial, and a trial silent for two intervals (or whose worker on this
+    host is gone) is failed and re-queued with the same parameters.
     """
     import optuna
-    from optuna.storages.journal import JournalFileBackend
 
+    from enstune.storage.heartbeat import HeartbeatJournalStorage
+    from enstune.storage.journal import journal_backend
     from enstune.storage.resilient import ResilientRDBStorage
 
     url = resolve_url(url)
-    if heartbeat is not None and heartbeat < 1:  # refused on every storage, though only a database uses it
+    if heartbeat is not None and heartbeat < 1:
         raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     if url is None:
         path = home_dir() / "studies.journal"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            if not heartbeat:
+                return optuna.storages.JournalStorage(journal_backend(path))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the retry callback
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)
+            return HeartbeatJournalStorage(journal_backend(path), heartbeat, retry)
         except OSError as exc:
             raise EnstuneError(f"cannot keep studies in {path} (set {ENV_HOME} to a writable directory): "
                                f"{exc.strerror or exc}") from None
@@ -73,7 +155,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
-    if url.partition("://")[2].split("/", 1)[0].count("@") > 1:  # the driver would take part of it for the host
+    parsed = _sqlalchemy_url(url)
+    # The driver would take part of the user info for the host (or send part of it to a host).
+    if url.partition("://")[2].split("/", 1)[0].count("@") > 1 or (parsed is not None and _misreads_at(parsed)):
         raise EnstuneError(f"storage URL {mask_url(url)}: percent-encode an '@' in the user or password as %40")
     if scheme == "sqlite" and (url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url):
         raise EnstuneError("an in-memory SQLite storage is gone when the command ends; give a file: sqlite:///path.db")
@@ -109,14 +193,6 @@ def _is_schema_race(exc: BaseException) -> bool:
 
     return caused_by(exc, lambda e: isinstance(e, sa.IntegrityError)
                      or (isinstance(e, sa.ProgrammingError) and "already exists" in str(e)))
-
-
-def mask_url_text(text: str, url: str) -> str:
-    """``text`` with ``url``'s passwords removed wherever they appear (the URL in it included)."""
-    found = [m.group(2) for m in (_USERINFO_PASSWORD.search(url), *_QUERY_PASSWORD.finditer(url)) if m]
-    for secret in sorted((f for f in found if f), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
 
 
 def open_artifacts(location: str | None = None):  # noqa: ANN201 - optuna.artifacts ArtifactStore

@@ -7,11 +7,14 @@ refuses to run as root; as root, the server runs as the ``postgres`` user.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from enstune.errors import EnstuneError
@@ -53,6 +56,7 @@ class LocalCluster:
         self.root = Path(root)
         self.data = self.root / "data"
         self.port_file = self.root / "port"
+        self.lock_file = self.root / "lock"
 
     def url(self) -> str:
         """The running cluster's storage URL."""
@@ -67,29 +71,47 @@ class LocalCluster:
         return _run(str(_bindir() / "pg_ctl"), "status", "-D", str(self.data), check=False).returncode == 0
 
     def up(self) -> str:
-        """Create the cluster if needed, start it if stopped (idempotent); return its URL."""
-        if self.running():
+        """Create the cluster if needed, start it if stopped (idempotent, one caller at a time); return its URL."""
+        with self._locked():
+            if self.running():
+                return self.url()
+            bindir = _bindir()
+            if not (self.data / "PG_VERSION").is_file():
+                self._init(bindir)
+            port = self._port()
+            self.port_file.write_text(f"{port}\n")
+            _run(str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data), "-l",
+                 str(self.root / "server.log"), "-o", f"-p {port} -h 127.0.0.1 -k ''")
+            self._create_database(port)
             return self.url()
-        bindir = _bindir()
-        if not (self.data / "PG_VERSION").is_file():
-            self._init(bindir)
-        port = self._port()
-        self.port_file.write_text(f"{port}\n")
-        _run(str(bindir / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data), "-l",
-             str(self.root / "server.log"), "-o", f"-p {port} -h 127.0.0.1 -k ''")
-        self._create_database(port)
-        return self.url()
 
     def down(self, purge: bool = False) -> str:
         """Stop the server (fast shutdown); with ``purge`` also delete its data. Say what was done."""
-        was_running = self.running()
-        if was_running:
-            _run(str(_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data))
-        deleted = purge and self.root.exists()
-        if deleted:
-            shutil.rmtree(self.root)
+        if not self.root.exists():
+            return "no local PostgreSQL was running"
+        with self._locked():
+            was_running = self.running()
+            if was_running:
+                _run(str(_bindir() / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(self.data))
+            if purge:
+                shutil.rmtree(self.root)
         return ("local PostgreSQL stopped" if was_running else "no local PostgreSQL was running") + \
-            ("; its data deleted" if deleted else "")
+            ("; its data deleted" if purge else "")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the cluster's lock: two `storage up` at once would both run initdb and pg_ctl start."""
+        while True:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(self.lock_file, "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    held = os.fstat(f.fileno()).st_ino == os.stat(self.lock_file).st_ino
+                except FileNotFoundError:
+                    held = False
+                if held:  # else `down --purge` deleted the file while we waited: lock the new one
+                    yield
+                    return
 
     def _init(self, bindir: Path) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -123,4 +145,6 @@ class LocalCluster:
 
 def cluster(home: Path) -> LocalCluster:
     """The development cluster of runs directory ``home``."""
+    if Path(home).exists() and not Path(home).is_dir():
+        raise EnstuneError(f"{home} is not a directory: set ENSTUNE_HOME to a writable directory")
     return LocalCluster(Path(home) / "postgres")

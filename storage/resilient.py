@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
+from optuna.study import StudyDirection
 from optuna.trial import TrialState
+
+from enstune.errors import EnstuneError
 
 log = logging.getLogger("enstune.storage")
 
@@ -73,6 +76,16 @@ class ResilientRDBStorage(RDBStorage):
     """Optuna's RDBStorage whose calls wait out a lost database for up to ``patience`` seconds."""
 
     patience: float = 600.0
+
+    def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
+        """Optuna's, with a name too long for the database refused in one line (not a raw DataError)."""
+        from optuna.storages._rdb import models
+
+        limit = models.StudyModel.__table__.c.study_name.type.length
+        if study_name is not None and len(study_name) > limit:
+            raise EnstuneError(f"study name is {len(study_name)} characters; at most {limit} fit the "
+                               f"storage's study_name column")
+        return super().create_new_study(directions, study_name)
 
     def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
         """Several user attributes of one trial in one transaction.

@@ -252,6 +252,7 @@ def test_a_runs_directory_that_is_a_file_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "runs").write_text("not a directory")
     monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path / "runs"))
     one_line_error(invoke("study", "create", "starsse-demo"), "set ENSTUNE_HOME to a writable directory")
+    one_line_error(invoke("storage", "up"), "set ENSTUNE_HOME to a writable directory")
     assert (tmp_path / "runs").read_text() == "not a directory"
 
 

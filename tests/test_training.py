@@ -136,12 +136,13 @@ def test_a_trial_sampled_past_the_study_wide_budget_is_refused(home):
 
 
 def test_diverged_trial_is_pruned_and_the_worker_goes_on(home):
-    overrides = TINY + ["space.lr_mult.choices=[1e12, 0.5]", "space.epoch_mult.choices=[1]", "n_trials=2",
-                        "pruner='none'"]
+    # lr 0.5 x 1000 for the cycles: the loss turns non-finite (the largest lr_mult a spec admits)
+    overrides = TINY + ["finetune.lr=0.5", "space.lr_mult.choices=[1000, 0.5]", "space.epoch_mult.choices=[1]",
+                        "n_trials=2", "pruner='none'"]
     st.create("starsse-demo", name="div", overrides=overrides)
     study = run("div")
     states = {t.params["lr_mult"]: (t.state, t.user_attrs.get("diverged")) for t in study.trials}
-    assert states[1e12] == (optuna.trial.TrialState.PRUNED, True)
+    assert states[1000] == (optuna.trial.TrialState.PRUNED, True)
     assert states[0.5] == (optuna.trial.TrialState.COMPLETE, None)
     plain = optuna.load_study(study_name="div", storage=optuna.storages.JournalStorage(
         JournalFileBackend(str(home / "studies.journal"))))
@@ -190,7 +191,9 @@ def test_a_worker_whose_trial_was_failed_elsewhere_carries_on(home):
                 self.fired = True
                 study = optuna.load_study(study_name="taken", storage=storage)
                 (running,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+                # What another worker's fail_stale_trials does: fail it, then re-queue its parameters.
                 storage.set_trial_state_values(running._trial_id, optuna.trial.TrialState.FAIL)
+                optuna.storages.RetryHeartbeatStaleTrialCallback(3)(study, storage.get_trial(running._trial_id))
 
     run("taken", reporter_factory=lambda budget: FailFirstTrial())
     states = [t.state for t in optuna.load_study(study_name="taken", storage=storage).trials]

@@ -132,3 +132,40 @@ def test_a_worker_may_lengthen_the_studys_heartbeat_but_never_shorten_it(home):
     huge = CliRunner().invoke(app, ["study", "run", "beat", "--heartbeat", "99999999999999999999"])
     assert huge.exit_code == 1 and "at most 86400" in huge.stderr and "Traceback" not in huge.output
     assert {t.state for t in optuna.load_study(study_name="beat", storage=_journal(home)).trials} == {W.WAITING}
+
+
+def test_a_worker_killed_on_the_embedded_journal_has_its_trial_retried(home):
+    st.create("starsse-demo", name="oom", overrides=SLOW)
+    proc = _worker("oom")
+    _wait_for_a_member(home, "oom", proc)
+    proc.kill()  # SIGKILL, as the OOM killer sends: no handler runs
+    proc.wait()
+    study = optuna.load_study(study_name="oom", storage=_journal(home))
+    (orphan,) = study.get_trials(states=(W.RUNNING,))
+    assert orphan.system_attrs["heartbeat"]["pid"] == proc.pid
+
+    finish = _worker("oom")  # finds the dead worker's trial at once (same host, process gone)
+    out, err = finish.communicate(timeout=600)
+    assert finish.returncode == 0, err
+    study = optuna.load_study(study_name="oom", storage=_journal(home))
+    assert study.trials[orphan.number].state == W.FAIL
+    done = [t for t in study.trials if t.state == W.COMPLETE]
+    assert len(done) == 3 and len({tuple(sorted(t.params.items())) for t in done}) == 3
+    retry = next(t for t in done if t.system_attrs.get("failed_trial") == orphan.number)
+    assert retry.params == orphan.params and retry.user_attrs["resumed_from_member"] >= 2
+
+
+def test_an_unreadable_demo_checkpoint_stops_the_worker_before_a_trial(home):
+    from typer.testing import CliRunner
+
+    from enstune.checks import load_checked
+    from enstune.cli import app
+    from enstune.members import Workspace
+
+    st.create("starsse-demo", name="ck", overrides=TINY)
+    path = Workspace(load_checked("starsse-demo").task, home).checkpoints.path(0)  # pre-trained on first use
+    path.write_bytes(b"PK\x03\x04 not a checkpoint any more")
+    result = CliRunner().invoke(app, ["study", "run", "ck"])
+    assert result.exit_code == 1 and "cannot read checkpoint" in result.stderr and str(path) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert {t.state for t in optuna.load_study(study_name="ck", storage=_journal(home)).trials} == {W.WAITING}

@@ -1,0 +1,265 @@
+"""Storage faults: a torn journal line, passwords with URL-special characters, racing `storage up`, long names."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import string
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileSymlinkLock
+from typer.testing import CliRunner
+
+from conftest import reachable_tmpdir
+from enstune.cli import app
+from enstune.errors import EnstuneError
+
+ENSTUNE = str(Path(sys.executable).parent / "enstune")
+# What an interrupted append leaves: the start of a JSON log line and no newline.
+TORN = b'{"op_code":0,"worker_id":"dead-worker","study_name":"half-writ'
+ONE_POINT = ["--set", "members=2", "--set", "finetune.epochs=2", "--set", "space.lr_mult.choices=[4]",
+             "--set", "space.epoch_mult.choices=[2]", "--set", 'evaluate=["calibration"]']
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def backups(home: Path) -> list[Path]:
+    return sorted(home.glob("studies.journal.torn-*"))
+
+
+# --- 1. a torn last line in the embedded journal -------------------------------------------------------------
+
+
+def test_a_torn_last_line_is_set_aside_once_and_every_study_survives(home):
+    assert invoke("study", "create", "sse-demo", "--name", "before", *ONE_POINT).exit_code == 0
+    journal = home / "studies.journal"
+    intact = journal.read_bytes()
+    with journal.open("ab") as f:  # the process writing the next line died half-way
+        f.write(TORN)
+
+    created = invoke("study", "create", "sse-demo", "--name", "after", *ONE_POINT)
+    assert created.exit_code == 0, created.output
+    (backup,) = backups(home)
+    assert backup.read_bytes() == TORN
+    notice = created.stderr.strip().splitlines()
+    assert len(notice) == 1 and backup.name in notice[0], created.stderr
+    assert journal.read_bytes().startswith(intact)  # nothing before the torn line is dropped
+
+    ran = invoke("study", "run", "after")
+    assert ran.exit_code == 0, ran.output
+    assert "unfinished line" not in ran.stderr  # repaired once, not again
+    shown = json.loads(invoke("study", "show", "after", "--json").stdout)
+    assert [t["state"] for t in shown["trials"]] == ["COMPLETE"]
+    before = json.loads(invoke("study", "show", "before", "--json").stdout)
+    assert [t["state"] for t in before["trials"]] == ["WAITING"]
+    assert sorted(r["name"] for r in json.loads(invoke("study", "list", "--json").stdout)) == ["after", "before"]
+    assert backups(home) == [backup]
+
+
+def test_a_line_torn_while_a_worker_holds_the_journal_is_set_aside_before_its_next_write(home, capsys):
+    from enstune.storage import open_storage
+
+    storage = open_storage()  # a worker that opened the journal before another one died
+    study = optuna.create_study(study_name="held", storage=storage)
+    with (home / "studies.journal").open("ab") as f:
+        f.write(TORN)
+    study.set_user_attr("still", "writable")
+    trial = study.ask()
+    study.tell(trial, 1.0)
+
+    (backup,) = backups(home)
+    assert backup.read_bytes() == TORN and backup.name in capsys.readouterr().err
+    fresh = optuna.load_study(study_name="held", storage=open_storage())
+    assert fresh.user_attrs == {"still": "writable"} and [t.value for t in fresh.trials] == [1.0]
+
+
+def test_the_repair_takes_the_lock_optunas_writers_take(home):
+    from enstune.storage import open_storage
+
+    optuna.create_study(study_name="first", storage=open_storage())
+    journal = home / "studies.journal"
+    line = json.dumps({"op_code": 0, "worker_id": "w", "study_name": "second", "directions": [1]}).encode() + b"\n"
+    lock = JournalFileSymlinkLock(str(journal))
+    lock.acquire()  # a writer is half-way through its line: not torn, only unfinished
+    with journal.open("ab") as f:
+        f.write(line[:20])
+    opened: list = []
+    opener = threading.Thread(target=lambda: opened.append(open_storage()))
+    opener.start()
+    time.sleep(1.0)
+    assert opener.is_alive(), "the journal was opened without waiting for its lock"
+    with journal.open("ab") as f:
+        f.write(line[20:])
+    lock.release()
+    opener.join(timeout=30)
+    assert not backups(home)
+    assert optuna.get_all_study_names(opened[0]) == ["first", "second"]
+
+
+@pytest.mark.parametrize("tail", [TORN, b"\0" * 4096], ids=["json", "zeros"])
+def test_reading_a_torn_journal_keeps_its_studies(home, capsys, tail):
+    from enstune.storage import open_storage
+
+    optuna.create_study(study_name="kept", storage=open_storage())
+    with (home / "studies.journal").open("ab") as f:
+        f.write(tail)  # zeros: what a file system may show of a write cut by a power loss
+    assert optuna.get_all_study_names(open_storage()) == ["kept"]
+    assert optuna.get_all_study_names(open_storage()) == ["kept"]
+    (backup,) = backups(home)
+    assert backup.read_bytes() == tail and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_file_that_is_not_a_journal_is_left_as_it_is(home):
+    from enstune.storage import open_storage
+
+    home.mkdir(parents=True)
+    journal = home / "studies.journal"
+    journal.write_bytes(b"name,score\nalice,1\nbob")
+    with pytest.raises(EnstuneError, match="is not an Optuna journal"):
+        open_storage()
+    assert journal.read_bytes() == b"name,score\nalice,1\nbob" and not backups(home)
+
+
+# --- 2. passwords with URL-special characters ----------------------------------------------------------------
+
+SPECIALS = string.punctuation + " "
+# Every special character, between fragments ("Qz", "Vk", "J7") found nowhere else in a URL or a message.
+PASSWORDS = [f"Qz{c}Vk{c}J7" for c in SPECIALS] + ["Qz%41Vk%2fJ7"]
+
+
+def forms(password: str, host: str = "db.example:5432") -> list[str]:
+    """URLs carrying ``password``: percent-encoded, as typed (where that means the same), in the query."""
+    enc = quote(password, safe="")
+    urls = [f"postgresql+psycopg://alice:{enc}@{host}/enstune?connect_timeout=2",
+            f"postgresql+psycopg://alice@{host}/enstune?password={enc}&connect_timeout=2",
+            f"postgresql+psycopg:///enstune?host={host.split(':')[0]}&port={host.split(':')[1]}&user=alice"
+            f"&password={enc}"]
+    if "%" not in password:  # as typed, "%41" would be read as an escape
+        urls.append(f"postgresql+psycopg://alice:{password}@{host}/enstune?connect_timeout=2")
+    return urls
+
+
+def leaks(text: str) -> list[str]:
+    return [frag for frag in ("Qz", "Vk", "J7") if frag in text]
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_mask_url_hides_a_password_with_any_special_character(password):
+    from enstune.storage import mask_url, mask_url_text
+
+    for url in forms(password):
+        masked = mask_url(url)
+        assert not leaks(masked) and "***" in masked and "db.example" in masked, (url, masked)
+        message = (f"cannot open {url}: password {password} / {quote(password, safe='')} / "
+                   f"{quote(password)} / {quote_plus(password)} rejected by db.example")
+        text = mask_url_text(message, url)
+        assert not leaks(text) and "db.example" in text, (url, text)
+        assert mask_url_text(text, url) == text  # the CLI masks an already masked message again
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql+psycopg://u:p%40ss%2Fw:rd@host/db", "postgresql+psycopg://u:***@host/db"),
+    ("postgresql+psycopg://u:pa?ss@host/db", "postgresql+psycopg://u:***@host/db"),
+    ("postgresql+psycopg://u:pa#ss@host/db", "postgresql+psycopg://u:***@host/db"),
+    ("postgresql+psycopg://u:db@db.example/enstune", "postgresql+psycopg://u:***@db.example/enstune"),
+    ("postgresql+psycopg://u@h/db?password=p%26ss&sslmode=require",
+     "postgresql+psycopg://u@h/db?password=***&sslmode=require"),
+    ("postgresql:u:s3cr3t@db.example/enstune", "postgresql:u:***@db.example/enstune"),  # not a URL to SQLAlchemy
+    ("postgresql:al@ice:s3cr3t@db.example/enstune", "postgresql:al@ice:***@db.example/enstune"),
+    ("postgresql+psycopg://al@ice:s3%3Acr3t@db.example/enstune",
+     "postgresql+psycopg://al%40ice:***@db.example/enstune"),
+    ("sqlite:////tmp/a@b/studies.db", "sqlite:////tmp/a@b/studies.db"),  # no password: left as written
+])
+def test_mask_url_renders_the_parsed_url(url, masked):
+    from enstune.storage import mask_url
+
+    assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize("password", ["Qz@Vk@J7", "Qz@Vk/J7", "Qz@Vk?J7", "Qz@Vk#J7"])
+def test_a_raw_at_sign_in_the_password_is_refused_and_masked(password):
+    from enstune.storage import mask_url, mask_url_text, open_storage
+
+    url = f"postgresql+psycopg://alice:{password}@db.example/enstune"
+    assert not leaks(mask_url(url)) and "***" in mask_url(url), mask_url(url)
+    assert not leaks(mask_url_text(f"cannot open {url}: {password} refused", url))
+    with pytest.raises(EnstuneError, match="%40") as refused:
+        open_storage(url)
+    assert not leaks(str(refused.value)), refused.value
+
+
+def test_a_password_that_is_part_of_the_host_leaves_the_host_in_the_url():
+    from enstune.storage import mask_url_text
+
+    url = "postgresql+psycopg://u:example@db.example/enstune"
+    text = mask_url_text(f"cannot open storage {url}: password example refused", url)
+    assert text == "cannot open storage postgresql+psycopg://u:***@db.example/enstune: password *** refused"
+    assert mask_url_text(text, url) == text
+
+
+@pytest.mark.parametrize("password", PASSWORDS)
+def test_a_connection_error_never_shows_the_password(password):
+    from enstune.storage import open_storage
+
+    for url in forms(password, host="127.0.0.1:1"):  # nothing listens on port 1
+        with pytest.raises(EnstuneError) as failed:
+            open_storage(url)
+        message = str(failed.value)
+        assert not leaks(message) and "***" in message and len(message.splitlines()) == 1, (url, message)
+
+
+@pytest.mark.parametrize("command", [["study", "create", "starsse-demo"], ["study", "show", "x"],
+                                     ["study", "show", "x", "--json"], ["study", "list"]])
+def test_cli_errors_never_show_a_password_with_special_characters(command):
+    for password in ("Qz?Vk?J7", "Qz#Vk#J7", "Qz/Vk:J7", "Qz%40Vk%2FJ7", "Qz@Vk@J7"):
+        url = f"postgresql+psycopg://alice:{password}@127.0.0.1:1/enstune"
+        result = invoke(*command, "--storage", url)
+        assert result.exit_code == 1
+        assert not leaks(result.stdout + result.stderr) and "***" in result.stderr, result.stderr
+
+
+# --- 3. two `enstune storage up` at once ---------------------------------------------------------------------
+
+
+def test_two_concurrent_storage_up_start_one_cluster():
+    home = reachable_tmpdir("enstune-race-")
+    env = {**os.environ, "ENSTUNE_HOME": str(home)}
+    try:
+        procs = [subprocess.Popen([ENSTUNE, "storage", "up"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=env) for _ in range(2)]
+        results = [(p.wait(timeout=180), p.stdout.read().strip(), p.stderr.read().strip()) for p in procs]
+        assert [rc for rc, _, _ in results] == [0, 0], results
+        (url,) = {out for _, out, _ in results}
+        assert url.startswith("postgresql+psycopg://") and optuna.get_all_study_names(url) == []
+    finally:
+        down = subprocess.run([ENSTUNE, "storage", "down", "--purge"], capture_output=True, text=True, env=env)
+        shutil.rmtree(home, ignore_errors=True)
+    assert down.returncode == 0, down.stderr
+
+
+# --- 4. a study name longer than the database's column -------------------------------------------------------
+
+
+def test_a_study_name_too_long_for_the_database_is_a_one_line_error(pg):
+    from enstune import study as st
+    from enstune.storage import open_storage
+
+    url = pg.url()
+    with pytest.raises(EnstuneError, match="study name is 513 characters; at most 512"):
+        st.create("starsse-demo", name="n" * 513, storage_url=url)
+    result = invoke("study", "create", "starsse-demo", "--name", "é" * 600, "--storage", url)
+    assert result.exit_code == 1 and result.stderr.startswith("error: study name is 600 characters"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    longest = "m" * 512
+    assert st.create("starsse-demo", name=longest, storage_url=url) == (longest, True)
+    assert longest in optuna.get_all_study_names(open_storage(url))
