@@ -169,3 +169,28 @@ def test_an_unreadable_demo_checkpoint_stops_the_worker_before_a_trial(home):
     assert result.exit_code == 1 and "cannot read checkpoint" in result.stderr and str(path) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert {t.state for t in optuna.load_study(study_name="ck", storage=_journal(home)).trials} == {W.WAITING}
+
+
+def test_journal_heartbeats_tell_stale_and_dead_workers_from_live_ones(home):
+    import socket as sock
+
+    from enstune.storage import open_storage
+    from enstune.storage.heartbeat import HEARTBEAT_ATTR
+
+    storage = open_storage(None, heartbeat=10)
+    study = optuna.create_study(study_name="beats", storage=storage)
+    trials = [study.ask() for _ in range(5)]
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    now, here = time.time(), sock.gethostname()
+    beats = [{"time": now - 100, "host": "elsewhere", "pid": 1},  # silent for 10 intervals: stale
+             {"time": now - 5, "host": "elsewhere", "pid": 1},  # beat half an interval ago: alive
+             {"time": now - 5, "host": here, "pid": dead.pid, "start": None},  # its process is gone: stale
+             {"time": now - 5, "host": here, "pid": os.getpid(), "start": None}]  # this process: alive
+    for trial, beat in zip(trials, beats):
+        storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, beat)
+    # trials[4] has no heartbeat yet and started just now: alive
+    stale = storage._get_stale_trial_ids(study._study_id)
+    assert sorted(stale) == sorted([trials[0]._trial_id, trials[2]._trial_id])
+    storage.record_heartbeat(trials[0]._trial_id)
+    assert trials[0]._trial_id not in storage._get_stale_trial_ids(study._study_id), "a new heartbeat revives it"
