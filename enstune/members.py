@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,7 +115,8 @@ class Workspace:
         model.load_state_dict(state)
         return model.to(device)
 
-    def evaluation(self, results: list[MemberResult], device: torch.device, seed: int, spec: StudySpec) -> Members:
+    def evaluation(self, results: list[MemberResult], device: torch.device, seed: int, spec: StudySpec,
+                   on_model: Callable[[], None] | None = None) -> Members:
         """A trial's members, ready for the evaluators, on ``device``, at the spec's evaluation sizes."""
         train = self.split("train", device).sample(spec.bn_images, seed)
 
@@ -131,7 +132,7 @@ class Workspace:
             self._ood = self.data.ood()
         return Members([r.state for r in results], [r.val_probs for r in results], [r.test_probs for r in results],
                        train, self.split("val", device), self.split("test", device),
-                       WeightSpace(lambda state: self.model_from(state, device), bn_batches), seed, spec.interp_points,
+                       WeightSpace(lambda state: self.model_from(state, device), bn_batches, on_model), seed, spec.interp_points,
                        spec.curve_images, spec.ood_images, self._ood, lambda split: self.bind(split, device))
 
     def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:

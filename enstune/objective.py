@@ -90,7 +90,8 @@ class Objective:
                 if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
             attrs["val_correct"] = pack_correct(val.probs(), self.ws.data.val.y)
-            members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec)
+            members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec,
+                                         on_model=self.reporter.weight_model_done)
             attrs.update(evaluate(members, self.spec.evaluate, on_step=self.reporter.evaluating))
             attach_trial_pictures(trial, trial.params, attrs, self.ws.cache.store)
         except DivergedError as exc:

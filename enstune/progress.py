@@ -32,6 +32,9 @@ class Reporter:
     def evaluating(self, name: str, step: int, steps: int) -> None:
         """Evaluator ``name``, ``step`` of ``steps``, begins on the trial's members."""
 
+    def weight_model_done(self) -> None:
+        """One more weight-space model (a soup, a point on a segment) was built and its BN recalibrated."""
+
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         """The trial ended in ``state``."""
 
@@ -47,6 +50,7 @@ class RichReporter(Reporter):
         self._trials = self._progress.add_task("trials", total=budget)
         self._member = self._progress.add_task("member", total=1, visible=False)
         self._best: float | None = None
+        self._evaluator, self._models = "", 0
         self._trial = ""
 
     def __enter__(self) -> RichReporter:
@@ -77,8 +81,13 @@ class RichReporter(Reporter):
 
     def evaluating(self, name: str, step: int, steps: int) -> None:
         # Soups, segments and OOD sets can take longer than training: the bar says which and how far.
+        self._evaluator, self._models = name, 0
         self._progress.update(self._member, description=f"  evaluating {name}", total=steps, completed=step - 1,
                               visible=True)
+
+    def weight_model_done(self) -> None:
+        self._models += 1
+        self._progress.update(self._member, description=f"  evaluating {self._evaluator} · {self._models} models")
 
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         self._best = best

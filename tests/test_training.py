@@ -199,3 +199,26 @@ def test_a_worker_whose_trial_was_failed_elsewhere_carries_on(home):
     states = [t.state for t in optuna.load_study(study_name="taken", storage=storage).trials]
     assert states.count(optuna.trial.TrialState.FAIL) == 1
     assert states.count(optuna.trial.TrialState.COMPLETE) == 3, states
+
+
+def test_the_display_hears_which_evaluator_runs_and_each_model_it_builds(home):
+    from enstune.progress import Reporter
+
+    class Recording(Reporter):
+        def __init__(self):
+            self.events = []
+
+        def evaluating(self, name, step, steps):
+            self.events.append((name, step, steps))
+
+        def weight_model_done(self):
+            self.events.append("model")
+
+    reporter = Recording()
+    st.create("starsse-demo", name="shown", overrides=TINY + ["n_trials=1", 'evaluate=["calibration", "soups"]'])
+    run("shown", reporter_factory=lambda budget: reporter)
+    names = [e for e in reporter.events if e != "model"]
+    assert names == [("calibration", 1, 2), ("soups", 1 + 1, 2)]
+    after_soups = reporter.events[reporter.events.index(("soups", 2, 2)) + 1:]
+    # a uniform soup, then the greedy soup's candidates (at most K = 3) and the chosen one
+    assert 3 <= len(after_soups) <= 5 and set(after_soups) == {"model"}

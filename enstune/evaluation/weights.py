@@ -41,12 +41,15 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Modu
 class WeightSpace:
     """Evaluates weight-space combinations of members on splits, each with BN recomputed on ``bn_batches``."""
 
-    def __init__(self, build: ModelFactory, bn_batches: BatchSource) -> None:
-        self.build, self.bn_batches = build, bn_batches
+    def __init__(self, build: ModelFactory, bn_batches: BatchSource, on_model: Callable[[], None] | None = None) -> None:
+        self.build, self.bn_batches, self.on_model = build, bn_batches, on_model
 
     def model(self, states: Sequence[State], weights: Sequence[float]) -> nn.Module:
-        """The combination as a model, BN statistics recomputed."""
-        return recalibrate_bn(self.build(mix(states, weights)), self.bn_batches())
+        """The combination as a model, BN statistics recomputed (``on_model`` hears of each: they are the cost)."""
+        model = recalibrate_bn(self.build(mix(states, weights)), self.bn_batches())
+        if self.on_model is not None:
+            self.on_model()
+        return model
 
     def accuracy(self, states: Sequence[State], weights: Sequence[float], split: Split) -> float:
         """Accuracy of the combination on ``split``."""
