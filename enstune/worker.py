@@ -94,6 +94,17 @@ def _signals_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before[1])
 
 
+@contextlib.contextmanager
+def _deferred_signals() -> Iterator[None]:
+    """Within: SIGINT and SIGTERM wait (a few storage writes) and are delivered on the way out."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def requeue(study: optuna.Study, trial_id: int) -> int | None:
     """Put failed trial ``trial_id``'s parameters back in the queue as Optuna's heartbeat retry does.
 
@@ -208,6 +219,7 @@ def _outcome(study: optuna.Study, objective: Objective) -> str:
         return f"trial {trial.number} is left running; a worker retries it when its heartbeat goes silent"
     if trial.state != TrialState.FAIL:
         return "no trial was running"
-    attempt = requeue(study, objective.trial_id)
+    with _deferred_signals():  # a second Ctrl-C now would leave the point failed and never queued again
+        attempt = requeue(study, objective.trial_id)
     fate = f"re-queued (attempt {attempt + 1})" if attempt is not None else "not re-queued (retry limit reached)"
     return f"trial {trial.number} {fate}; its {objective.members_done} finished member(s) stay in the member cache"

@@ -194,3 +194,21 @@ def test_journal_heartbeats_tell_stale_and_dead_workers_from_live_ones(home):
     assert sorted(stale) == sorted([trials[0]._trial_id, trials[2]._trial_id])
     storage.record_heartbeat(trials[0]._trial_id)
     assert trials[0]._trial_id not in storage._get_stale_trial_ids(study._study_id), "a new heartbeat revives it"
+
+
+def test_a_second_ctrl_c_exits_at_once_and_the_point_is_still_queued(home):
+    st.create("starsse-demo", name="twice", overrides=SLOW)
+    proc = _worker("twice")
+    _wait_for_a_member(home, "twice", proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=60)
+    # 130 from the CLI, or killed by the second SIGINT itself (-2) when it lands as Python shuts down
+    assert proc.returncode in (130, -signal.SIGINT) and "Traceback" not in err, err
+    assert time.monotonic() - start < 30
+    study = optuna.load_study(study_name="twice", storage=_journal(home))
+    (failed,) = study.get_trials(states=(W.FAIL,))
+    retries = [t for t in study.get_trials(states=(W.WAITING,)) if t.system_attrs.get("failed_trial") == failed.number]
+    assert len(retries) == 1 and retries[0].params == failed.params
