@@ -360,8 +360,18 @@ def storage_down(
     out.print(cluster(home_dir()).down(purge=purge), markup=False, highlight=False)
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    # Notices (a damaged cache entry retrained, a CIFAR copy that is not the official release) are one
+    # line for the user, not a source location and a line of code.
+    return f"warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
 def main() -> None:
     """Console-script entry point: a usage error is one line on stderr and exit code 2."""
+    import warnings
+
+    warnings.formatwarning = _one_line_warning
     try:
         code = app(prog_name="enstune", standalone_mode=False)
     except typer.TyperException as exc:  # the command line itself is wrong (Click's usage errors)

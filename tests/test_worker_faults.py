@@ -212,3 +212,21 @@ def test_a_second_ctrl_c_exits_at_once_and_the_point_is_still_queued(home):
     (failed,) = study.get_trials(states=(W.FAIL,))
     retries = [t for t in study.get_trials(states=(W.WAITING,)) if t.system_attrs.get("failed_trial") == failed.number]
     assert len(retries) == 1 and retries[0].params == failed.params
+
+
+def test_a_damaged_cache_entry_is_one_warning_line_and_retrained(home):
+    tiny = TINY + ["n_trials=1", 'evaluate=["calibration"]']
+    st.create("starsse-demo", name="first", overrides=tiny)
+    run("first")
+    entries = sorted((home / "artifacts").glob("member-*.pt"))
+    damaged = bytearray(entries[0].read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # inside the payload: the file still opens as a zip
+    entries[0].write_bytes(bytes(damaged))
+    st.create("starsse-demo", name="second", overrides=tiny)
+    proc = _worker("second")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    warned = [line for line in err.splitlines() if "damaged" in line]
+    assert warned == [f"warning: member cache entry {entries[0].name} is damaged (digest mismatch); retraining it"]
+    trial = optuna.load_study(study_name="second", storage=_journal(home)).trials[0]
+    assert trial.user_attrs["cached_members"] == 2, "the two intact members came from the cache, one was retrained"
