@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enstune.errors import ConfigError
-from enstune.recipe import Recipe
+from enstune.recipe import POLICIES, Recipe
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "warmup_steps": (lambda v: 0 <= v <= MAX_STEPS, "in 0..10**9"),
     "label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "grad_clip": (lambda v: v >= 0, ">= 0 (0: no clipping)"),
-    "augment": (lambda v: v in ("default", "randaugment", "none"), "default, randaugment or none"),
+    "augment": (lambda v: v in POLICIES, ", ".join(POLICIES[:-1]) + " or " + POLICIES[-1]),
     "randaugment_ops": (lambda v: 0 <= v <= 16, "in 0..16"),
     "randaugment_magnitude": (lambda v: 0 <= v <= 30, "in 0..30"),
 }

@@ -5,13 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """What travels with a backbone's weights (timm's data config, open_clip's preprocess config)."""
 
     input_size: tuple[int, int, int] = (3, 224, 224)  # channels, height, width
-    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
-    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bicubic"  # "bilinear" or "bicubic"
     crop_pct: float = 0.875  # evaluation: resize to size / crop_pct, then centre-crop to size
 

@@ -6,6 +6,9 @@ import math
 from dataclasses import dataclass, replace
 
 
+POLICIES = ("default", "randaugment", "none")  # what Augmentation.policy may be
+
+
 @dataclass(frozen=True)
 class Augmentation:
     """The training augmentation: the dataset's ``default`` (random crop and flip), ``randaugment`` on top, or ``none``."""

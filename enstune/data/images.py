@@ -18,15 +18,12 @@ from torchvision.transforms import InterpolationMode, v2
 from enstune.data._base import EvalTransform, TrainTransform
 from enstune.data.augment import crop_flip
 from enstune.errors import EnstuneError
-from enstune.preprocess import Preprocess
-from enstune.recipe import Augmentation
+from enstune.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from enstune.recipe import POLICIES, Augmentation
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SCALE = (0.08, 1.0)  # RandomResizedCrop's area fraction
 RATIO = (3 / 4, 4 / 3)  # and aspect ratio
 TRIES = 10  # boxes drawn before the centre-crop fallback, as torchvision does
-POLICIES = ("default", "randaugment", "none")
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
