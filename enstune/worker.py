@@ -157,7 +157,10 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout}")
     if heartbeat is not None and not 1 <= heartbeat <= MAX_HEARTBEAT:
         raise ConfigError(f"--heartbeat must be at least 1 second and at most {MAX_HEARTBEAT}, got {heartbeat}")
-    spec = load_spec(_load(name, open_storage(storage_url)), wait=READY_TIMEOUT)
+    first = open_storage(storage_url)  # the study's spec says the heartbeat the real storage opens with
+    spec = load_spec(_load(name, first), wait=READY_TIMEOUT)
+    if isinstance(first, optuna.storages.RDBStorage):
+        first.engine.dispose()  # else its pooled connection stays open for the worker's life, unused
     heartbeat = _heartbeat(spec, heartbeat)
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)
