@@ -154,6 +154,15 @@ class Workspace:
         key = self.job_key(job, parent, refs)
         if (hit := self.cache.get(key)) is not None:
             return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
+        result = self.train(key, job, parent, device, on_epoch, refs)
+        self.cache.put(key, {"state": result.state, "val": result.val_probs, "test": result.test_probs,
+                             "epochs": result.epochs})
+        return result
+
+    def train(self, key: str, job: MemberJob, parent: MemberResult | None, device: torch.device,
+              on_epoch: EpochCallback | None = None, refs: dict[int, MemberResult] | None = None) -> MemberResult:
+        """Train member ``job`` (content key ``key``) on ``device`` and predict on val/test; no cache."""
+        refs = refs or {}
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
             model = self.checkpoints.backbone(job.checkpoint).to(device)
@@ -164,8 +173,5 @@ class Workspace:
                       on_epoch=on_epoch, extra=self.terms.extra(job, {i: r.state for i, r in refs.items()}, model, device),
                       frozen=stage_modules(model, job.freeze), tap=job.tap)
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        result = MemberResult(key, state, predict(model, self.split("val", device)),
-                              predict(model, self.split("test", device)), stats.epochs, stats.seconds)
-        self.cache.put(key, {"state": state, "val": result.val_probs, "test": result.test_probs,
-                             "epochs": stats.epochs})
-        return result
+        return MemberResult(key, state, predict(model, self.split("val", device)),
+                            predict(model, self.split("test", device)), stats.epochs, stats.seconds)
