@@ -20,7 +20,8 @@ app = typer.Typer(help="Optuna studies of ensembles fine-tuned from one pre-trai
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 study_app = typer.Typer(help="Create, run and inspect studies.", no_args_is_help=True)
 app.add_typer(study_app, name="study")
-storage_app = typer.Typer(help="A throwaway local PostgreSQL for development, tests and CI.", no_args_is_help=True)
+storage_app = typer.Typer(help="A throwaway local PostgreSQL for development, tests and CI; a storage proxy for "
+                                "many workers.", no_args_is_help=True)
 app.add_typer(storage_app, name="storage")
 
 out = Console(soft_wrap=True)
@@ -101,22 +102,30 @@ def study_run(
     name: str,
     storage: Storage = None,
     n_trials: Annotated[int | None, typer.Option("--n-trials", help="Trials for this worker (default: until the study's budget is used).")] = None,  # noqa: E501
-    devices: Annotated[str, typer.Option("--devices", help="cpu or cuda:0,cuda:1,…")] = "cpu",
+    devices: Annotated[str, typer.Option("--devices", help="cpu, cuda:0,cuda:1,… (a process each; cpu,cpu: two CPU processes) or auto (every GPU).")] = "cpu",  # noqa: E501
+    per_member: Annotated[int, typer.Option("--per-member", help="Devices each member trains on, as one DistributedDataParallel job (NCCL on GPUs, gloo on CPUs).")] = 1,  # noqa: E501
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
     heartbeat: Annotated[int | None, typer.Option("--heartbeat", help="Heartbeat interval in seconds, at least the study's (its spec's heartbeat, default 60): a trial silent for two intervals is retried.")] = None,  # noqa: E501
     artifacts: Artifacts = None,
 ) -> None:
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
+    import contextlib
+
     from enstune import study as st
-    from enstune.progress import RichReporter
+    from enstune.progress import LogReporter, Reporter, RichReporter, log_lines
+    from enstune.publish import publish
     from enstune.worker import run
 
-    study = run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
-                   reporter_factory=lambda budget: RichReporter(budget, console=err), heartbeat=heartbeat,
-                   artifacts=artifacts)
-    from enstune.publish import publish
+    def reporter(budget: int) -> Reporter:
+        # A person at a terminal watches live bars; a batch job's log (a file, a pipe) gets a
+        # timestamped line per event as it happens, and so do log records and warnings.
+        return RichReporter(budget, console=err) if interactive else LogReporter(sys.stderr, budget)
 
-    publish(name, storage)  # the pictures and the regime note in optuna-dashboard
+    interactive = sys.stderr.isatty()
+    with contextlib.nullcontext() if interactive else log_lines(sys.stderr):
+        study = run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
+                    reporter_factory=reporter, heartbeat=heartbeat, artifacts=artifacts, per_member=per_member)
+        publish(name, storage)  # the pictures and the regime note in optuna-dashboard
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
 
 
@@ -358,6 +367,27 @@ def storage_down(
     from enstune.storage.postgres import cluster
 
     out.print(cluster(home_dir()).down(purge=purge), markup=False, highlight=False)
+
+
+@storage_app.command("proxy")
+@_one_line_errors
+def storage_proxy(
+    storage: Storage = None,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 13000,
+) -> None:
+    """Serve the storage to workers (--storage grpc://HOST:PORT), who then hold no database connection."""
+    from enstune.storage import mask_url, resolve_url, served_storage
+    from enstune.storage.proxy import check_bindable, proxy_url, serve
+
+    served = served_storage(storage)
+    check_bindable(host, port)  # unlike _check_bindable, free while a proxy that just ended leaves TIME_WAIT
+    if not _loopback(host):
+        err.print(f"warning: the storage proxy has no authentication: anyone who reaches {host}:{port} can change "
+                  f"or delete studies; bind it where only the workers reach it", markup=False, highlight=False)
+    err.print(f"gRPC storage proxy on {proxy_url(host, port)} for {mask_url(resolve_url(storage))}", markup=False,
+              highlight=False)
+    serve(served, host, port)
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,

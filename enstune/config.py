@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from enstune.errors import ConfigError
-from enstune.recipe import POLICIES, Recipe
+from enstune.recipe import POLICIES, PRECISIONS, Recipe
 
 
 @dataclass(frozen=True)
@@ -336,6 +336,7 @@ RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "augment": (lambda v: v in POLICIES, ", ".join(POLICIES[:-1]) + " or " + POLICIES[-1]),
     "randaugment_ops": (lambda v: 0 <= v <= 16, "in 0..16"),
     "randaugment_magnitude": (lambda v: 0 <= v <= 30, "in 0..30"),
+    "precision": (lambda v: v in PRECISIONS, ", ".join(PRECISIONS[:-1]) + " or " + PRECISIONS[-1]),
 }
 
 

@@ -13,3 +13,7 @@ class ConfigError(EnstuneError):
 
 class DivergedError(EnstuneError):
     """Training produced a non-finite loss."""
+
+
+class Deferred(Exception):
+    """Another worker is training this member now: a scheduler may do other work first."""

@@ -8,6 +8,11 @@ from typing import Any
 from enstune.cache import content_key
 from enstune.config import Task
 from enstune.methods import MemberJob
+from enstune.recipe import Recipe
+
+# How a member is run, not what it computes (bar rounding): left out of its key at their defaults,
+# so that members trained before these options existed keep their keys.
+_ENGINE_DEFAULTS = {"precision": Recipe.precision, "compile": Recipe.compile, "channels_last": Recipe.channels_last}
 
 
 def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJob, ref_keys: list[str]) -> str:
@@ -16,7 +21,7 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
     task_part = {"dataset": task.dataset, "model": task.model, "val_fraction": task.val_fraction,
                  "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
                  "head": task.head}
-    parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": dataclasses.asdict(job.recipe),
+    parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": _recipe_part(job.recipe),
                              "seed": job.seed}
     if job.freeze:
         parts["freeze"] = job.freeze
@@ -24,3 +29,8 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
         parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
                         "refs": ref_keys}
     return content_key(**parts)
+
+
+def _recipe_part(recipe: Recipe) -> dict[str, Any]:
+    """The recipe's fields, those of the engine left out at their defaults."""
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if _ENGINE_DEFAULTS.get(k, ...) != v}

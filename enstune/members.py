@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 
 from enstune.cache import MemberCache
 from enstune.checkpoints import Checkpoints
+from enstune.claims import Claims
 from enstune.config import StudySpec, Task
 from enstune.data import Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
@@ -24,7 +26,7 @@ from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
 from enstune.storage import open_artifacts
 from enstune.terms import Terms, check_tap
-from enstune.training import EpochCallback, autocast, predict, train
+from enstune.training import EpochCallback, autocast, predict, rank_and_world, train
 
 
 @dataclass
@@ -43,10 +45,11 @@ class MemberResult:
 class Workspace:
     """What a worker holds for one task: its data (per device), checkpoint files, the member cache."""
 
-    def __init__(self, task: Task, home: Path, artifacts: Any = None) -> None:
+    def __init__(self, task: Task, home: Path, artifacts: Any = None, claims: Claims | None = None) -> None:
         self.task, self.home = task, Path(home)
         self.data: TaskData = load_task_data(task, self.home)
         self.cache = MemberCache(artifacts if artifacts is not None else open_artifacts())
+        self.claims = claims  # None: every worker that misses the cache trains the member itself
         self.checkpoints = Checkpoints(task, self.home, self.data)
         self._splits: dict[tuple[str, str, Augmentation], Split] = {}
         self._ood: dict[str, list[Split]] | None = None
@@ -148,20 +151,35 @@ class Workspace:
         device: torch.device,
         on_epoch: EpochCallback | None = None,
         refs: dict[int, MemberResult] | None = None,
+        wait: bool = True,
+        train: Callable[..., MemberResult] | None = None,
     ) -> MemberResult:
-        """Train member ``job`` on ``device``, or take it from the cache when any worker trained it."""
+        """Train member ``job`` on ``device``, or take it from the cache when any worker trained it.
+
+        ``train`` (``Workspace.train``'s signature) trains elsewhere, in other processes. With claims, a
+        member another worker is training is waited for (or, without ``wait``, ``Held`` is raised at
+        once, so that the caller can do other work first), not trained twice.
+        """
         refs = refs or {}
         key = self.job_key(job, parent, refs)
-        if (hit := self.cache.get(key)) is not None:
+        hit, lease = self.cache.get(key), None
+        if hit is None and self.claims is not None:
+            lease = self.claims.acquire(key, self.cache.get, wait=wait)
+            hit = lease.found
+        if hit is not None:
             return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
-        result = self.train(key, job, parent, device, on_epoch, refs)
-        self.cache.put(key, {"state": result.state, "val": result.val_probs, "test": result.test_probs,
-                             "epochs": result.epochs})
+        with lease or contextlib.nullcontext():  # the claim is completed once the member is in the cache
+            result = (train or self.train)(key, job, parent, device, on_epoch, refs)
+            self.cache.put(key, {"state": result.state, "val": result.val_probs, "test": result.test_probs,
+                                 "epochs": result.epochs})
         return result
 
     def train(self, key: str, job: MemberJob, parent: MemberResult | None, device: torch.device,
-              on_epoch: EpochCallback | None = None, refs: dict[int, MemberResult] | None = None) -> MemberResult:
-        """Train member ``job`` (content key ``key``) on ``device`` and predict on val/test; no cache."""
+              on_epoch: EpochCallback | None = None, refs: dict[int, MemberResult] | None = None) -> MemberResult | None:
+        """Train member ``job`` (content key ``key``) on ``device`` and predict on val/test; no cache.
+
+        In a process group (a member on several devices), every rank trains; rank 0 returns the result.
+        """
         refs = refs or {}
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
@@ -172,6 +190,10 @@ class Workspace:
         stats = train(model, self.split("train", device, job.recipe.augmentation), job.recipe, seed=job.seed,
                       on_epoch=on_epoch, extra=self.terms.extra(job, {i: r.state for i, r in refs.items()}, model, device),
                       frozen=stage_modules(model, job.freeze), tap=job.tap)
+        if rank_and_world()[0] > 0:  # a DDP rank but the first: rank 0 holds the same weights and predicts
+            return None
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        return MemberResult(key, state, predict(model, self.split("val", device)),
-                            predict(model, self.split("test", device)), stats.epochs, stats.seconds)
+        precision = job.recipe.precision
+        return MemberResult(key, state, predict(model, self.split("val", device), precision=precision),
+                            predict(model, self.split("test", device), precision=precision), stats.epochs,
+                            stats.seconds)

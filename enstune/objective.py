@@ -13,7 +13,7 @@ from enstune.config import StudySpec
 from enstune.errors import DivergedError
 from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
-from enstune.executor import Executor
+from enstune.executor import Executor, Slot
 from enstune.members import MemberResult, Workspace
 from enstune.methods import get_method, regularize
 from enstune.progress import Reporter
@@ -22,9 +22,10 @@ from enstune.study import _database, budget, set_user_attrs, trial_config, trial
 
 
 def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
-    def work(job, parent: MemberResult | None, device, refs: dict[int, MemberResult]) -> MemberResult:  # noqa: ANN001
+    def work(job, parent: MemberResult | None, slot: Slot, refs: dict[int, MemberResult],  # noqa: ANN001
+             wait: bool) -> MemberResult:
         reporter.member_started(job.index, members, job.recipe.epochs)
-        return ws.run(job, parent, device, on_epoch=reporter.epoch_done, refs=refs)
+        return ws.run(job, parent, slot.device, on_epoch=reporter.epoch_done, refs=refs, wait=wait, train=slot.train)
 
     return work
 
@@ -81,7 +82,9 @@ class Objective:
                 self.members_done += 1
                 attrs.update({"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
                               "val_member_acc": val.members, "test_member_acc": test.members,
-                              "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached})
+                              "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached,
+                              "member_keys": [r.key for r in results],
+                              "trained_members": [j.index for j, r in zip(jobs, results) if not r.cached]})
                 if retry and "resumed_from_member" not in attrs and (not res.cached or job.index == len(jobs)):
                     # A retried trial finds its predecessor's finished members in the cache.
                     attrs["resumed_from_member"] = job.index if not res.cached else job.index + 1

@@ -1,8 +1,16 @@
-"""Live progress of a worker: trial, member, epoch and the current best, on a rich display."""
+"""Progress of a worker: trial, member, epoch and the current best, on a rich display or as log lines."""
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import logging
+import math
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -93,3 +101,156 @@ class RichReporter(Reporter):
         self._best = best
         self._progress.update(self._member, visible=False)
         self._progress.update(self._trials, advance=1, description=f"{self._trial} {state} · {self._best_text()}")
+
+
+def timestamp(when: float | None = None) -> str:
+    """Local time (now, or epoch seconds ``when``) in ISO 8601 to the second, with its UTC offset."""
+    moment = datetime.now() if when is None else datetime.fromtimestamp(when)
+    return moment.astimezone().isoformat(timespec="seconds")
+
+
+def _acc(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+class LogReporter(Reporter):
+    """One timestamped plain line per event on ``stream``, flushed at once: a batch job's log as it happens.
+
+    Epochs and weight-space models come often: each member's first and last epoch are written,
+    and in between at most one line every ``interval`` seconds of ``clock`` (the same for the
+    models an evaluator builds), so a log stays short however long a member trains.
+    """
+
+    def __init__(self, stream: TextIO, budget: int, interval: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._stream, self._budget, self._interval, self._clock = stream, budget, interval, clock
+        self._lock = threading.Lock()  # members on several devices report from their own threads
+        self._trial: int | None = None
+        self._started = 0.0
+        self._members = 0
+        self._member: dict[int, tuple[int, float]] = {}  # index -> (epochs, start)
+        self._thread: dict[int, int] = {}  # thread -> index of the member it trains
+        self._epoch_said: dict[int, float] = {}  # index -> when its last epoch line was written
+        self._evaluator: tuple[str, int, int, float] | None = None  # name, step, steps, start
+        self._models, self._models_said = 0, -math.inf
+        self._ended = 0
+
+    def _say(self, text: str) -> None:
+        with self._lock:
+            self._stream.write(f"{timestamp()} {text}\n")
+            self._stream.flush()
+
+    def _where(self) -> str:
+        return "trial ?" if self._trial is None else f"trial {self._trial}"
+
+    def __enter__(self) -> LogReporter:
+        self._say(f"worker: up to {self._budget} trial(s)")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:  # else the error itself is the last word
+            self._say(f"worker: finished, {self._ended} trial(s) ended here")
+
+    def trial_started(self, number: int, params: dict[str, Any], members: int) -> None:
+        self._trial, self._started, self._members = number, self._clock(), members
+        self._member.clear()
+        self._thread.clear()  # each trial's members run in threads of their own
+        self._evaluator = None
+        shown = " ".join(f"{k}={v}" for k, v in params.items()) or "no parameters"
+        self._say(f"trial {number} started: {shown}, {members} member(s)")
+
+    def member_started(self, index: int, members: int, epochs: int) -> None:
+        self._member[index] = (epochs, self._clock())
+        self._thread[threading.get_ident()] = index
+        self._epoch_said.pop(index, None)
+        self._say(f"{self._where()} member {index}/{members} started: {epochs} epoch(s)")
+
+    def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
+        # A member trained elsewhere may report from any thread: then the member started last.
+        index = self._thread.get(threading.get_ident(), max(self._member, default=0))
+        now = self._clock()
+        if epoch not in (1, epochs) and now - self._epoch_said.get(index, -math.inf) < self._interval:
+            return
+        self._epoch_said[index] = now
+        self._say(f"{self._where()} member {index}/{self._members} epoch {epoch}/{epochs}: loss {loss:.4f}")
+
+    def member_done(self, index: int, val_ens_acc: float, cached: bool) -> None:
+        epochs, start = self._member.get(index, (0, self._clock()))
+        how = "cached" if cached else "trained"
+        self._say(f"{self._where()} member {index}/{self._members} done: {epochs} epoch(s), "
+                  f"val ens acc {val_ens_acc:.4f}, {how} in {self._clock() - start:.1f} s")
+
+    def _evaluated(self) -> None:
+        """The last evaluator's weight-space models, once it is over (when it built any)."""
+        if self._models:
+            name, step, steps, start = self._evaluator or ("evaluation", 0, 0, self._clock())
+            where = f" ({step}/{steps})" if steps else ""
+            self._say(f"{self._where()} evaluated {name}{where}: {self._models} weight-space model(s) "
+                      f"in {self._clock() - start:.1f} s")
+        self._evaluator, self._models, self._models_said = None, 0, -math.inf
+
+    def evaluating(self, name: str, step: int, steps: int) -> None:
+        self._evaluated()
+        self._evaluator = (name, step, steps, self._clock())
+        self._say(f"{self._where()} evaluating {name} ({step}/{steps})")
+
+    def weight_model_done(self) -> None:
+        self._models += 1
+        now = self._clock()
+        if now - self._models_said < self._interval:
+            return
+        self._models_said = now
+        name = self._evaluator[0] if self._evaluator else "evaluation"
+        self._say(f"{self._where()} evaluating {name}: {self._models} weight-space model(s) so far")
+
+    def trial_done(self, state: str, value: float | None, best: float | None) -> None:
+        self._evaluated()
+        self._ended += 1
+        if self._trial is None:
+            self._say(f"trial ended {state} before it started: best {_acc(best)}")
+            return
+        self._say(f"trial {self._trial} {state}: value {_acc(value)}, best {_acc(best)}, "
+                  f"in {self._clock() - self._started:.1f} s")
+        self._trial = None
+
+
+class _LineFormatter(logging.Formatter):
+    """``<time> <LEVEL> <logger>: <message>`` on one line; an exception adds its type and message, no traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = " ".join(part.strip() for part in record.getMessage().splitlines() if part.strip())
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        return f"{timestamp(record.created)} {record.levelname} {record.name}: {text}"
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, message)
+
+
+@contextlib.contextmanager
+def log_lines(stream: TextIO) -> Iterator[None]:
+    """Within: log records (enstune's, Optuna's, any library's) and Python warnings as timestamped lines on ``stream``.
+
+    Everything is put back on the way out: the root logger's handlers, Optuna's own handler,
+    how warnings are shown.
+    """
+    import optuna
+
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(_LineFormatter())
+    root, optuna_log = logging.getLogger(), logging.getLogger("optuna")
+    saved = optuna_log.handlers[:], optuna_log.propagate
+    # Optuna writes its records in a format of its own: here they reach the root's handler instead.
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
+    root.addHandler(handler)
+    try:
+        with warnings.catch_warnings():  # which restores showwarning
+            warnings.showwarning = _log_warning
+            yield
+    finally:
+        root.removeHandler(handler)
+        optuna_log.handlers[:], optuna_log.propagate = saved

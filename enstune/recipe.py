@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 
 
 POLICIES = ("default", "randaugment", "none")  # what Augmentation.policy may be
+# auto: bf16 autocast on a GPU that has it, fp16 with a gradient scaler on one that does not, fp32 on a CPU.
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,9 @@ class Recipe:
     augment: str = "default"  # Augmentation.policy
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
+    precision: str = "auto"  # one of PRECISIONS
+    compile: bool = False  # torch.compile the network for training (minutes of compilation per member process)
+    channels_last: bool = True  # convolutional networks on a GPU train in channels-last memory format
 
     @property
     def augmentation(self) -> Augmentation:

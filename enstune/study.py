@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -14,6 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from enstune.checks import check_spec, load_checked, read_params
+from enstune.claims import claims_owner, companion_name, companions
 from enstune.config import Param, StudySpec, TrialConfig, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
 from enstune.storage import mask_url, open_storage, resolve_url
@@ -65,9 +67,12 @@ def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:
 
 def _load(name: str, storage: Any) -> optuna.Study:
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         raise EnstuneError(f"no study named {name!r} in this storage") from None
+    if (owner := claims_owner(study._storage.get_study_system_attrs(study._study_id))) is not None:
+        raise EnstuneError(f"{name!r} holds the member claims of study {owner!r}; it is not a study of its own")
+    return study
 
 
 def budget(spec: StudySpec) -> int:
@@ -185,7 +190,11 @@ def show(name: str, storage_url: str | None = None) -> dict[str, Any]:
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
     """Name, template, trial counts and best value of every study in the storage."""
     out = []
-    for s in optuna.get_all_study_summaries(open_storage(storage_url), include_best_trial=True):
+    storage = open_storage(storage_url)
+    hidden = companions(storage)
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=True):
+        if s.study_name in hidden:
+            continue
         spec = s.user_attrs.get(SPEC_ATTR, {})
         out.append({"name": s.study_name, "template": spec.get("template"), "trials": s.n_trials,
                     "best_value": s.best_trial.value if s.best_trial else None})
@@ -193,7 +202,11 @@ def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
 
 
 def delete(name: str, storage_url: str | None = None) -> None:
-    """Delete study ``name`` and its trials."""
+    """Delete study ``name`` and its trials, and the study of its member claims."""
     storage = open_storage(storage_url)
     _load(name, storage)
     optuna.delete_study(study_name=name, storage=storage)
+    with contextlib.suppress(KeyError):  # never claimed a member, or deleted by a concurrent delete
+        companion = storage.get_study_id_from_name(companion_name(name))
+        if claims_owner(storage.get_study_system_attrs(companion)) == name:  # never a study of its own
+            storage.delete_study(companion)

@@ -1,4 +1,9 @@
-"""The one training loop: any member job, any device, per-step schedule, AMP on CUDA."""
+"""The one training loop: any member job, any device, per-step schedule, mixed precision on CUDA.
+
+When the process is one rank of a ``torch.distributed`` group, the loop trains the network as
+DistributedDataParallel: every rank draws the same global batch, takes its share of the examples,
+and weighs its loss so that the averaged gradient is the whole batch's.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from enstune.data._base import Split, steps_per_epoch
 from enstune.errors import DivergedError
@@ -35,11 +42,40 @@ class TrainStats:
     final_loss: float
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA, nothing elsewhere."""
+def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: full fp32)."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def autocast(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """Autocast to ``precision``'s dtype on ``device`` (bf16 on CUDA by default), nothing in fp32."""
+    dtype = amp_dtype(device, precision)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
+def fast_kernels(device: torch.device) -> None:
+    """Let cuDNN pick the fastest convolution for each shape and matmuls run in TF32 on a GPU."""
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of ranks) of the default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _channels_last(model: nn.Module, recipe: Recipe) -> bool:
+    """Whether ``model`` trains in channels-last format: a convolutional network (cuDNN's and oneDNN's fast layout)."""
+    convs = sum(isinstance(m, nn.Conv2d) for m in model.modules())
+    return recipe.channels_last and convs > 1  # a ViT's patch embedding is one convolution
 
 
 def train(
@@ -62,6 +98,9 @@ def train(
     for m in frozen:
         m.requires_grad_(False)
     start = time.perf_counter()
+    device = next(model.parameters()).device
+    fast_kernels(device)
+    rank, world = rank_and_world()
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, recipe)
     per_epoch = steps_per_epoch(len(data), recipe.batch_size)
@@ -71,11 +110,21 @@ def train(
     model.train()
     for m in frozen:
         m.eval()
-    features: list[torch.Tensor] = []
+    channels_last = _channels_last(model, recipe)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        data = data.shard(rank, world)
+    if recipe.compile:
+        net = torch.compile(net)
+    step = _Step(net, model, recipe, opt, sched, extra, world, len(data), channels_last)
+    features: list[torch.Tensor] = step.features
     hook = tap_features(model, tap, features) if extra else None
     try:
         for epoch in range(recipe.epochs):
-            mean_loss = _epoch(model, data, recipe, generator, opt, sched, extra, features)
+            mean_loss = _epoch(data, recipe, generator, step)
             if not math.isfinite(mean_loss):
                 raise DivergedError(f"loss became {mean_loss} in epoch {epoch + 1}")
             if on_epoch is not None:
@@ -83,6 +132,8 @@ def train(
     finally:
         if hook is not None:
             hook.remove()
+    if channels_last:
+        model.to(memory_format=torch.contiguous_format)  # its state dict as any other member's
     return TrainStats(recipe.epochs, total, time.perf_counter() - start, mean_loss)
 
 
@@ -93,34 +144,65 @@ def tap_features(model: nn.Module, tap: str, into: list[torch.Tensor]) -> Any:
     return model.get_classifier().register_forward_hook(lambda _m, inputs, _o: into.append(inputs[0]))
 
 
-def _epoch(model: nn.Module, data: Split, recipe: Recipe, generator: torch.Generator, opt: torch.optim.Optimizer,
-           sched: Any, extra: ExtraLoss | None, features: list[torch.Tensor]) -> float:
+class _Step:
+    """One optimizer step on a batch (this rank's share of it under DDP); returns the weighted loss."""
+
+    def __init__(self, net: nn.Module, model: nn.Module, recipe: Recipe, opt: torch.optim.Optimizer, sched: Any,
+                 extra: ExtraLoss | None, world: int, examples: int, channels_last: bool) -> None:
+        self.net, self.model, self.recipe, self.opt, self.sched, self.extra = net, model, recipe, opt, sched, extra
+        self.world, self.examples, self.channels_last = world, examples, channels_last
+        self.features: list[torch.Tensor] = []
+        device = next(model.parameters()).device
+        self.device, self.dtype = device, amp_dtype(device, recipe.precision)
+        # fp16 needs its gradients scaled; a disabled scaler passes every call straight through.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype is torch.float16)
+        self.taken = 0  # examples of the epoch's global batches so far
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.recipe.precision):
+            self.features.clear()
+            logits = self.net(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+            if self.extra is not None:
+                loss = loss + self.extra(self.model, x, y, self.features[0], logits)
+        if self.world > 1:
+            # DDP averages gradients over ranks; shares of unequal size weigh by their examples.
+            batch = min(self.recipe.batch_size, self.examples - self.taken)
+            self.taken += batch
+            loss = loss * (len(y) * self.world / batch)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.recipe.grad_clip > 0:
+            self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return loss.detach()
+
+
+def _epoch(data: Split, recipe: Recipe, generator: torch.Generator, step: _Step) -> float:
     """One epoch; the mean loss (one host sync per epoch: the divergence check and the display share it)."""
     loss_sum: torch.Tensor | float = 0.0
+    step.taken = 0
     for x, y in data.batches(recipe.batch_size, generator):
-        with autocast(x.device):
-            features.clear()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            if extra is not None:
-                loss = loss + extra(model, x, y, features[0], logits)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if recipe.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        opt.step()
-        sched.step()
-        loss_sum = loss_sum + loss.detach()
+        loss_sum = loss_sum + step(x, y)
+    if step.world > 1:  # every rank sees the same mean, and so diverges or not together
+        loss_sum = torch.as_tensor(loss_sum, dtype=torch.float32, device=step.device)
+        dist.all_reduce(loss_sum)
+        loss_sum = loss_sum / step.world
     return float(loss_sum) / steps_per_epoch(len(data), recipe.batch_size)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, split: Split, batch_size: int = 1024, precision: str = "auto") -> torch.Tensor:
     """Class probabilities of ``model`` on ``split`` (float32, on the CPU)."""
     model.eval()
     out = []
     for x, _ in split.batches(batch_size):
-        with autocast(x.device):
+        with autocast(x.device, precision):
             logits = model(x)
         out.append(F.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out)

@@ -20,6 +20,7 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
+from enstune.claims import claims_for
 from enstune.config import StudySpec
 from enstune.errors import ConfigError, EnstuneError
 from enstune.executor import Executor
@@ -141,14 +142,14 @@ def _heartbeat(spec: StudySpec, asked: int | None) -> int:
 
 def run(name: str, storage_url: str | None = None, n_trials: int | None = None, devices: str = "cpu",
         timeout: float | None = None, reporter_factory: Any = None, heartbeat: int | None = None,
-        artifacts: str | None = None) -> optuna.Study:
+        artifacts: str | None = None, per_member: int = 1) -> optuna.Study:
     """Work on study ``name`` until ``n_trials`` more trials, the study's budget, or ``timeout``.
 
     The worker records heartbeats (every storage); before each trial, and while others still
     run when the budget is spent, it fails trials whose worker went silent or died, which
     re-queues them for any worker to resume.
     """
-    from enstune.executor import parse_devices
+    from enstune.processes import slots
     from enstune.storage import open_artifacts
 
     if n_trials is not None and n_trials < 0:
@@ -164,13 +165,13 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     heartbeat = _heartbeat(spec, heartbeat)
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)
-    executor = Executor(parse_devices(devices))
+    executor = Executor(slots(devices, per_member, spec.task, home_dir(), artifacts))  # processes start on first use
     beats = optuna.storages.fail_stale_trials if is_heartbeat_enabled(storage) else None
     todo, running = _open_trials(study, spec)
     todo = todo if n_trials is None else min(n_trials, todo)
     if todo == 0 and not (running and beats):
         return study
-    ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts))
+    ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts), claims_for(storage, name))
     freeze = spec.space.get("freeze")
     ws.preflight(executor.devices[0], spec.finetune, spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
@@ -182,7 +183,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         reporter.trial_done(trial.state.name, trial.value, best_value(study))
 
     ran = 0
-    with reporter, warnings.catch_warnings():
+    with reporter, warnings.catch_warnings(), contextlib.closing(executor):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
         while (n_trials is None or ran < n_trials) and (deadline is None or time.monotonic() < deadline):
             can_start, running = _open_trials(study, spec)

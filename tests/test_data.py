@@ -436,3 +436,24 @@ def test_carve_of_a_folder_split_matches_carve_validation(tmp_path):
     train, val = carve_validation(split, 0.3, 4)
     perm = torch.randperm(10, generator=torch.Generator().manual_seed(4))
     assert val.files == [f"f{i}.jpg" for i in perm[:3].tolist()] and train.y.tolist() == perm[3:].tolist()
+
+
+def test_ranks_share_out_each_batch_exactly_and_folders_decode_only_their_share(tmp_path, home):
+    # Two DDP ranks draw the same batches: their shares, put side by side, are the whole batch,
+    # images and augmentation included; a batch too small to give each rank two examples is left out.
+    _tree(tmp_path / "train", ["a", "b", "c"], 4)
+    _tree(tmp_path / "val", ["a", "b", "c"], 1)
+    data = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, workers=0), home)
+    aug = Augmentation("randaugment", 2, 9)
+    for split in (data.train.bind(CPU, P32, aug), _ramp_split(11).bind(CPU, P224, Augmentation())):
+        whole = list(split.batches(4, torch.Generator().manual_seed(3)))
+        shares = [list(split.shard(rank, 2).batches(4, torch.Generator().manual_seed(3))) for rank in (0, 1)]
+        kept = [b for b in whole if len(b[1]) >= 4]
+        assert len(kept) < len(whole) and all(len(s) == len(kept) for s in shares)
+        for (x, y), (x0, y0), (x1, y1) in zip(kept, *shares):
+            assert len(y0) == len(y1) == len(y) // 2
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+    # the folder split's loader is handed this rank's files alone, so the other half is never decoded
+    folders = data.train.bind(CPU, P32, aug)
+    loader = folders._loader(None, list(range(len(folders))), 4, 0, (1, 2))
+    assert [list(b) for b in loader.batch_sampler] == [[2, 3], [6, 7]]  # 9 files: batches of 4, 4 (and 1, left out)

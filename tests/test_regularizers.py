@@ -132,7 +132,7 @@ def test_executor_waits_for_the_members_a_job_reads():
     jobs = regularize(get_method("starsse").plan(_cfg("wo", 1.0, "starsse")), _cfg("wo", 1.0, "starsse"))
     seen = {}
 
-    def work(job, parent, device, refs):
+    def work(job, parent, device, refs, wait):
         seen[job.index] = sorted(refs)
         return job.index
 

@@ -161,7 +161,7 @@ def test_executor_respects_dependencies_and_yields_in_member_order():
                                                       load_template("starsse-demo", [])))
     started, lock = [], threading.Lock()
 
-    def work(job, parent, device, refs):
+    def work(job, parent, device, refs, wait):
         with lock:
             started.append(job.index)
         assert (parent is None) == (job.parent is None)
@@ -222,3 +222,77 @@ def test_the_display_hears_which_evaluator_runs_and_each_model_it_builds(home):
     after_soups = reporter.events[reporter.events.index(("soups", 2, 2)) + 1:]
     # a uniform soup, then the greedy soup's candidates (at most K = 3) and the chosen one
     assert 3 <= len(after_soups) <= 5 and set(after_soups) == {"model"}
+
+
+def _demo_first(ws, **recipe):
+    import dataclasses
+
+    cfg = st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}), load_template("starsse-demo", []))
+    job = get_method("starsse").plan(cfg)[0]
+    return dataclasses.replace(job, recipe=dataclasses.replace(job.recipe, **recipe))
+
+
+def test_precisions_autocast_on_any_device_and_fp16_scales_its_gradients(ws):
+    from enstune.training import amp_dtype
+
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, "auto") is None and amp_dtype(cpu, "fp32") is None, "a CPU trains in fp32 by default"
+    assert amp_dtype(cpu, "fp16") is torch.float16 and amp_dtype(cpu, "bf16") is torch.bfloat16
+    y = ws.data.val.y
+    full = ws.train("k", _demo_first(ws, epochs=10), None, cpu)
+    for precision in ("fp16", "bf16"):
+        half = ws.train("k", _demo_first(ws, epochs=10, precision=precision), None, cpu)
+        assert any(not torch.equal(half.state[k], full.state[k]) for k in full.state), f"{precision} autocast ran"
+        # chance is 0.1; fp32 reaches about 0.9 here
+        assert (half.val_probs.argmax(1) == y).float().mean() > 0.5, precision
+
+
+def test_a_compiled_member_trains_as_the_eager_one(ws):
+    cpu = torch.device("cpu")
+    eager = ws.train("k", _demo_first(ws, epochs=2), None, cpu)
+    compiled = ws.train("k", _demo_first(ws, epochs=2, compile=True), None, cpu)
+    for k, v in eager.state.items():
+        assert torch.allclose(compiled.state[k].float(), v.float(), atol=1e-4, rtol=1e-4), k
+    assert torch.allclose(compiled.val_probs, eager.val_probs, atol=1e-4)
+
+
+def test_a_convolutional_network_trains_channels_last_and_keeps_a_plain_state():
+    import timm
+
+    from enstune.data import TensorSplit
+
+    x, y = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 5, (32,))
+    data = TensorSplit(x.float() / 255, y)
+    states, seen = {}, {}
+    for layout in (True, False):
+        torch.manual_seed(0)
+        model = timm.create_model("test_resnet", num_classes=5)
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        train(model, data, Recipe(epochs=2, batch_size=16, lr=0.05, channels_last=layout), seed=0,
+              on_epoch=lambda *_: seen.setdefault(layout, conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        states[layout] = model.state_dict()
+    assert seen == {True: True, False: False}, "the layout in training"
+    for k, v in states[False].items():
+        assert states[True][k].is_contiguous(), f"{k}: saved as any other member"
+        assert torch.allclose(states[True][k].float(), v.float(), atol=1e-4, rtol=1e-3), k
+
+
+def test_a_member_held_by_another_worker_goes_last_and_is_then_waited_for():
+    from enstune.errors import Deferred
+
+    cfg = st.trial_config(optuna.trial.FixedTrial({}), load_template("localde-demo", ["space={}"]))
+    jobs = get_method(cfg.method).plan(cfg)
+    assert all(j.parent is None and not j.refs for j in jobs) and len(jobs) >= 3, "independent members"
+    for slots in ([torch.device("cpu")], [torch.device("cpu"), torch.device("cpu")]):
+        calls = []
+
+        def work(job, parent, slot, refs, wait):
+            calls.append((job.index, wait))
+            if job.index == 1 and not wait:
+                raise Deferred("member 1 is being trained elsewhere")
+            return job.index
+
+        out = list(Executor(slots).run(jobs, work))
+        assert [j.index for j, _ in out] == [j.index for j in jobs], "still yielded in member order"
+        assert calls[0] == (1, False) and calls[-1] == (1, True), "tried, the others first, then waited for"
+        assert sorted(i for i, w in calls if i != 1) == [j.index for j in jobs[1:]]

@@ -55,12 +55,52 @@ class Split(ABC):
     def digest(self) -> str:
         """A digest of the examples and labels: data that changes gets a new digest."""
 
+    def shard(self, rank: int, world: int) -> Split:
+        """Rank ``rank``'s share of every batch, for ``world`` ranks that draw the same batches (DDP)."""
+        return _Shard(self, rank, world)
+
     def sample(self, n: int, seed: int) -> Split:
         """At most ``n`` examples: a seeded random subset, or the whole split when it is no larger."""
         if len(self) <= n:
             return self
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
         return self.subset(keep.to(self.y.device))
+
+
+MIN_SHARE = 2  # examples each rank needs of a batch: BatchNorm cannot train on one
+
+
+def share(batch: torch.Tensor | Any, rank: int, world: int) -> Any:
+    """Rank ``rank``'s contiguous share of a batch's rows (of ``world`` near-equal shares)."""
+    size, extra = divmod(len(batch), world)
+    start = rank * size + min(rank, extra)
+    return batch[start:start + size + (rank < extra)]
+
+
+class _Shard(Split):
+    """Every global batch of ``inner``, cut to this rank's share; a batch too small to share out is left out.
+
+    Each rank draws (and augments) the whole batch, so the ranks' generators stay in step; a split
+    whose examples are costly to make (files to decode) shares out the examples before it makes them.
+    """
+
+    def __init__(self, inner: Split, rank: int, world: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world
+        self.y = inner.y
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None) -> Iterator[Batch]:
+        for x, y in self.inner.batches(batch_size, generator):
+            if len(y) >= MIN_SHARE * self.world:
+                yield share(x, self.rank, self.world), share(y, self.rank, self.world)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return self.inner.subset(index).shard(self.rank, self.world)
+
+    def bind(self, device: torch.device, preprocess: Preprocess | None, augmentation: Augmentation) -> Split:
+        return self.inner.bind(device, preprocess, augmentation).shard(self.rank, self.world)
+
+    def digest(self) -> str:
+        return self.inner.digest()
 
 
 def _identity(_prep: Preprocess | None, _aug: Augmentation) -> tuple[None, None]:

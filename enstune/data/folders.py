@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset, pil_loader
 from torchvision.datasets.vision import VisionDataset
 from torchvision.transforms import v2
 
-from enstune.data._base import Batch, Split, TaskData, carve_validation
+from enstune.data._base import MIN_SHARE, Batch, Split, TaskData, carve_validation, share
 from enstune.data._registry import register_dataset
 from enstune.data.images import check_policy, eval_resize, interpolation_mode
 from enstune.errors import EnstuneError
@@ -96,14 +97,28 @@ class FolderSplit(Split):
         self.root, self.files, self.workers = Path(root), list(files), workers
         self.device, self.preprocess, self.augmentation = torch.device(device), preprocess or Preprocess(), augmentation
         self.y = y.to(self.device)
+        self._share = (0, 1)  # (rank, ranks): see shard
         self._normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
                                       v2.Normalize(list(self.preprocess.mean), list(self.preprocess.std))])
 
+    def shard(self, rank: int, world: int) -> FolderSplit:
+        """Rank ``rank``'s share of every batch; only that share of the files is read and decoded."""
+        split = FolderSplit(self.root, self.files, self.y, self.workers, self.device, self.preprocess,
+                            self.augmentation)
+        split._share = (rank, world)
+        return split
+
     def _loader(self, transform: v2.Compose, sampler: Sequence[int] | _Seeded, batch_size: int,
-                seed: int) -> DataLoader:
+                seed: int, shard: tuple[int, int] = (0, 1)) -> DataLoader:
         labels = self.y.cpu().numpy()
+        rank, world = shard
+        batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler}
+        if world > 1:  # the whole batches, cut to this rank's share before any file is read
+            order = list(sampler)
+            cuts = (order[s:s + batch_size] for s in range(0, len(order), batch_size))
+            batching = {"batch_sampler": [share(b, rank, world) for b in cuts if len(b) >= MIN_SHARE * world]}
         # A generator of its own: without one, the loader draws its workers' base seed from the global RNG.
-        return DataLoader(_Images(self.root, self.files, labels, transform), batch_size=batch_size, sampler=sampler,
+        return DataLoader(_Images(self.root, self.files, labels, transform), **batching,
                           num_workers=self.workers, pin_memory=self.device.type == "cuda",
                           prefetch_factor=PREFETCH if self.workers > 0 else None, persistent_workers=False,
                           generator=torch.Generator().manual_seed(seed))
@@ -113,7 +128,7 @@ class FolderSplit(Split):
         seed = int(torch.randint(0, 2**62, (), generator=generator)) if train else 0
         sampler = _Seeded(torch.randperm(len(self), generator=generator), seed) if train else range(len(self))
         transform = _pil_transform(self.preprocess, self.augmentation, train)
-        for x, y in self._loader(transform, sampler, batch_size, seed):
+        for x, y in self._loader(transform, sampler, batch_size, seed, self._share):
             x = x.to(self.device, non_blocking=True)
             yield self._normalize(x), y.to(self.device, non_blocking=True)
 
