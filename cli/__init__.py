@@ -261,6 +261,45 @@ def recommend(
                   f"queued {len(queued)} in study {enqueue_into}", markup=False, highlight=False)
 
 
+@app.command("select")
+@_one_line_errors
+def select_members(
+    name: str,
+    size: Annotated[int, typer.Option("--size", help="At most this many members (one may be taken several times).")] = 10,  # noqa: E501
+    soup: Annotated[bool, typer.Option("--soup", help="Also a greedy soup of the chosen members (forward passes on the CPU).")] = False,  # noqa: E501
+    storage: Storage = None,
+    artifacts: Artifacts = None,
+    as_json: AsJson = False,
+) -> None:
+    """The best ensemble from the members of all completed trials: greedy selection on validation."""
+    from enstune.select import select
+
+    sel = select(name, size, storage, artifacts, soup)
+    if sel.skipped:
+        err.print(f"warning: {sel.skipped} of {sel.skipped + sel.candidates} members skipped: their cache entries "
+                  f"are missing or damaged", markup=False, highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps(sel.to_dict(), indent=2) + "\n")
+        return
+    table = Table("", "val acc", "val nll", "test acc", "test nll", "test ece", title=f"selection from {name}")
+    m, b, t = sel.metrics, sel.best_member, sel.best_trial
+    table.add_row(f"ensemble of {sum(r['weight'] for r in sel.members)}", f"{m['val_acc']:.4f}", f"{m['val_nll']:.4f}",
+                  f"{m['test_acc']:.4f}", f"{m['test_nll']:.4f}", f"{m['test_ece']:.4f}")
+    table.add_row(f"best trial ({t['trial']})", f"{t['val_acc']:.4f}", "", _fmt(t["test_acc"], ".4f"), "", "")
+    table.add_row(f"best member (trial {b['trial']} #{b['index']})", f"{b['val_acc']:.4f}", f"{b['val_nll']:.4f}",
+                  f"{b['test_acc']:.4f}", f"{b['test_nll']:.4f}", f"{b['test_ece']:.4f}")
+    if sel.soup is not None:
+        table.add_row(f"greedy soup of {len(sel.soup['members'])}", f"{sel.soup['val_acc']:.4f}", "",
+                      f"{sel.soup['test_acc']:.4f}", "", "")
+    out.print(table)
+    taken = ", ".join(f"trial {r['trial']} #{r['index']}" + (f" ×{r['weight']}" if r["weight"] > 1 else "")
+                      for r in sel.members)
+    out.print(f"members ({sel.candidates} distinct read): {taken}", markup=False, highlight=False)
+    if sel.soup is not None:
+        out.print("soup: " + ", ".join(f"trial {r['trial']} #{r['index']}" for r in sel.soup["members"]),
+                  markup=False, highlight=False)
+
+
 @app.command()
 @_one_line_errors
 def report(
