@@ -1,17 +1,21 @@
-"""Per-trial storage overhead of enstune workers: 1, 2, 4, 8 processes, trivial trials.
+"""Per-trial storage cost of enstune's workers beside plain Optuna's: the same trivial trial, on the same storage.
 
-Each worker runs enstune's worker loop on a StarSSE study of K=5 members whose objective
-trains nothing but makes every storage call a real trial makes: the budget and admission
-checks, the worker attribute, one report per member, the pruner where it may cut, the
-attributes once at the end, and heartbeats on a database storage.
+A trial samples the study's two parameters and reports five values, asking the pruner after
+steps 2-4, and trains nothing. Plain Optuna runs it as an Optuna user would: ``optimize`` on the
+storage's URL (or on ``GrpcStorageProxy``). enstune runs it in its worker loop, with every storage
+call a real enstune trial makes around it: the study's trial counts before each trial and at
+admission, the worker attribute, heartbeats and the stale-trial check, the attributes once at the
+end, the best value for the progress line. Both run at each width (concurrent worker processes,
+started together once all are ready), on PostgreSQL directly and through ``enstune storage proxy``
+in front of it, one after the other in the same run.
 
-    python benchmarks/storage_overhead.py                 # embedded journal + a local PostgreSQL
-    python benchmarks/storage_overhead.py --storage URL   # one given storage only
+    python benchmarks/storage_overhead.py                    # a throwaway local PostgreSQL
+    python benchmarks/storage_overhead.py --storage URL      # a given PostgreSQL
+    python benchmarks/storage_overhead.py --workers 1,8,32 --trials 20
 
-Prints, per storage and worker count: trials, wall seconds, per-trial overhead (mean over
-workers of their wall time divided by their trials), the CPU time one trial costs in its
-worker and in the local PostgreSQL server, and errors. With W workers on C cores
-a worker's wall time per trial cannot fall below W/C times that CPU time.
+Prints, per path and width: milliseconds per trial (mean over workers of their wall time over
+their trials) for plain Optuna and for enstune, their ratio, and errors (exceptions, or trials
+that did not end COMPLETE or PRUNED) of each.
 """
 
 from __future__ import annotations
@@ -19,136 +23,215 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
-TRIALS_PER_WORKER = 40
 MEMBERS = 5
-SPEC = [f"members={MEMBERS}", "sampler='random'", "prune_startup_trials=4",
-        "space.lr_mult.choices=[0.25, 0.5, 1, 2, 4, 8, 16]", "space.epoch_mult.choices=[0.25, 0.5, 1, 2, 4]"]
+LR_MULT, EPOCH_MULT = [0.25, 0.5, 1, 2, 4, 8, 16], [0.25, 0.5, 1, 2, 4]
+SPEC = [f"members={MEMBERS}", "sampler='random'", "prune_startup_trials=4", "heartbeat=60",
+        f"space.lr_mult.choices={LR_MULT}", f"space.epoch_mult.choices={EPOCH_MULT}"]
+# What a trial of K members writes at its end (before any evaluator's): the values are the size they have.
 ATTRS = ("val_ens_acc", "test_ens_acc", "val_member_acc", "test_member_acc", "member_epochs", "train_seconds",
-         "cached_members")
+         "cached_members", "member_keys", "trained_members", "val_correct", "val_size", "input_size")
+ENSTUNE = str(Path(sys.executable).with_name("enstune"))
 
 
-def _worker(url: str | None, name: str, trials: int, queue: mp.Queue) -> None:
+def _curve(lr_mult: float, epoch_mult: float) -> list[float]:
+    return [1 / (1 + lr_mult * epoch_mult / k) for k in range(1, MEMBERS + 1)]
+
+
+def _plain(url: str, name: str, trials: int, ready: Any) -> tuple[float, int]:
+    """Plain Optuna: (wall seconds, errors) for ``trials`` trials."""
     import optuna
 
+    from enstune.storage import proxy_address
+
+    storage: Any = url
+    if url.startswith("grpc://"):
+        host, port = proxy_address(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(),
+                              pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
+
+    def objective(trial: optuna.Trial) -> float:
+        acc = _curve(trial.suggest_categorical("lr_mult", LR_MULT), trial.suggest_categorical("epoch_mult", EPOCH_MULT))
+        for k in range(1, MEMBERS + 1):
+            trial.report(acc[k - 1], step=k)
+            if 1 < k < MEMBERS and trial.should_prune():
+                raise optuna.TrialPruned()
+        return acc[-1]
+
+    ready.wait()
+    start = time.perf_counter()
+    try:
+        study.optimize(objective, n_trials=trials)
+        errors = 0
+    except Exception:  # noqa: BLE001 - counted and reported
+        errors = 1
+    return time.perf_counter() - start, errors
+
+
+def _enstune(url: str, name: str, trials: int, ready: Any) -> tuple[float, int]:
+    """enstune's worker loop (``enstune.worker.run`` without training): (wall seconds, errors)."""
+    import optuna
+
+    from enstune.objective import OverBudget, _admit
     from enstune.storage import open_storage
-    from enstune.objective import _admit
-    from enstune.study import load_spec, set_user_attrs, trial_config
+    from enstune.study import _load, best_value, load_spec, set_user_attrs, trial_config
     from enstune.worker import _open_trials, _pruner, _sampler
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    storage = open_storage(url, heartbeat=60)
-    spec = load_spec(optuna.load_study(study_name=name, storage=storage))
+    first = open_storage(url)
+    spec = load_spec(_load(name, first))
+    _close(first)  # as the worker does: its connection would stay open, unused
+    storage = open_storage(url, heartbeat=spec.heartbeat)
     study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
 
     def objective(trial: optuna.Trial) -> float:
         _admit(trial, spec)
         trial.set_user_attr("worker", f"bench:{os.getpid()}")
         cfg = trial_config(trial, spec)
-        acc: list[float] = []
+        acc = _curve(cfg.lr_mult, cfg.epoch_mult)
         try:
             for k in range(1, MEMBERS + 1):
-                acc.append(1 / (1 + cfg.lr_mult * cfg.epoch_mult / k))
-                trial.report(acc[-1], step=k)
+                trial.report(acc[k - 1], step=k)
                 if 1 < k < MEMBERS and trial.should_prune():
                     raise optuna.TrialPruned()
         finally:
             set_user_attrs(trial, dict.fromkeys(ATTRS, acc))
         return acc[-1]
 
+    def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        best_value(study)
+
     errors = 0
-    start, cpu = time.perf_counter(), time.process_time()
-    for _ in range(trials):
-        try:
-            _open_trials(study, spec)
-            study.optimize(objective, n_trials=1)
-        except Exception:  # noqa: BLE001 - counted and reported
-            errors += 1
-    queue.put((time.perf_counter() - start, time.process_time() - cpu, trials, errors))
+    ready.wait()
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
+        for _ in range(trials):
+            try:
+                _open_trials(study, spec)
+                study.optimize(objective, n_trials=1, callbacks=[done], catch=(OverBudget,), gc_after_trial=False)
+            except Exception:  # noqa: BLE001 - counted and reported
+                errors += 1
+    return time.perf_counter() - start, errors
 
 
-def server_cpu(server: Path | None) -> float:
-    """CPU seconds the local PostgreSQL has used so far: the postmaster, its live and its ended backends."""
-    if server is None:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    postmaster = int((server / "data" / "postmaster.pid").read_text().split()[0])
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        pid, ppid = int(stat.parent.name), int(fields[1])
-        if pid == postmaster:  # its own time and that of reaped backends (cutime, cstime)
-            total += sum(int(f) for f in fields[11:15]) / tick
-        elif ppid == postmaster:
-            total += sum(int(f) for f in fields[11:13]) / tick
-    return total
+def _close(storage: Any) -> None:
+    """Let go of a storage's connection (a database pool's, or a proxy's channel)."""
+    if hasattr(storage, "engine"):
+        storage.engine.dispose()
+    elif hasattr(storage, "close"):
+        storage.close()
 
 
-def measure(url: str | None, workers: int, server: Path | None) -> tuple[int, float, float, float, float, int]:
-    """(trials, wall s, per-trial ms, worker and server CPU ms per trial, errors) for ``workers`` processes."""
+def _worker(kind: str, url: str, name: str, trials: int, ready: Any, queue: Any) -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        queue.put((*(_plain if kind == "optuna" else _enstune)(url, name, trials, ready), ""))
+    except Exception as exc:  # noqa: BLE001 - a worker that could not start: all its trials count as errors
+        ready.abort()
+        queue.put((float("nan"), trials, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
+
+
+def measure(ctx: Any, kind: str, url: str, workers: int, trials: int) -> tuple[float, int, set[str]]:
+    """(ms per trial, errors, why workers failed) of ``workers`` processes of ``kind`` (optuna or enstune)."""
+    import gc
+
     import optuna
 
     from enstune import study as st
     from enstune.storage import open_storage
 
-    name = f"bench-{workers}-{time.time_ns()}"
-    st.create("starsse-demo", name=name, storage_url=url, overrides=SPEC + [f"n_trials={workers * TRIALS_PER_WORKER}"])
-    ctx = mp.get_context("spawn")
-    queue: mp.Queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(url, name, TRIALS_PER_WORKER, queue)) for _ in range(workers)]
-    start, server_start = time.perf_counter(), server_cpu(server)
+    name = f"bench-{kind}-{workers}-{time.time_ns()}"
+    if kind == "optuna":
+        optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize")
+    else:
+        st.create("starsse-demo", name=name, storage_url=url, overrides=SPEC + [f"n_trials={workers * trials}"])
+    gc.collect()  # the storages opened to create it: their connections would count against the workers' limit
+    ready, queue = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(kind, url, name, trials, ready, queue)) for _ in range(workers)]
     for p in procs:
         p.start()
     results = [queue.get() for _ in procs]
     for p in procs:
         p.join()
-    wall, server_used = time.perf_counter() - start, server_cpu(server) - server_start
-    done = optuna.load_study(study_name=name, storage=open_storage(url)).get_trials()
-    errors = sum(e for *_, e in results) + sum(t.state.name not in ("COMPLETE", "PRUNED") for t in done)
-    per_trial = sum(seconds / n for seconds, _, n, _ in results) / len(results) * 1000
-    ran = sum(n for _, _, n, _ in results)
-    cpu = sum(c for _, c, _, _ in results) / ran * 1000
-    return len(done), wall, per_trial, cpu, server_used / ran * 1000, errors
+    storage = open_storage(url)
+    done = optuna.load_study(study_name=name, storage=storage).get_trials()
+    _close(storage)
+    errors = sum(e for _, e, _ in results) + sum(t.state.name not in ("COMPLETE", "PRUNED") for t in done)
+    errors += max(workers * trials - len(done), 0)
+    return sum(seconds / trials for seconds, _, _ in results) / workers * 1000, errors, {w for *_, w in results if w}
+
+
+def start_proxy(url: str, home: Path) -> tuple[subprocess.Popen[str], str]:
+    """``enstune storage proxy`` in front of ``url`` on a free port; its process and its grpc:// URL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([ENSTUNE, "storage", "proxy", "--storage", url, "--port", str(port)], text=True,
+                            stderr=subprocess.PIPE, env={**os.environ, "ENSTUNE_HOME": str(home)})
+    line = proc.stderr.readline() if proc.stderr else ""
+    if not line.startswith("gRPC storage proxy on "):
+        raise SystemExit(f"the storage proxy did not start: {line.strip()}")
+    return proc, f"grpc://127.0.0.1:{port}"
 
 
 def main() -> None:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--storage", help="one storage URL to measure (default: embedded and a local PostgreSQL)")
-    parser.add_argument("--workers", default="1,2,4,8")
+    parser.add_argument("--storage", help="a PostgreSQL URL (default: a throwaway local PostgreSQL)")
+    parser.add_argument("--workers", default="1,8,32", help="widths: concurrent worker processes")
+    parser.add_argument("--trials", type=int, default=20, help="trials per worker")
     args = parser.parse_args()
-    counts = [int(w) for w in args.workers.split(",")]
+    widths = [int(w) for w in args.workers.split(",")]
 
-    from enstune.storage import mask_url
+    from enstune.storage import mask_url, mask_url_text
     from enstune.storage.postgres import cluster
 
     home = Path(tempfile.mkdtemp(prefix="enstune-bench-"))
     home.chmod(0o755)  # the server runs as user postgres when this runs as root
     os.environ["ENSTUNE_HOME"] = str(home)
-    local = None
-    if args.storage:
-        targets = [args.storage]
-    else:
-        local = cluster(home)
-        targets = [None, local.up()]
-    print(f"{'storage':<52} {'workers':>7} {'trials':>6} {'wall s':>7} {'ms/trial':>9} {'cpu worker':>10} "
-          f"{'cpu server':>10} {'errors':>6}   (CPU ms per trial; {os.cpu_count()} cores)")
+    local = None if args.storage else cluster(home)
+    url = args.storage or local.up()
+    # Workers fork from one process that imported enstune once: 32 copies of torch would not fit.
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["enstune.worker", "enstune.objective", "enstune.storage.heartbeat"])
+    proxy, proxy_url = start_proxy(url, home)
+    print(f"PostgreSQL {mask_url(url)}, {args.trials} trials per worker, {os.cpu_count()} cores; "
+          f"ms per trial, goal: enstune at most 1.2x plain Optuna", flush=True)
+    print(f"{'path':<10} {'workers':>7} {'optuna ms':>10} {'enstune ms':>10} {'ratio':>6}  errors (optuna/enstune)",
+          flush=True)
     try:
-        for url in targets:
-            server = local.root if local is not None and url is not None else None
-            for n in counts:
-                trials, wall, per_trial, cpu, server_ms, errors = measure(url, n, server)
-                print(f"{mask_url(url):<52} {n:>7} {trials:>6} {wall:>7.1f} {per_trial:>9.1f} {cpu:>10.1f} "
-                      f"{server_ms:>10.1f} {errors:>6}", flush=True)
+        for path, target in (("database", url), ("proxy", proxy_url)):
+            for i, n in enumerate(widths):
+                order = ("optuna", "enstune") if i % 2 == 0 else ("enstune", "optuna")  # drift cancels out
+                ms, errors, why = {}, {}, set()
+                for kind in order:
+                    ms[kind], errors[kind], failed = measure(ctx, kind, target, n, args.trials)
+                    why |= {f"{kind}: {w}" for w in failed}
+                print(f"{path:<10} {n:>7} {ms['optuna']:>10.1f} {ms['enstune']:>10.1f} "
+                      f"{ms['enstune'] / ms['optuna']:>6.2f}  {errors['optuna']}/{errors['enstune']}", flush=True)
+                for line in sorted(why):
+                    print(f"  a worker failed to start: {mask_url_text(line, url)}", flush=True)
     finally:
+        proxy.terminate()
+        proxy.wait()
         if local is not None:
             local.down(purge=True)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

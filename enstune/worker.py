@@ -160,8 +160,11 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         raise ConfigError(f"--heartbeat must be at least 1 second and at most {MAX_HEARTBEAT}, got {heartbeat}")
     first = open_storage(storage_url)  # the study's spec says the heartbeat the real storage opens with
     spec = load_spec(_load(name, first), wait=READY_TIMEOUT)
+    # Else its pooled database connection (or its channel to a storage proxy) stays open for the worker's life, unused.
     if isinstance(first, optuna.storages.RDBStorage):
-        first.engine.dispose()  # else its pooled connection stays open for the worker's life, unused
+        first.engine.dispose()
+    elif isinstance(first, optuna.storages.GrpcStorageProxy):
+        first.close()
     heartbeat = _heartbeat(spec, heartbeat)
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)

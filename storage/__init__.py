@@ -7,7 +7,7 @@ import re
 import time
 import warnings
 from pathlib import Path
-from urllib.parse import quote, quote_plus, unquote, unquote_plus
+from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
 from enstune.errors import EnstuneError
 
@@ -18,7 +18,8 @@ _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 # A worker holds one connection most of the time (plus one for its heartbeat thread), so a
 # small pool per worker keeps hundreds of workers under PostgreSQL's connection limit.
 POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
-CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host is an error
+CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host or storage proxy is an error
+PROXY_PORT = 13000  # Optuna's default for its gRPC storage proxy
 SCHEMA_ATTEMPTS = 8
 MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
 
@@ -120,18 +121,19 @@ def _password_forms(url: str) -> set[str]:
     return {f for f in forms if f}
 
 
-def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa: ANN201 - optuna BaseStorage
+def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noqa: ANN201 - optuna BaseStorage
+                 connections: int | None = None):
     """An Optuna storage for ``url`` (see ``resolve_url``); unreachable storage is a one-line error.
 
-    With ``heartbeat`` seconds, the storage (a database or the embedded journal) records a
-    heartbeat per running trial, and a trial silent for two intervals (or whose worker on this
-    host is gone) is failed and re-queued with the same parameters.
+    With ``heartbeat`` seconds, the storage (a database, the embedded journal or a storage proxy)
+    records a heartbeat per running trial, and a trial silent for two intervals (or whose worker
+    on this host is gone) is failed and re-queued with the same parameters. ``connections`` sizes
+    a database's connection pool (default: a worker's, ``POOL``).
     """
     import optuna
 
-    from enstune.storage.heartbeat import HeartbeatJournalStorage
+    from enstune.storage.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
     from enstune.storage.journal import journal_backend
-    from enstune.storage.resilient import ResilientRDBStorage
 
     url = resolve_url(url)
     if heartbeat is not None and heartbeat < 1:
@@ -153,8 +155,11 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
             raise EnstuneError(f"{path} is not an Optuna journal ({type(exc).__name__}); move it aside or set "
                                f"{ENV_HOME} elsewhere") from None
     scheme = url.split(":", 1)[0].split("+", 1)[0]
+    if scheme == "grpc":
+        return _open_proxy(url, heartbeat)
     if scheme not in _RDB_SCHEMES:
-        raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…")
+        raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…, "
+                           f"grpc://HOST:PORT")
     parsed = _sqlalchemy_url(url)
     # The driver would take part of the user info for the host (or send part of it to a host).
     if url.partition("://")[2].split("/", 1)[0].count("@") > 1 or (parsed is not None and _misreads_at(parsed)):
@@ -162,6 +167,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
     if scheme == "sqlite" and (url.rstrip("/") in ("sqlite:", "sqlite:/") or ":memory:" in url):
         raise EnstuneError("an in-memory SQLite storage is gone when the command ends; give a file: sqlite:///path.db")
     engine_kwargs = {} if scheme == "sqlite" else dict(POOL)
+    if connections is not None and scheme != "sqlite":
+        engine_kwargs.update(pool_size=connections, max_overflow=0)
     if scheme == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
     with warnings.catch_warnings():
@@ -173,7 +180,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return ResilientRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+                return HeartbeatRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
         except Exception as exc:  # noqa: BLE001 - every failure to connect is the same user error
             # Workers opening a fresh database at once race to create Optuna's tables; the
             # losers see a duplicate key and find the tables there when they try again.
@@ -183,6 +190,55 @@ def open_storage(url: str | None = None, heartbeat: int | None = None):  # noqa:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EnstuneError(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
     raise AssertionError("unreachable")
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """(host, port) of a ``grpc://HOST[:PORT]`` storage URL; anything else in it is a one-line error."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or PROXY_PORT
+    except ValueError:
+        port = 0
+    if not parts.hostname or not 1 <= port <= 65535 or "@" in parts.netloc or parts.path.strip("/") \
+            or parts.query or parts.fragment:
+        raise EnstuneError(f"storage URL {mask_url(url)}: a storage proxy is grpc://HOST:PORT")
+    return parts.hostname, port
+
+
+def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcStorageProxy
+    """A client of the storage proxy at ``url`` (``enstune storage proxy``), checked to answer."""
+    import optuna
+
+    from enstune.storage.proxy import HeartbeatProxyStorage, ProxyStorage
+
+    host, port = proxy_address(url)
+    host = f"[{host}]" if ":" in host else host  # an IPv6 address, as gRPC targets write it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if not heartbeat:
+            storage = ProxyStorage(host, port, mask_url(url))
+        else:
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)
+            storage = HeartbeatProxyStorage(host, port, mask_url(url), heartbeat, retry)
+    try:
+        storage.wait_server_ready(timeout=CONNECT_TIMEOUT)
+    except ConnectionError:
+        storage.close()
+        raise EnstuneError(f"cannot reach the storage proxy at {mask_url(url)} within {CONNECT_TIMEOUT} s "
+                           f"(is `enstune storage proxy` running there?)") from None
+    return storage
+
+
+def served_storage(url: str | None):  # noqa: ANN201 - optuna BaseStorage
+    """The storage a proxy serves for ``url`` (see ``resolve_url``): a database, with the proxy's pool, cached."""
+    import optuna
+
+    from enstune.storage.proxy import THREADS
+
+    url = resolve_url(url)
+    if url is not None and url.split(":", 1)[0] == "grpc":
+        raise EnstuneError(f"--storage {mask_url(url)} is itself a storage proxy; give the storage it should serve")
+    return optuna.storages.get_storage(open_storage(url, connections=THREADS))
 
 
 def _is_schema_race(exc: BaseException) -> bool:
