@@ -120,7 +120,12 @@ def check_bindable(host: str, port: int) -> None:
 
 def serve(storage: optuna.storages.BaseStorage, host: str, port: int) -> None:
     """Serve ``storage`` through Optuna's gRPC storage proxy on ``host``:``port`` until the process ends."""
+    import signal
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command announces itself in one line
+    # Ctrl-C and SIGTERM stop it, even when started with SIGINT ignored (in the background of a script).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.run_grpc_proxy_server(storage, host=f"[{host}]" if ":" in host else host, port=port,
