@@ -363,7 +363,11 @@ def _loopback(host: str) -> bool:
 
 
 def _check_bindable(host: str, port: int) -> None:
-    """Fail with one line, before the server announces itself, on a port or host it cannot listen on."""
+    """Fail with one line, before the server announces itself, on a port or host it cannot listen on.
+
+    The probe binds as the servers do (``SO_REUSEADDR``, set by gRPC and by optuna-dashboard's WSGI
+    server): the port of a server that just ended, its connections in TIME_WAIT, is free; a live one's is not.
+    """
     import socket
 
     if not 1 <= port <= 65535:
@@ -371,6 +375,7 @@ def _check_bindable(host: str, port: int) -> None:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
     except OSError as exc:
         raise EnstuneError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -417,10 +422,10 @@ def storage_proxy(
 ) -> None:
     """Serve the storage to workers (--storage grpc://HOST:PORT), who then hold no database connection."""
     from enstune.storage import mask_url, resolve_url, served_storage
-    from enstune.storage.proxy import check_bindable, proxy_url, serve
+    from enstune.storage.proxy import proxy_url, serve
 
     served = served_storage(storage)
-    check_bindable(host, port)  # unlike _check_bindable, free while a proxy that just ended leaves TIME_WAIT
+    _check_bindable(host, port)
     if not _loopback(host):
         err.print(f"warning: the storage proxy has no authentication: anyone who reaches {host}:{port} can change "
                   f"or delete studies; bind it where only the workers reach it", markup=False, highlight=False)

@@ -99,25 +99,6 @@ class HeartbeatProxyStorage(AttributeHeartbeat, ProxyStorage):
             pass  # the worker's next call meets the same error and stops with it; this thread ends quietly
 
 
-def check_bindable(host: str, port: int) -> None:
-    """Fail with one line, before anything is served, on a port or host the proxy cannot listen on.
-
-    The probe binds as gRPC does (``SO_REUSEADDR``): the port of a proxy that just ended, with its
-    workers' connections still in TIME_WAIT, is free to a new one; a live proxy's is not.
-    """
-    import socket
-
-    if not 1 <= port <= 65535:
-        raise EnstuneError(f"--port must be in 1..65535, got {port}")
-    try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as exc:
-        raise EnstuneError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-
-
 def serve(storage: optuna.storages.BaseStorage, host: str, port: int) -> None:
     """Serve ``storage`` through Optuna's gRPC storage proxy on ``host``:``port`` until the process ends."""
     import signal
