@@ -64,11 +64,11 @@ MAX_INTERP_POINTS = 1000  # each point is a model with recalibrated BN
 MAX_IMAGES = 10**7  # bn_images, curve_images, ood_images
 MAX_HEARTBEAT = 86_400  # a day
 # Names a search space may use: the cycle parameters and the ×1 recipe's grid.
-TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "seed", "epochs", "lr", "weight_decay")
+TRIAL_PARAMS = ("method", "lr_mult", "epoch_mult", "alpha", "freeze", "scale", "seed", "epochs", "lr", "weight_decay")
 # Those every method reads: they pick the method, the ×1 recipe and the seeds.
 SHARED_PARAMS = frozenset({"method", "seed", "epochs", "lr", "weight_decay"})
 # Those that reach members 2..K only.
-LATER_MEMBER_AXES = frozenset({"lr_mult", "epoch_mult", "alpha", "freeze"})
+LATER_MEMBER_AXES = frozenset({"lr_mult", "epoch_mult", "alpha", "freeze", "scale"})
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ class StudySpec:
     tap: str = ""
     subsample: int = 64
     space: dict[str, Param] = field(default_factory=dict)
+    # Settings of the study's methods beyond the search axes (e.g. distillation's beta and tau); each
+    # method declares the names it reads and their defaults (``Method.options``).
+    options: dict[str, float] = field(default_factory=dict)
     # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
     evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
     interp_points: int = 11  # points on each interpolation segment, end points included
@@ -120,10 +123,16 @@ class TrialConfig:
     epoch_mult: float = 1.0
     alpha: float = 0.0
     freeze: int = 0  # leading stages members 2..K keep frozen
+    scale: float = 1.0  # the spread of members sampled around a trained one (SWAG, Laplace)
     seed: int = 0
     regularizer: str = "none"
     tap: str = ""
     subsample: int = 64
+    options: tuple[tuple[str, float], ...] = ()  # the spec's method options, sorted by name
+
+    def option(self, name: str, default: float) -> float:
+        """The spec's method option ``name``, else ``default``."""
+        return dict(self.options).get(name, default)
 
 
 def _type_name(t: Any) -> str:
@@ -368,6 +377,7 @@ def _axis_rule(name: str) -> tuple[type, Any, str]:
                        f"numbers > 0 and <= {MAX_EPOCH_MULT} (a cycle of at most {MAX_EPOCH_MULT} × the ×1 epochs)"),
         "alpha": (float, lambda v: True, "finite numbers"),
         "freeze": (int, lambda v: v >= 0, "whole numbers of stages >= 0"),
+        "scale": (float, lambda v: 0 <= v <= MAX_LR_MULT, f"numbers >= 0 and <= {MAX_LR_MULT}"),
         "seed": (int, lambda v: 0 <= v <= MAX_SEED, "whole numbers in 0..2**32-1"),
         "method": (str, bool, "method names"),
     }[name]

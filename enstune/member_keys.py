@@ -17,7 +17,7 @@ _ENGINE_DEFAULTS = {"precision": Recipe.precision, "compile": Recipe.compile, "c
 
 def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJob, ref_keys: list[str]) -> str:
     """The key of ``job``: the task and its data, where it starts (a checkpoint's digest or the parent's key),
-    its recipe and seed, frozen stages, and its regularizer with the keys of the members it reads."""
+    its recipe and seed, frozen stages, its maker and settings, and its regularizer with the keys of the members it reads."""
     task_part = {"dataset": task.dataset, "model": task.model, "val_fraction": task.val_fraction,
                  "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
                  "head": task.head}
@@ -25,6 +25,8 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
                              "seed": job.seed}
     if job.freeze:
         parts["freeze"] = job.freeze
+    if job.make != "train" or job.options:  # a plain trained job keeps the key it had before makers existed
+        parts["make"] = {"name": job.make, "options": [list(pair) for pair in job.options]}
     if job.regularizer != "none" and job.alpha != 0:  # alpha 0 is the plain member and shares its key
         parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
                         "refs": ref_keys}

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +21,13 @@ from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import Members
 from enstune.evaluation.weights import WeightSpace
 from enstune.member_keys import member_key
-from enstune.methods import MemberJob
+from enstune.methods import Built, MemberJob, get_maker
 from enstune.models import create_model, list_models, preprocess, stage_modules
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
 from enstune.storage import open_artifacts
 from enstune.terms import Terms, check_tap
-from enstune.training import EpochCallback, autocast, predict, rank_and_world, train
+from enstune.training import EpochCallback, TrainStats, autocast, predict, rank_and_world, train
 
 
 @dataclass
@@ -40,6 +41,11 @@ class MemberResult:
     epochs: int
     seconds: float
     cached: bool = False
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # what later jobs read besides the weights
+
+    def built(self) -> Built:
+        """The weights and extras, as a maker reads them."""
+        return Built(self.state, self.extras)
 
 
 class Workspace:
@@ -167,33 +173,64 @@ class Workspace:
             lease = self.claims.acquire(key, self.cache.get, wait=wait)
             hit = lease.found
         if hit is not None:
-            return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True)
+            return MemberResult(key, hit["state"], hit["val"], hit["test"], hit["epochs"], 0.0, cached=True,
+                                extras=hit.get("extras", {}))
         with lease or contextlib.nullcontext():  # the claim is completed once the member is in the cache
             result = (train or self.train)(key, job, parent, device, on_epoch, refs)
-            self.cache.put(key, {"state": result.state, "val": result.val_probs, "test": result.test_probs,
-                                 "epochs": result.epochs})
+            entry = {"state": result.state, "val": result.val_probs, "test": result.test_probs, "epochs": result.epochs}
+            self.cache.put(key, entry | ({"extras": result.extras} if result.extras else {}))
         return result
 
     def train(self, key: str, job: MemberJob, parent: MemberResult | None, device: torch.device,
               on_epoch: EpochCallback | None = None, refs: dict[int, MemberResult] | None = None) -> MemberResult | None:
-        """Train member ``job`` (content key ``key``) on ``device`` and predict on val/test; no cache.
+        """Make member ``job`` (content key ``key``) with its maker on ``device`` and predict on val/test; no cache.
 
-        In a process group (a member on several devices), every rank trains; rank 0 returns the result.
+        In a process group (a member on several devices), every rank makes it; rank 0 returns the result.
         """
         refs = refs or {}
+        start = time.perf_counter()
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
             model = self.checkpoints.backbone(job.checkpoint).to(device)
         else:
             assert parent is not None
             model = self.model_from(parent.state, device)
-        stats = train(model, self.split("train", device, job.recipe.augmentation), job.recipe, seed=job.seed,
-                      on_epoch=on_epoch, extra=self.terms.extra(job, {i: r.state for i, r in refs.items()}, model, device),
-                      frozen=stage_modules(model, job.freeze), tap=job.tap)
+        made = get_maker(job.make)(_Bench(self, job, device, refs, on_epoch), job, model,
+                                   None if parent is None else parent.built(), {i: r.built() for i, r in refs.items()})
         if rank_and_world()[0] > 0:  # a DDP rank but the first: rank 0 holds the same weights and predicts
             return None
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         precision = job.recipe.precision
         return MemberResult(key, state, predict(model, self.split("val", device), precision=precision),
-                            predict(model, self.split("test", device), precision=precision), stats.epochs,
-                            stats.seconds)
+                            predict(model, self.split("test", device), precision=precision), made.epochs,
+                            time.perf_counter() - start, extras=made.extras)
+
+
+class _Bench:
+    """A maker's view of the workspace for one job on one device (``enstune.methods.Bench``)."""
+
+    def __init__(self, ws: Workspace, job: MemberJob, device: torch.device, refs: dict[int, MemberResult],
+                 on_epoch: EpochCallback | None) -> None:
+        self.ws, self.job, self.device, self.refs, self.on_epoch = ws, job, device, refs, on_epoch
+
+    def split(self, name: str, augmentation: Augmentation = Augmentation()) -> Split:
+        """Split ``name`` bound to the job's device."""
+        return self.ws.split(name, self.device, augmentation)
+
+    def model_from(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """The task's network with weights ``state`` on the job's device."""
+        return self.ws.model_from(state, self.device)
+
+    def train(self, model: torch.nn.Module, job: MemberJob, **options: Any) -> TrainStats:
+        """The one training loop on ``model`` with ``job``'s recipe, seed, regularizer and frozen stages."""
+        extra = self.ws.terms.extra(job, {i: r.state for i, r in self.refs.items()}, model, self.device)
+        kwargs: dict[str, Any] = {"on_epoch": self.on_epoch, "extra": extra,
+                                  "frozen": stage_modules(model, job.freeze), "tap": job.tap}
+        return train(model, self.split("train", job.recipe.augmentation), job.recipe, seed=job.seed,
+                     **(kwargs | options))
+
+    def recalibrate(self, model: torch.nn.Module) -> None:
+        """BatchNorm statistics of ``model`` re-estimated on (augmented) training batches, as trained members saw."""
+        batches = (x for x, _ in self.split("train", self.job.recipe.augmentation).batches(
+            self.job.recipe.batch_size, torch.Generator().manual_seed(self.job.seed)))
+        torch.optim.swa_utils.update_bn(batches, model, device=self.device)

@@ -63,35 +63,41 @@ class Objective:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         cfg = trial_config(trial, self.spec)
         jobs = regularize(get_method(cfg.method).plan(cfg), cfg)
-        judged = range(get_method(cfg.method).shared_members + 1, len(jobs))  # steps the pruner may cut
-        self.reporter.trial_started(trial.number, trial.params, len(jobs))
+        size = sum(j.member for j in jobs)
+        judged = range(get_method(cfg.method).shared_members + 1, size)  # ensemble sizes the pruner may cut at
+        self.reporter.trial_started(trial.number, trial.params, size)
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
         epochs: list[int] = []
         results: list[MemberResult] = []
         attrs: dict[str, Any] = {"val_size": len(self.ws.data.val), "input_size": self.ws.input_size}
         seconds = 0.0
-        cached = 0
+        cached = steps_epochs = 0
         try:
             for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, len(jobs))):
+                seconds += res.seconds
+                if not job.member:  # a step the members read: its cost counts, its predictions do not
+                    steps_epochs += res.epochs
+                    attrs.update({"step_epochs": steps_epochs, "train_seconds": round(seconds, 3)})
+                    continue
                 val.add(res.val_probs)
                 test.add(res.test_probs)
                 results.append(res)
                 epochs.append(res.epochs)
-                seconds += res.seconds
                 cached += res.cached
                 self.members_done += 1
                 attrs.update({"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
                               "val_member_acc": val.members, "test_member_acc": test.members,
                               "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached,
                               "member_keys": [r.key for r in results],
-                              "trained_members": [j.index for j, r in zip(jobs, results) if not r.cached]})
-                if retry and "resumed_from_member" not in attrs and (not res.cached or job.index == len(jobs)):
+                              "trained_members": [n for n, r in enumerate(results, 1) if not r.cached]})
+                step = len(results)  # the ensemble's size so far
+                if retry and "resumed_from_member" not in attrs and (not res.cached or step == size):
                     # A retried trial finds its predecessor's finished members in the cache.
-                    attrs["resumed_from_member"] = job.index if not res.cached else job.index + 1
-                trial.report(val.ensembles[-1], step=job.index)
-                self.reporter.member_done(job.index, val.ensembles[-1], res.cached)
-                if job.index in judged and self.spec.pruner != "none" and trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at ensemble size {job.index}")
+                    attrs["resumed_from_member"] = step if not res.cached else step + 1
+                trial.report(val.ensembles[-1], step=step)
+                self.reporter.member_done(step, val.ensembles[-1], res.cached)
+                if step in judged and self.spec.pruner != "none" and trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at ensemble size {step}")
             attrs["val_correct"] = pack_correct(val.probs(), self.ws.data.val.y)
             members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec,
                                          on_model=self.reporter.weight_model_done)

@@ -57,7 +57,8 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
     values = {name: _suggest(trial, name, p) for name, p in spec.space.items() if name in read and name != "method"}
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
     return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members,
-                       regularizer=spec.regularizer, tap=spec.tap, subsample=spec.subsample, **values)
+                       regularizer=spec.regularizer, tap=spec.tap, subsample=spec.subsample,
+                       options=tuple(sorted(spec.options.items())), **values)
 
 
 def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:

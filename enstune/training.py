@@ -40,6 +40,7 @@ class TrainStats:
     steps: int
     seconds: float
     final_loss: float
+    optimizer_state: Any = None  # the optimizer's per-parameter state at the end (momentum buffers, say)
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
@@ -88,12 +89,19 @@ def train(
     extra: ExtraLoss | None = None,
     frozen: Sequence[nn.Module] = (),
     tap: str = "",
+    span: tuple[int, int] | None = None,
+    optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None,
+    after_step: Callable[[nn.Module, float], None] | None = None,
+    ce_weight: float = 1.0,
 ) -> TrainStats:
     """Train ``model`` in place on ``data`` (bound to the model's device) with a fresh optimizer.
 
     ``frozen`` modules keep their weights (left out of the optimizer) and, for BatchNorm, their
     running statistics (kept in eval mode). ``extra`` sees the output of module ``tap`` (default:
-    the head's input, the pooled embedding) from the same forward pass.
+    the head's input, the pooled embedding) from the same forward pass. ``span`` trains epochs
+    [a, b) of the recipe's schedule only; ``optimizer_state`` starts the optimizer from another
+    run's per-parameter state (momentum carried along a trajectory); ``after_step(model, lr)``
+    runs after every optimizer step; ``ce_weight`` weighs the cross-entropy against ``extra``.
     """
     for m in frozen:
         m.requires_grad_(False)
@@ -103,10 +111,15 @@ def train(
     rank, world = rank_and_world()
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, recipe)
+    if optimizer_state is not None:
+        opt.load_state_dict({"state": optimizer_state, "param_groups": opt.state_dict()["param_groups"]})
+    first, last = span if span is not None else (0, recipe.epochs)
+    if not 0 <= first < last <= recipe.epochs:
+        raise ValueError(f"span {span} is not within the recipe's {recipe.epochs} epochs")
     per_epoch = steps_per_epoch(len(data), recipe.batch_size)
-    total, warmup = recipe.epochs * per_epoch, recipe.warmup(per_epoch)
+    total, warmup, offset = recipe.epochs * per_epoch, recipe.warmup(per_epoch), first * per_epoch
     factor = get_schedule(recipe.schedule)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(step, total, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(offset + step, total, warmup))
     model.train()
     for m in frozen:
         m.eval()
@@ -119,22 +132,23 @@ def train(
         data = data.shard(rank, world)
     if recipe.compile:
         net = torch.compile(net)
-    step = _Step(net, model, recipe, opt, sched, extra, world, len(data), channels_last)
+    step = _Step(net, model, recipe, opt, sched, extra, world, len(data), channels_last, after_step, ce_weight)
     features: list[torch.Tensor] = step.features
     hook = tap_features(model, tap, features) if extra else None
     try:
-        for epoch in range(recipe.epochs):
+        for epoch in range(first, last):
             mean_loss = _epoch(data, recipe, generator, step)
             if not math.isfinite(mean_loss):
                 raise DivergedError(f"loss became {mean_loss} in epoch {epoch + 1}")
             if on_epoch is not None:
-                on_epoch(epoch + 1, recipe.epochs, mean_loss)
+                on_epoch(epoch + 1 - first, last - first, mean_loss)
     finally:
         if hook is not None:
             hook.remove()
     if channels_last:
         model.to(memory_format=torch.contiguous_format)  # its state dict as any other member's
-    return TrainStats(recipe.epochs, total, time.perf_counter() - start, mean_loss)
+    return TrainStats(last - first, (last - first) * per_epoch, time.perf_counter() - start, mean_loss,
+                      opt.state_dict()["state"])
 
 
 def tap_features(model: nn.Module, tap: str, into: list[torch.Tensor]) -> Any:
@@ -148,9 +162,11 @@ class _Step:
     """One optimizer step on a batch (this rank's share of it under DDP); returns the weighted loss."""
 
     def __init__(self, net: nn.Module, model: nn.Module, recipe: Recipe, opt: torch.optim.Optimizer, sched: Any,
-                 extra: ExtraLoss | None, world: int, examples: int, channels_last: bool) -> None:
+                 extra: ExtraLoss | None, world: int, examples: int, channels_last: bool,
+                 after_step: Callable[[nn.Module, float], None] | None = None, ce_weight: float = 1.0) -> None:
         self.net, self.model, self.recipe, self.opt, self.sched, self.extra = net, model, recipe, opt, sched, extra
         self.world, self.examples, self.channels_last = world, examples, channels_last
+        self.after_step, self.ce_weight = after_step, ce_weight
         self.features: list[torch.Tensor] = []
         device = next(model.parameters()).device
         self.device, self.dtype = device, amp_dtype(device, recipe.precision)
@@ -164,7 +180,7 @@ class _Step:
         with autocast(self.device, self.recipe.precision):
             self.features.clear()
             logits = self.net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
+            loss = self.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.recipe.label_smoothing)
             if self.extra is not None:
                 loss = loss + self.extra(self.model, x, y, self.features[0], logits)
         if self.world > 1:
@@ -179,6 +195,8 @@ class _Step:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
+        if self.after_step is not None:
+            self.after_step(self.model, self.opt.param_groups[0]["lr"])
         self.sched.step()
         return loss.detach()
 

@@ -1,14 +1,26 @@
-"""A method turns a TrialConfig into a plan: the member jobs of one ensemble."""
+"""A method turns a TrialConfig into a plan: the member jobs of one ensemble.
+
+A job's ``make`` names how its weights come about: ``train`` (the one training loop) or another
+registered maker (a sample around a trained member, say), so that a plan says where members are
+sampled rather than trained. A job with ``member`` off is a step other jobs read (a trunk to branch
+from, a teacher, SWAG's moments), trained and cached like a member but not ensembled.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
 
 from enstune.config import TrialConfig
-from enstune.recipe import Recipe
+from enstune.recipe import Augmentation, Recipe
+
+State = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -27,6 +39,13 @@ class MemberJob:
     tap: str = ""  # the module whose output the regularizer compares ("": the head's input)
     subsample: int = 64  # RTD's rows per batch
     freeze: int = 0  # leading stages kept frozen (their BatchNorm in eval mode)
+    make: str = "train"  # the maker that builds the weights (enstune.methods.get_maker)
+    options: tuple[tuple[str, Any], ...] = ()  # the maker's settings, sorted by name; part of the member key
+    member: bool = True  # False: a step that later jobs read, not a member of the ensemble
+
+    def option(self, name: str, default: Any = None) -> Any:
+        """The maker setting ``name``, else ``default``."""
+        return dict(self.options).get(name, default)
 
     def __post_init__(self) -> None:
         if (self.checkpoint is None) == (self.parent is None):
@@ -35,6 +54,47 @@ class MemberJob:
             raise ValueError(f"member {self.index} cannot start from member {self.parent}")
         if any(not 1 <= r < self.index for r in self.refs):
             raise ValueError(f"member {self.index} cannot read members {self.refs}")
+        if list(self.options) != sorted(self.options):
+            raise ValueError(f"member {self.index}'s options must be sorted pairs, got {self.options}")
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a finished job hands to the jobs that read it: weights, and what its maker keeps (momentum, moments)."""
+
+    state: State
+    extras: State = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Made:
+    """What a maker did to the model it was given: the epochs it trained and what later jobs may read."""
+
+    epochs: int
+    extras: State = field(default_factory=dict)
+
+
+class Bench(Protocol):
+    """What a maker works with: the job's device, the task's data and networks, the one training loop."""
+
+    device: torch.device
+
+    def split(self, name: str, augmentation: Augmentation = Augmentation()) -> Any:
+        """Split ``name`` of the task bound to the device (``enstune.data.Split``)."""
+
+    def model_from(self, state: State) -> nn.Module:
+        """The task's network with weights ``state`` on the device."""
+
+    def train(self, model: nn.Module, job: MemberJob, **options: Any) -> Any:
+        """Train ``model`` as ``job`` says (``enstune.training.train``'s keywords override); its TrainStats."""
+
+    def recalibrate(self, model: nn.Module) -> None:
+        """Re-estimate ``model``'s BatchNorm statistics on training batches (weights sampled, not trained)."""
+
+
+# make(bench, job, model, parent, refs) -> Made: turns ``model`` (the job's start, on the device) into the job's
+# weights in place; ``parent`` is the parent job's Built (None from a checkpoint), ``refs`` those the job reads.
+Maker = Callable[[Bench, "MemberJob", nn.Module, "Built | None", "dict[int, Built]"], Made]
 
 
 # What ``regularize`` hands to members 2..K of any method.
@@ -47,17 +107,20 @@ def member_seed(seed: int, index: int) -> int:
 
 
 def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
-    """Members 2..K with the trial's regularizer, alpha and frozen stages; member 1 stays the plain ×1 fine-tune."""
+    """Trained members 2..K with the trial's regularizer, alpha and frozen stages; member 1 stays as planned."""
+    members = [j.index for j in jobs if j.member]
+    later = {i for i in members[1:] if next(j for j in jobs if j.index == i).make == "train"}
     if cfg.freeze:
-        jobs = [j if j.index == 1 else dataclasses.replace(j, freeze=cfg.freeze) for j in jobs]
+        jobs = [dataclasses.replace(j, freeze=cfg.freeze) if j.index in later else j for j in jobs]
     if cfg.regularizer == "none":
         return jobs
     from enstune.regularizers import get_regularizer
 
     needs = get_regularizer(cfg.regularizer).needs
-    return [j if j.index == 1 else dataclasses.replace(
+    return [dataclasses.replace(
         j, regularizer=cfg.regularizer, alpha=cfg.alpha, tap=cfg.tap, subsample=cfg.subsample,
-        refs=(1,) if needs == "first" else tuple(range(1, j.index))) for j in jobs]
+        refs=tuple(sorted(set(j.refs) | ({members[0]} if needs == "first" else {i for i in members if i < j.index}))))
+        if j.index in later else j for j in jobs]
 
 
 def first_member(cfg: TrialConfig, checkpoint: int = 0, index: int = 1) -> MemberJob:
@@ -77,6 +140,8 @@ class Method(ABC):
     # Search parameters the plan reads besides the ×1 recipe and the seed: an axis that no
     # method of a study reads would only repeat the study's trials.
     reads: ClassVar[frozenset[str]] = frozenset()
+    # The spec ``options`` the plan reads, with their defaults.
+    options: ClassVar[dict[str, float]] = {}
 
     @abstractmethod
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
