@@ -24,6 +24,11 @@ def check_spec(spec: StudySpec) -> StudySpec:
     if spec.regularizer != "none":
         get_regularizer(spec.regularizer)
     methods = study_methods(spec)
+    known = sorted(set().union(*(get_method(m).options for m in methods)))
+    for name in spec.options:
+        if name not in known:
+            raise ConfigError(f"options.{name}: no method of this study reads it; "
+                              f"{'known: ' + ', '.join(known) if known else 'its methods take no options'}")
     for method in methods:
         _check_checkpoints(spec, method)
     for name in spec.space:
