@@ -4,7 +4,7 @@ import math
 import pytest
 
 from enstune.config import Task, TrialConfig
-from enstune.methods import MemberJob, get_method, list_methods
+from enstune.methods import MemberJob, get_maker, get_method, list_methods
 from enstune.recipe import Recipe
 from enstune.methods._base import regularize
 from enstune.errors import ConfigError
@@ -21,23 +21,31 @@ def cfg(method: str, members: int = 5, lr_mult: float = 4.0, epoch_mult: float =
 def test_every_plan_is_well_formed(name):
     jobs = get_method(name).plan(cfg(name))
     assert [j.index for j in jobs] == list(range(1, len(jobs) + 1))
-    assert len(jobs) == (1 if name == "finetune" else 5)
+    assert sum(j.member for j in jobs) == (1 if name == "finetune" else 5)
     assert all(j.parent is None or j.parent < j.index for j in jobs)
-    assert len({j.seed for j in jobs}) == len(jobs), "members need distinct seeds"
-    first = jobs[0]
-    assert first.checkpoint == 0
-    assert first.recipe == FT and first.recipe.warmup_epochs == 1
+    assert len({j.seed for j in jobs}) == len(jobs), "jobs need distinct seeds"
+    assert all(get_maker(j.make) for j in jobs)
+    assert jobs[0].checkpoint == 0
+
+
+# The ×1 fine-tune of checkpoint 0 that most methods share as member 1 (one cache entry for all of them).
+SHARED_FIRST = MemberJob(1, FT, 3 * 1000 + 1, checkpoint=0)
 
 
 @pytest.mark.parametrize("name", list_methods())
-def test_member_one_does_not_depend_on_cycle_parameters(name):
-    a = get_method(name).plan(cfg(name, lr_mult=0.25, epoch_mult=4))[0]
-    b = get_method(name).plan(cfg(name, lr_mult=16, epoch_mult=0.25))[0]
-    assert a == b
+def test_shared_members_are_the_shared_fine_tune_and_ignore_every_axis(name):
+    method = get_method(name)
+    members = [j for j in method.plan(cfg(name)) if j.member]
+    assert method.shared_members <= 1
+    if method.shared_members:
+        assert members[0] == SHARED_FIRST
+        for param, (low, high) in VARIED.items():
+            plans = [get_method(name).plan(dataclasses.replace(cfg(name), **{param: v})) for v in (low, high)]
+            assert [j for j in plans[0] if j.member][0] == [j for j in plans[1] if j.member][0] == SHARED_FIRST
 
 
 # Two values of each parameter that must give different plans wherever the parameter is read.
-VARIED = {"lr_mult": (2.0, 8.0), "epoch_mult": (0.5, 2.0), "alpha": (0.1, 1.0), "freeze": (0, 1)}
+VARIED = {"lr_mult": (2.0, 8.0), "epoch_mult": (0.5, 2.0), "alpha": (0.1, 1.0), "freeze": (0, 1), "scale": (0.1, 1.0)}
 
 
 @pytest.mark.parametrize("param", sorted(VARIED))
@@ -91,3 +99,40 @@ def test_a_job_has_exactly_one_starting_point():
 def test_unknown_method():
     with pytest.raises(ConfigError, match="unknown method 'bagging'; known: .*starsse"):
         get_method("bagging")
+
+
+def template_of(method: str) -> str:
+    """A method's demo template: ``local_de`` -> ``localde-demo``."""
+    return f"{method.replace('_', '')}-demo"
+
+
+@pytest.fixture(scope="module")
+def shared_home(tmp_path_factory):
+    """One runs directory for the module: the demo's data and pre-trained checkpoints are made once."""
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_runs_a_trial_of_its_demo_template(name, shared_home, monkeypatch):
+    """The whole path a user takes: create from ``<method>-demo``, one small trial, the ensemble in the study."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from enstune.cli import app
+
+    monkeypatch.setenv("ENSTUNE_HOME", str(shared_home))
+    runner = CliRunner()
+    sets = ["members=3", "finetune.epochs=3", "n_trials=1", 'evaluate=["calibration"]', "bn_images=64"]
+    created = runner.invoke(app, ["study", "create", template_of(name), *[a for s in sets for a in ("--set", s)]])
+    assert created.exit_code == 0, created.output
+    ran = runner.invoke(app, ["study", "run", template_of(name)])
+    assert ran.exit_code == 0, ran.output
+    (trial,) = json.loads(runner.invoke(app, ["study", "show", template_of(name), "--json"]).stdout)["trials"]
+    assert trial["state"] == "COMPLETE", trial
+    attrs = trial["user_attrs"]
+    size = 1 if name == "finetune" else 3
+    assert len(attrs["val_ens_acc"]) == len(attrs["member_keys"]) == size
+    assert len(set(attrs["member_keys"])) == size, "members are distinct"
+    assert all(0.0 < a <= 1.0 for a in attrs["val_ens_acc"] + attrs["test_ens_acc"])
+    assert 0.0 < attrs["test_ece"] < 1.0
