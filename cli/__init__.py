@@ -218,8 +218,8 @@ def regimes(
                                      "trials": [g.to_dict() for g in labelled]}, indent=2) + "\n")
         return
     optimal = f"within {band} of the best" if band is not None else f"within {z} paired SE of the best"
-    out.print(f"thresholds: optimal {optimal} (validation); semi-local: barrier > {barrier}, "
-              f"degradation > {degradation}, or more diverse than the optimum", markup=False, highlight=False)
+    out.print(f"thresholds: optimal {optimal} (validation); semi-local: left the basin (barrier > {barrier} or "
+              f"degradation > {degradation}), else more diverse than the optimum", markup=False, highlight=False)
     table = Table("#", "method", "lr_mult", "epoch_mult", "regime", "val ens", "gain", "degr.", "diversity",
                   "barrier", "why", title=f"regimes of {name}")
     for g in labelled:

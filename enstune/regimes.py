@@ -10,8 +10,9 @@ Rules, per method (trials of different methods are never compared):
   treating the two accuracies as independent; trials inside it cannot be told apart from the
   best on this validation set. A fixed ``band`` (accuracy) can replace it.
 - semi-local: not optimal, and it left the pre-train basin: a barrier above ``barrier`` on
-  train or validation (member 1 to member K, or the random pair), members 2..K on average
-  more than ``degradation`` below member 1 on validation, or more diverse than the optimum.
+  train or validation (member 1 to member K, or the random pair), or members 2..K on average
+  more than ``degradation`` below member 1 on validation (basin evidence, checked first); failing
+  both, a trial more diverse than the optimum is semi-local by diversity alone, and says so.
 - more-local: neither; its members are less diverse than the optimum's.
 """
 
@@ -58,6 +59,9 @@ class Regime:
     barrier: float | None  # the largest of the trial's train/val barriers
     label: str
     reason: str
+    # The rule that fired: accuracy (optimal); barrier or degradation (basin evidence: it left the
+    # basin); diversity (semi-local only by diversity: no basin evidence); in-basin (more-local).
+    rule: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
@@ -109,18 +113,20 @@ def _label(r: dict[str, Any], method: str, best: float, margin: float, optimum_d
     degradation = members[0] - sum(members[1:]) / len(members[1:]) if len(members) > 1 else 0.0
     diversity, barrier = a.get("diversity"), _barrier(a)
     if acc >= best - margin:
-        label, reason = "optimal", f"{best - acc:.3f} below the best ({best:.3f}), within {margin:.3f}"
+        label, rule, reason = "optimal", "accuracy", f"{best - acc:.3f} below the best ({best:.3f}), within {margin:.3f}"
     elif barrier is not None and barrier > th.barrier:
-        label, reason = "semi-local", f"barrier {barrier:.3f} > {th.barrier}"
+        label, rule, reason = "semi-local", "barrier", f"left the basin: barrier {barrier:.3f} > {th.barrier}"
     elif degradation > th.degradation:
-        label, reason = "semi-local", f"members 2..K {degradation:.3f} below member 1 > {th.degradation}"
+        label, rule, reason = ("semi-local", "degradation",
+                               f"left the basin: members 2..K {degradation:.3f} below member 1 > {th.degradation}")
     elif diversity is not None and diversity > optimum_div:
-        label, reason = "semi-local", f"diversity {diversity:.1f} above the optimum's {optimum_div:.1f}"
+        label, rule, reason = ("semi-local", "diversity", f"no basin evidence; diversity {diversity:.1f} above the "
+                               f"optimum's {optimum_div:.1f}")
     else:
-        label, reason = "more-local", f"{best - acc:.3f} below the best, beyond {margin:.3f}; in the basin, " \
-                                      f"less diverse than the optimum"
+        label, rule, reason = "more-local", "in-basin", f"{best - acc:.3f} below the best, beyond {margin:.3f}; " \
+                                                       f"in the basin, less diverse than the optimum"
     return Regime(r["number"], method, r["params"].get("lr_mult"), r["params"].get("epoch_mult"), acc,
-                  acc - a["val_ens_acc"][0], degradation, diversity, barrier, label, reason)
+                  acc - a["val_ens_acc"][0], degradation, diversity, barrier, label, reason, rule)
 
 
 def regime_map(labelled: list[Regime], rows: list[dict[str, Any]], method: str) -> dict[str, Any]:

@@ -59,6 +59,14 @@ def test_each_label_with_its_evidence():
     by = {g.number: g for g in classify(rows, "starsse")}
     assert by[3].degradation == pytest.approx(0.2) and by[2].barrier == pytest.approx(0.2)
     assert "barrier" in by[2].reason and "member 1" in by[3].reason and "diversity" in by[4].reason
+    assert {n: g.rule for n, g in by.items()} == {0: "accuracy", 1: "in-basin", 2: "barrier", 3: "degradation",
+                                                  4: "diversity", 5: "accuracy"}
+
+
+def test_basin_evidence_wins_over_diversity():
+    rows = [row(0, BEST, diversity=60), row(1, "1" * 70 + "0" * 30, diversity=90, barrier=0.2),
+            row(2, "1" * 70 + "0" * 30, members=(0.8, 0.6), diversity=90)]
+    assert [g.rule for g in classify(rows, "starsse")] == ["accuracy", "barrier", "degradation"]
 
 
 def test_ties_at_the_top_are_all_optimal_and_methods_are_not_compared():
