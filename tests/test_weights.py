@@ -135,3 +135,22 @@ def test_segment_and_greedy_soup_choose_on_validation():
     assert len(accs) == 5 and accs[0] > 0.9 and accs[-1] < 0.1
     chosen, val_acc = space.greedy_soup([bad, good], [0.05, 0.95], data)
     assert chosen == [1] and val_acc == pytest.approx(accs[0])
+
+
+def test_evaluators_side_by_side_on_two_bindings_give_what_one_gives():
+    from enstune.evaluation.evaluators import Members, evaluate
+
+    data = _xor()
+    states = [_trained(data, s).state_dict() for s in (0, 1, 2)]
+    seen: list[str] = []
+
+    def members() -> Members:
+        probs = [predict(_space().build(s), data) for s in states]
+        return Members(states, probs, probs, data, data, data, _space(), seed=0, interp_points=5, curve_images=400)
+
+    names = ["calibration", "diversity", "soups", "connectivity"]
+    alone = evaluate(members(), names)
+    together = evaluate([members(), members()], names, on_step=lambda name, i, n: seen.append(name))
+    assert together == alone and list(together) == list(alone)
+    assert sorted(seen) == sorted(names)
+    assert {"test_ece", "diversity", "soup_val_acc", "barrier_val", "joint_connectivity"} <= set(alone)

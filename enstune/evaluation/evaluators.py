@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,15 +57,38 @@ def list_evaluators() -> list[str]:
     return EVALUATORS.names()
 
 
-def evaluate(members: Members, names: tuple[str, ...] | list[str],
+def evaluate(members: Members | Sequence[Members], names: tuple[str, ...] | list[str],
              on_step: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
-    """Run evaluators ``names`` and merge their attributes; ``on_step(name, i, n)`` before each."""
-    out: dict[str, Any] = {}
-    for i, name in enumerate(names):
-        if on_step is not None:
-            on_step(name, i + 1, len(names))
-        out.update(EVALUATORS.get(name)(members))
-    return out
+    """Run evaluators ``names`` and merge their attributes; ``on_step(name, i, n)`` before each.
+
+    Given the same trial's members bound to several devices, the evaluators run side by side, each
+    taking the next free device; the attributes are the same as on one device.
+    """
+    bound = [members] if isinstance(members, Members) else list(members)
+    evaluators = [EVALUATORS.get(name) for name in names]  # an unknown name fails before any work
+    if len(bound) == 1 or len(names) < 2:
+        out: dict[str, Any] = {}
+        for i, (name, fn) in enumerate(zip(names, evaluators)):
+            if on_step is not None:
+                on_step(name, i + 1, len(names))
+            out.update(fn(bound[0]))
+        return out
+    free: queue.SimpleQueue[Members] = queue.SimpleQueue()
+    for m in bound:
+        free.put(m)
+
+    def run(i: int) -> dict[str, Any]:
+        m = free.get()  # as many threads as devices: one is always free here
+        try:
+            if on_step is not None:
+                on_step(names[i], i + 1, len(names))
+            return evaluators[i](m)
+        finally:
+            free.put(m)
+
+    with ThreadPoolExecutor(max_workers=len(bound)) as pool:
+        parts = list(pool.map(run, range(len(names))))
+    return {k: v for part in parts for k, v in part.items()}  # in the order of ``names``, as on one device
 
 
 @register_evaluator("calibration")
