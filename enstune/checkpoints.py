@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from enstune.config import Task
 from enstune.data import TaskData
 from enstune.errors import EnstuneError
 from enstune.models import classifier_prefix, create_model, from_pretrained
+from enstune.recipe import keyed_fields
 from enstune.training import train
 
 PRETRAIN_SEED = 10_000
@@ -74,7 +74,7 @@ class Checkpoints:
         # A changed network or source task never reuses an old file.
         source, recipe = self.data.source, self.data.pretrain
         assert source is not None and recipe is not None
-        return content_key(data=source.train.digest(), recipe=dataclasses.asdict(recipe),
+        return content_key(data=source.train.digest(), recipe=keyed_fields(recipe),
                            network=repr(create_model(self.task.model, source.num_classes)))[:12]
 
     def _pretrain(self, index: int, path: Path) -> None:

@@ -30,6 +30,7 @@ def check_spec(spec: StudySpec) -> StudySpec:
             raise ConfigError(f"options.{name}: no method of this study reads it; "
                               f"{'known: ' + ', '.join(known) if known else 'its methods take no options'}")
     for method in methods:
+        get_method(method).check(spec)
         _check_checkpoints(spec, method)
     for name in spec.space:
         reasons = [unread(spec, m, name) for m in methods]
@@ -41,7 +42,8 @@ def check_spec(spec: StudySpec) -> StudySpec:
 
 def _check_checkpoints(spec: StudySpec, method: str) -> None:
     """A task that lists checkpoint files lists every one a plan of ``method`` starts from."""
-    cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members)
+    cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members,
+                      options=tuple(sorted(spec.options.items())))
     starts = [job.checkpoint for job in get_method(method).plan(cfg) if job.checkpoint is not None]
     needed = max(starts, default=0) + 1
     # An empty list: the dataset pre-trains its own checkpoints, as many as a plan asks for.

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from enstune.cache import content_key
 from enstune.config import Task
 from enstune.methods import MemberJob
-from enstune.recipe import Recipe
+from enstune.recipe import keyed_fields
 
-# How a member is run, not what it computes (bar rounding): left out of its key at their defaults,
-# so that members trained before these options existed keep their keys.
-_ENGINE_DEFAULTS = {"precision": Recipe.precision, "compile": Recipe.compile, "channels_last": Recipe.channels_last}
 
 
 def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJob, ref_keys: list[str]) -> str:
@@ -21,18 +17,15 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
     task_part = {"dataset": task.dataset, "model": task.model, "val_fraction": task.val_fraction,
                  "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
                  "head": task.head}
-    parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": _recipe_part(job.recipe),
+    parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": keyed_fields(job.recipe),
                              "seed": job.seed}
     if job.freeze:
         parts["freeze"] = job.freeze
     if job.make != "train" or job.options:  # a plain trained job keeps the key it had before makers existed
         parts["make"] = {"name": job.make, "options": [list(pair) for pair in job.options]}
+        if job.refs:  # a maker reads the jobs it refers to (SPRO's vertices, SWAG's moments, the member to align to)
+            parts["make"]["refs"] = ref_keys
     if job.regularizer != "none" and job.alpha != 0:  # alpha 0 is the plain member and shares its key
         parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
                         "refs": ref_keys}
     return content_key(**parts)
-
-
-def _recipe_part(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's fields, those of the engine left out at their defaults."""
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if _ENGINE_DEFAULTS.get(k, ...) != v}

@@ -109,9 +109,12 @@ class Workspace:
 
     def split(self, name: str, device: torch.device, augmentation: Augmentation = Augmentation()) -> Split:
         """Split ``name`` bound to ``device`` at the backbone's input, once per augmentation."""
-        key = (name, str(device), augmentation)
+        key, plain = (name, str(device), augmentation), (name, str(device), Augmentation())
+        if plain not in self._splits:
+            self._splits[plain] = getattr(self.data, name).bind(device, self.preprocess, Augmentation())
         if key not in self._splits:
-            self._splits[key] = getattr(self.data, name).bind(device, self.preprocess, augmentation)
+            # Rebound from the plain split, already on the device: members of many recipes share one copy.
+            self._splits[key] = self._splits[plain].bind(device, self.preprocess, augmentation)
         return self._splits[key]
 
     def bind(self, split: Split, device: torch.device) -> Split:

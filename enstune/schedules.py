@@ -10,6 +10,8 @@ from enstune.registry import Registry
 # factor(step, total_steps, warmup_steps) -> multiplier of the peak lr
 Schedule = Callable[[int, int, int], float]
 SCHEDULES: Registry[Schedule] = Registry("schedule")
+# FGE's lowest learning rate, as a fraction of the peak (``triangular`` and ``fge``).
+FGE_FLOOR = 0.01
 
 
 def register_schedule(fn: Schedule) -> Schedule:
@@ -56,4 +58,18 @@ def triangular(step: int, total: int, warmup: int) -> float:
     if w is not None:
         return w
     t = (step - warmup) / max(1, total - warmup)
-    return 1.0 - 0.99 * (1.0 - abs(2.0 * t - 1.0))
+    return 1.0 - (1.0 - FGE_FLOOR) * (1.0 - abs(2.0 * t - 1.0))
+
+
+@register_schedule
+def fge(step: int, total: int, warmup: int) -> float:
+    """FGE's cycle as one member's job: linear from the minimum up to the peak at mid-cycle and back down.
+
+    The last step runs at the minimum (1% of the peak), where FGE collects its model; consecutive jobs
+    make one periodic triangle wave (a job's first step is one step up from its parent's last).
+    """
+    w = _warmup(step, warmup)
+    if w is not None:
+        return w
+    t = min(1.0, (step - warmup + 1) / max(1, total - warmup))
+    return FGE_FLOOR + (1.0 - FGE_FLOOR) * (1.0 - abs(2.0 * t - 1.0))

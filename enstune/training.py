@@ -40,7 +40,7 @@ class TrainStats:
     steps: int
     seconds: float
     final_loss: float
-    optimizer_state: Any = None  # the optimizer's per-parameter state at the end (momentum buffers, say)
+    optimizer_state: Any = None  # the optimizer's state at the end by parameter name (momentum buffers, say)
 
 
 def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
@@ -90,7 +90,7 @@ def train(
     frozen: Sequence[nn.Module] = (),
     tap: str = "",
     span: tuple[int, int] | None = None,
-    optimizer_state: dict[int, dict[str, torch.Tensor]] | None = None,
+    optimizer_state: dict[str, dict[str, torch.Tensor]] | None = None,
     after_step: Callable[[nn.Module, float], None] | None = None,
     ce_weight: float = 1.0,
 ) -> TrainStats:
@@ -111,8 +111,12 @@ def train(
     rank, world = rank_and_world()
     generator = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model, recipe)
+    # The optimizer's state by parameter name, not position: a job with frozen stages optimizes fewer.
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    order = [name_of[id(p)] for group in opt.param_groups for p in group["params"]]
     if optimizer_state is not None:
-        opt.load_state_dict({"state": optimizer_state, "param_groups": opt.state_dict()["param_groups"]})
+        state = {i: optimizer_state[n] for i, n in enumerate(order) if n in optimizer_state}
+        opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     first, last = span if span is not None else (0, recipe.epochs)
     if not 0 <= first < last <= recipe.epochs:
         raise ValueError(f"span {span} is not within the recipe's {recipe.epochs} epochs")
@@ -148,7 +152,7 @@ def train(
     if channels_last:
         model.to(memory_format=torch.contiguous_format)  # its state dict as any other member's
     return TrainStats(last - first, (last - first) * per_epoch, time.perf_counter() - start, mean_loss,
-                      opt.state_dict()["state"])
+                      {order[i]: entry for i, entry in opt.state_dict()["state"].items()})
 
 
 def tap_features(model: nn.Module, tap: str, into: list[torch.Tensor]) -> Any:

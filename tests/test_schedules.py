@@ -43,3 +43,16 @@ def test_triangular_and_constant():
 def test_unknown_schedule():
     with pytest.raises(ConfigError, match="unknown schedule 'saw'"):
         get_schedule("saw")
+
+
+def test_fge_climbs_from_the_minimum_to_the_peak_and_back_ending_at_the_minimum():
+    f = get_schedule("fge")
+    values = [f(s, 8, 0) for s in range(8)]
+    assert values[-1] == pytest.approx(0.01), "the member is taken at the minimum"
+    assert max(values) == values[3] == pytest.approx(1.0), "the peak at mid-cycle"
+    assert all(a < b for a, b in zip(values[:4], values[1:4])) and all(a > b for a, b in zip(values[3:], values[4:]))
+    assert values[0] - 0.01 == pytest.approx(values[3] - values[4]), "one step up from the parent's minimum"
+    # FGE's triangle (peak, 1%, peak) shifted by half a cycle: consecutive jobs are one periodic wave
+    tri = get_schedule("triangular")
+    assert values == pytest.approx([tri((s + 1 + 4) % 8, 8, 0) for s in range(8)])
+    assert f(0, 1, 0) == pytest.approx(0.01) and f(10, 10, 0) == pytest.approx(0.01), "never below the minimum"

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+# The public adjust_hue shifts a whole batch by one amount; a shift per image needs its HSV conversions.
+from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+from enstune.recipe import Augmentation
+
+COLOR_P = 0.5  # each colour jitter reaches an image with this probability (StarSSE paper, Appendix K)
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator, pad: int) -> torch.Tensor:
@@ -28,3 +38,67 @@ def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The standard CIFAR augmentation: 4-pixel random crop and horizontal flip."""
     return random_flip(random_shift(x, generator, 4), generator)
+
+
+def _blend(degenerate: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A jitter as torchvision computes it, ``factor × image + (1 − factor) × degenerate``, with a factor per image.
+
+    ``degenerate`` is torchvision's own adjustment at factor 0 (black; the image's mean grey; its greyscale).
+    """
+    def adjust(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        grey = degenerate(x)
+        if grey is x:  # torchvision's saturation of grey images: nothing to blend
+            return x
+        f = factor[:, None, None, None]
+        return (x * f + grey * (1 - f)).clamp_(0, 1)
+    return adjust
+
+
+def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:  # grey images have no hue: torchvision and PIL leave them as they are
+        return x
+    h, s, v = _rgb_to_hsv(x).unbind(1)
+    return _hsv_to_rgb(torch.stack(((h + shift[:, None, None]).remainder_(1.0), s, v), 1))
+
+
+# ColorJitter's four jitters, in its order: (adjust(images, per-image factors), the factor that leaves an image as is).
+JITTERS = {
+    "brightness": (_blend(lambda x: TF.adjust_brightness(x, 0.0)), 1.0),
+    "contrast": (_blend(lambda x: TF.adjust_contrast(x, 0.0)), 1.0),
+    "saturation": (_blend(lambda x: TF.adjust_saturation(x, 0.0)), 1.0),
+    "hue": (_hue, 0.0),
+}
+
+
+def color_jitter(augmentation: Augmentation) -> v2.ColorJitter:
+    """torchvision's ColorJitter with the augmentation's limits (checked as it checks them); None where off."""
+    return v2.ColorJitter(brightness=augmentation.brightness, contrast=augmentation.contrast,
+                          saturation=augmentation.saturation, hue=augmentation.hue)
+
+
+def color_jitters(augmentation: Augmentation) -> list[v2.Transform]:
+    """The colour jitters for images transformed one at a time (PIL or uint8): each applied with probability 0.5."""
+    jitter = color_jitter(augmentation)
+    return [v2.RandomApply([v2.ColorJitter(**{name: limits})], p=COLOR_P)
+            for name in JITTERS if (limits := getattr(jitter, name)) is not None]
+
+
+def random_color(x: torch.Tensor, generator: torch.Generator, augmentation: Augmentation) -> torch.Tensor:
+    """Colour jitter of a batch of images in [0, 1], every image its own draws (``x`` itself when the jitter is off).
+
+    Brightness, contrast, saturation and hue in turn, each applied to an image with probability 0.5 and a
+    strength uniform within the augmentation's limits, as ``color_jitters`` does image by image. On grey
+    (1-channel) images only brightness and contrast act: saturation and hue leave grey as it is.
+    """
+    if not augmentation.color:
+        return x
+    jitter = color_jitter(augmentation)
+    for name, (adjust, identity) in JITTERS.items():
+        limits = getattr(jitter, name)
+        if limits is None:
+            continue
+        n = len(x)
+        apply = (torch.rand(n, generator=generator) < COLOR_P).to(x.device)
+        factor = torch.empty(n).uniform_(*limits, generator=generator).to(x.device, x.dtype)
+        x = torch.where(apply[:, None, None, None], adjust(x, torch.where(apply, factor, identity)), x)
+    return x

@@ -22,7 +22,7 @@ import torch
 
 from enstune.data._base import TaskData, TensorSplit, carve_validation
 from enstune.data._registry import register_dataset
-from enstune.data.augment import random_shift
+from enstune.data.augment import random_color, random_shift
 from enstune.data.corruptions import corrupt
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
@@ -54,8 +54,13 @@ def _digits() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _shift(_prep: Preprocess | None, aug: Augmentation) -> tuple[Any, None]:
-    """The digits' augmentation: a random one-pixel shift (any policy but ``none``); evaluation as is."""
-    return (None if aug.policy == "none" else partial(random_shift, pad=1)), None
+    """The digits' augmentation: a random one-pixel shift (any policy but ``none``), then the recipe's colour
+    jitter, of which only brightness and contrast act on grey digits; evaluation as is."""
+    return (None if aug.policy == "none" else partial(_shift_color, augmentation=aug)), None
+
+
+def _shift_color(x: torch.Tensor, generator: torch.Generator, augmentation: Augmentation) -> torch.Tensor:
+    return random_color(random_shift(x, generator, 1), generator, augmentation)
 
 
 def _split(x: torch.Tensor, y: torch.Tensor) -> TensorSplit:

@@ -25,6 +25,7 @@ from torchvision.transforms import v2
 
 from enstune.data._base import MIN_SHARE, Batch, Split, TaskData, carve_validation, share
 from enstune.data._registry import register_dataset
+from enstune.data.augment import color_jitters
 from enstune.data.images import check_policy, eval_resize, interpolation_mode
 from enstune.errors import EnstuneError
 from enstune.preprocess import Preprocess
@@ -43,7 +44,8 @@ def _pil_transform(preprocess: Preprocess, augmentation: Augmentation, train: bo
             steps.append(v2.RandAugment(num_ops=augmentation.ops, magnitude=augmentation.magnitude))
     else:
         steps = [v2.Resize(eval_resize(preprocess), interpolation=mode, antialias=True), v2.CenterCrop(size)]
-    return v2.Compose([*steps, v2.PILToTensor()])
+    jitter = color_jitters(augmentation) if train and augmentation.policy != "none" else []
+    return v2.Compose([*steps, v2.PILToTensor(), *jitter])
 
 
 class _Images(VisionDataset):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 
 from enstune.data._base import EvalTransform, TrainTransform
-from enstune.data.augment import crop_flip
+from enstune.data.augment import crop_flip, random_color
 from enstune.errors import EnstuneError
 from enstune.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from enstune.recipe import POLICIES, Augmentation
@@ -109,14 +109,14 @@ def _train(x: torch.Tensor, generator: torch.Generator, preprocess: Preprocess, 
     boxes = crop_boxes(len(x), x.shape[-2], x.shape[-1], generator)
     flip = torch.rand(len(x), generator=generator) < 0.5
     out = resized_crops(_unit(x), boxes, flip, preprocess.size, preprocess.interpolation)
-    return normalize(out.clamp_(0, 1))  # bicubic overshoots the pixel range
+    return normalize(random_color(out.clamp_(0, 1), generator, augmentation))  # bicubic overshoots the pixel range
 
 
 def _native_train(x: torch.Tensor, generator: torch.Generator, augmentation: Augmentation,
                   normalize: v2.Normalize) -> torch.Tensor:
     if augmentation.policy == "randaugment":
         x = _randaugment(x, generator, augmentation)
-    return normalize(crop_flip(_unit(x), generator))
+    return normalize(random_color(crop_flip(_unit(x), generator), generator, augmentation))
 
 
 def _eval_as_train(x: torch.Tensor, _generator: torch.Generator, evaluate: EvalTransform) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from enstune.methods import deep_ensembles, finetune, snapshot  # noqa: F401  (registration)
+from enstune.methods import (constrained, csgld, deep_ensembles, distilled, fge,  # noqa: F401  (registration)
+                             finetune, laplace, permuted, snapshot, spro, standard_sse, swag, swe)
 from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Built, Made, MemberJob, Method, first_member, member_seed,
                                    regularize)
 from enstune.methods._registry import get_maker, get_method, list_methods, register_maker, register_method

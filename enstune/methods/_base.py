@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from enstune.config import TrialConfig
+from enstune.config import StudySpec, TrialConfig
 from enstune.recipe import Augmentation, Recipe
 
 State = dict[str, torch.Tensor]
@@ -108,8 +108,10 @@ def member_seed(seed: int, index: int) -> int:
 
 def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
     """Trained members 2..K with the trial's regularizer, alpha and frozen stages; member 1 stays as planned."""
+    from enstune.methods._registry import TRAINING_MAKERS
+
     members = [j.index for j in jobs if j.member]
-    later = {i for i in members[1:] if next(j for j in jobs if j.index == i).make == "train"}
+    later = {i for i in members[1:] if next(j for j in jobs if j.index == i).make in TRAINING_MAKERS}
     if cfg.freeze:
         jobs = [dataclasses.replace(j, freeze=cfg.freeze) if j.index in later else j for j in jobs]
     if cfg.regularizer == "none":
@@ -146,3 +148,6 @@ class Method(ABC):
     @abstractmethod
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         """The member jobs, in member order."""
+
+    def check(self, spec: StudySpec) -> None:
+        """Refuse, where a study is created, a spec this method cannot run (a ConfigError saying why)."""

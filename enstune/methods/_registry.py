@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 METHODS: Registry[Method] = Registry("method")
 MAKERS: Registry[Maker] = Registry("maker")
+TRAINING_MAKERS: set[str] = set()  # makers that run the training loop: a trial's regularizer and frozen stages reach them
 OPTIMIZER = "optimizer/"  # the prefix of a job's optimizer state among its extras
 
 
@@ -34,8 +35,10 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
-def register_maker(name: str):  # noqa: ANN201 - a decorator
-    """Register ``make(bench, job, model, parent, refs) -> Made`` under ``name``."""
+def register_maker(name: str, trains: bool = False):  # noqa: ANN201 - a decorator
+    """Register ``make(bench, job, model, parent, refs) -> Made`` under ``name``; ``trains``: it runs the training loop."""
+    if trains:
+        TRAINING_MAKERS.add(name)
     return MAKERS.register(name)
 
 
@@ -44,7 +47,7 @@ def get_maker(name: str) -> Maker:
     return MAKERS.get(name)
 
 
-@register_maker("train")
+@register_maker("train", trains=True)
 def train_job(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
     """The one training loop; options ``span`` (train epochs [a, b) of the recipe's schedule) and
     ``carry_optimizer`` (start from the parent's optimizer state, e.g. its momentum, and keep this job's)."""
@@ -54,17 +57,17 @@ def train_job(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | No
     return Made(stats.epochs, flatten_optimizer(stats.optimizer_state) if carry else {})
 
 
-def flatten_optimizer(state: dict[int, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """An optimizer's per-parameter state (``state_dict()["state"]``) as flat CPU tensors."""
-    return {f"{OPTIMIZER}{i}/{name}": torch.as_tensor(v).detach().cpu().clone()
-            for i, entry in state.items() for name, v in entry.items()}
+def flatten_optimizer(state: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """An optimizer's state by parameter name (``TrainStats.optimizer_state``) as flat CPU tensors."""
+    return {f"{OPTIMIZER}{param}/{name}": torch.as_tensor(v).detach().cpu().clone()
+            for param, entry in state.items() for name, v in entry.items()}
 
 
-def unflatten_optimizer(extras: dict[str, torch.Tensor]) -> dict[int, dict[str, torch.Tensor]] | None:
+def unflatten_optimizer(extras: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]] | None:
     """``flatten_optimizer``'s inverse over a job's extras; None when they hold no optimizer state."""
-    out: dict[int, dict[str, torch.Tensor]] = {}
+    out: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in extras.items():
         if key.startswith(OPTIMIZER):
-            index, name = key[len(OPTIMIZER):].split("/", 1)
-            out.setdefault(int(index), {})[name] = value
+            param, name = key[len(OPTIMIZER):].rsplit("/", 1)
+            out.setdefault(param, {})[name] = value.clone()  # the optimizer steps its state in place
     return out or None

@@ -1,0 +1,86 @@
+"""Cyclical SGLD (Zhang et al., 2020; StarSSE paper, Appendix D.2): cosine cycles ending in Langevin sampling.
+
+Member 1 is the ×1 fine-tune. Each later cycle runs the cycle recipe's cosine schedule from the previous
+cycle's last sample; its last ``SAMPLES_PER_CYCLE`` epochs are the sampling phase, where every optimizer
+step is followed by Langevin noise, and the weights at the end of each of those epochs are members.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from enstune.config import TrialConfig
+from enstune.data._base import steps_per_epoch
+from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Built, Made, MemberJob, Method, first_member,
+                                   member_seed)
+from enstune.methods._registry import flatten_optimizer, register_maker, register_method, unflatten_optimizer
+
+# Samples per cycle: cSGLD's CIFAR code saves the last 3 epochs of every cycle (ruqizhang/csgmcmc,
+# experiments/cifar100_csgmcmc.py: ``if (epoch%50)+1>47: # save 3 models per cycle``), as D.2 keeps.
+SAMPLES_PER_CYCLE = 3
+# The posterior's temperature T: cSGLD's default ``--temperature 1./50000`` ("1/dataset_size" of CIFAR),
+# same file; with it the noise is ``(2 lr T / N)^0.5`` per step, N the training set's size.
+TEMPERATURE = 1.0 / 50000
+
+
+def langevin_noise(temperature: float, examples: int, generator: torch.Generator,
+                   quiet: int = 0) -> Callable[[nn.Module, float], None]:
+    """An ``after_step(model, lr)`` hook: N(0, 2·lr·T/N) added to every trainable weight, after ``quiet`` steps."""
+    steps = itertools.count()
+
+    @torch.no_grad()
+    def add(model: nn.Module, lr: float) -> None:
+        if next(steps) < quiet or temperature == 0:
+            return
+        std = math.sqrt(2.0 * lr * temperature / examples)
+        for p in model.parameters():
+            if p.requires_grad:  # frozen stages stay where they are
+                p.add_(torch.randn(p.shape, generator=generator, device=p.device, dtype=p.dtype), alpha=std)
+
+    return add
+
+
+@register_maker("langevin", trains=True)
+def langevin(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+    """Train ``span`` of the recipe's schedule, with Langevin noise (``temperature``) from epoch ``sampling_from``
+    on; the optimizer starts from the parent's state (when it kept one) and is kept for the next sample."""
+    first, last = job.option("span", (0, job.recipe.epochs))
+    data = bench.split("train", job.recipe.augmentation)
+    quiet = max(0, job.option("sampling_from", first) - first) * steps_per_epoch(len(data), job.recipe.batch_size)
+    # Seeded by the job: a member's noise is part of its content, and every rank of a DDP member draws the same.
+    generator = torch.Generator(bench.device).manual_seed(job.seed)
+    noise = langevin_noise(job.option("temperature", TEMPERATURE), len(data), generator, quiet)
+    start = unflatten_optimizer(parent.extras) if parent is not None else None
+    stats = bench.train(model, job, span=(first, last), optimizer_state=start, after_step=noise)
+    return Made(stats.epochs, flatten_optimizer(stats.optimizer_state))
+
+
+@register_method
+class CSGLD(Method):
+    name = "csgld"
+    description = ("member 1 with the ×1 recipe; then cosine cycles of the cycle recipe from the previous sample, "
+                   "each giving the weights after its last 3 epochs, sampled with Langevin noise")
+    shared_members = 1
+    reads = LATER_MEMBER_PARAMS | {"lr_mult", "epoch_mult"}
+    options = {"temperature": TEMPERATURE}
+
+    def plan(self, cfg: TrialConfig) -> list[MemberJob]:
+        cycle = cfg.recipe.cycle(cfg.lr_mult, cfg.epoch_mult)
+        # A cycle shorter than 3 epochs gives one sample per epoch, all of it sampling phase: members stay
+        # at epoch ends of the cycle's schedule, and more cycles make up the K members.
+        samples = min(SAMPLES_PER_CYCLE, cycle.epochs)
+        sampling = cycle.epochs - samples  # the epoch of the cycle where the noise starts
+        temperature = cfg.option("temperature", TEMPERATURE)
+        jobs = [first_member(cfg)]
+        for k in range(2, cfg.members + 1):
+            i = (k - 2) % samples  # the sample's place in its cycle; the first also runs the exploration
+            span = (0 if i == 0 else sampling + i, sampling + i + 1)
+            jobs.append(MemberJob(k, cycle, member_seed(cfg.seed, k), parent=k - 1, make="langevin",
+                                  options=(("sampling_from", sampling), ("span", span),
+                                           ("temperature", temperature))))
+        return jobs
