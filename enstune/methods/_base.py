@@ -131,6 +131,12 @@ def first_member(cfg: TrialConfig, checkpoint: int = 0, index: int = 1) -> Membe
                      checkpoint=checkpoint)
 
 
+def chain(cfg: TrialConfig, recipe: Recipe, options: tuple[tuple[str, Any], ...] = ()) -> list[MemberJob]:
+    """Member 1 the ×1 fine-tune, then member k from member k-1 with ``recipe`` (and the maker's ``options``)."""
+    return [first_member(cfg)] + [MemberJob(k, recipe, member_seed(cfg.seed, k), parent=k - 1, options=options)
+                                  for k in range(2, cfg.members + 1)]
+
+
 class Method(ABC):
     """An ensembling method: a plan of member jobs for a trial."""
 

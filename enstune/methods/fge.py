@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from enstune.config import TrialConfig
-from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, first_member, member_seed
+from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, chain
 from enstune.methods._registry import register_method
 from enstune.recipe import Recipe
 
@@ -28,7 +28,4 @@ class FGE(Method):
         # Member 1 is the ×1 fine-tune every method shares and keeps no optimizer state, so member 2 starts
         # with fresh momentum (SGD's first step sets the buffer to its gradient) at the foot of its triangle;
         # from member 2 on each job hands its momentum to the next, as FGE's one continuing optimizer.
-        cycle = fge_cycle(cfg.recipe, cfg.lr_mult, cfg.epoch_mult)
-        return [first_member(cfg)] + [
-            MemberJob(k, cycle, member_seed(cfg.seed, k), parent=k - 1, options=(("carry_optimizer", True),))
-            for k in range(2, cfg.members + 1)]
+        return chain(cfg, fge_cycle(cfg.recipe, cfg.lr_mult, cfg.epoch_mult), (("carry_optimizer", True),))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enstune.config import TrialConfig
 from enstune.methods._registry import register_method
-from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, first_member, member_seed
+from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, chain, first_member, member_seed
 from enstune.methods.deep_ensembles import DIVERSIFY_OPTIONS, diversify
 
 CYCLE_PARAMS = LATER_MEMBER_PARAMS | {"lr_mult", "epoch_mult"}
@@ -26,7 +26,7 @@ class SSE(Method):
     reads = CYCLE_PARAMS
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
-        return _cycles(cfg, {k: k - 1 for k in range(2, cfg.members + 1)})
+        return chain(cfg, cfg.recipe.cycle(cfg.lr_mult, cfg.epoch_mult))
 
 
 @register_method

@@ -118,7 +118,7 @@ def _volume_term(fixed: list[State], names: list[str], vertex: list[torch.Tensor
     return term
 
 
-@register_maker("spro_vertex")
+@register_maker("spro-vertex")
 def train_vertex(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
     """The simplex's next vertex: starts at the centroid of the vertices ``refs`` and trains, with them frozen, the
     loss at a uniform random point of their simplex with it (one point per step) minus λ log the simplex's volume."""
@@ -138,7 +138,7 @@ def train_vertex(bench: Bench, job: MemberJob, model: nn.Module, parent: Built |
     return Made(stats.epochs)
 
 
-@register_maker("spro_sample")
+@register_maker("spro-sample")
 def sample_point(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
     """A uniform random point of the simplex of the vertices ``refs`` (drawn from the job's seed), BatchNorm
     re-estimated; its simplex weights are kept in the extras."""
@@ -170,10 +170,10 @@ class SPRO(Method):
             raise ConfigError(f"options.volume_weight must be >= 0, got {weight=}")
         dim = int(dim)
         cycle = first.recipe.cycle(cfg.lr_mult, cfg.epoch_mult)
-        vertices = [MemberJob(j, cycle, member_seed(cfg.seed, j), parent=1, refs=tuple(range(1, j)), make="spro_vertex",
+        vertices = [MemberJob(j, cycle, member_seed(cfg.seed, j), parent=1, refs=tuple(range(1, j)), make="spro-vertex",
                               options=(("volume_weight", weight),), member=False) for j in range(2, dim + 2)]
         # The vertices' recipe and settings are in each sample's key, which names its parent, not the vertices it reads.
         samples = [MemberJob(k, cycle, member_seed(cfg.seed, k), parent=1, refs=tuple(range(1, dim + 2)),
-                             make="spro_sample", options=(("simplex_dim", dim), ("volume_weight", weight)))
+                             make="spro-sample", options=(("simplex_dim", dim), ("volume_weight", weight)))
                    for k in range(dim + 2, dim + 1 + cfg.members)]
         return [first, *vertices, *samples]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from enstune.config import TrialConfig
-from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, first_member, member_seed
+from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, chain
 from enstune.methods._registry import register_method
 from enstune.recipe import Recipe
 
@@ -28,7 +28,4 @@ class SWE(Method):
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         # Member 1 stays the plain ×1 fine-tune that other methods share, so it keeps no optimizer state:
         # member 2's momentum starts afresh, and from there on one run goes on through the snapshots.
-        cycle = constant_cycle(cfg)
-        return [first_member(cfg)] + [
-            MemberJob(k, cycle, member_seed(cfg.seed, k), parent=k - 1, options=(("carry_optimizer", True),))
-            for k in range(2, cfg.members + 1)]
+        return chain(cfg, constant_cycle(cfg), (("carry_optimizer", True),))
