@@ -82,8 +82,8 @@ def cfg(members: int = 4, **options: float) -> TrialConfig:
 def test_the_plan_is_member_one_vertices_then_samples():
     jobs = get_method("spro").plan(cfg(members=4))
     assert [(j.index, j.make, j.member) for j in jobs] == [
-        (1, "train", True), (2, "spro_vertex", False), (3, "spro_vertex", False),
-        (4, "spro_sample", True), (5, "spro_sample", True), (6, "spro_sample", True)]
+        (1, "train", True), (2, "spro-vertex", False), (3, "spro-vertex", False),
+        (4, "spro-sample", True), (5, "spro-sample", True), (6, "spro-sample", True)]
     assert jobs[0] == get_method("starsse").plan(cfg(members=4))[0], "member 1 is shared with the other methods"
     assert [j.refs for j in jobs[1:]] == [(1,), (1, 2)] + [(1, 2, 3)] * 3
     assert all(j.parent == 1 and j.recipe == jobs[0].recipe.cycle(4, 0.25) for j in jobs[1:])
@@ -125,10 +125,10 @@ def train_vertex(ws: Workspace, vertices: list[dict[str, torch.Tensor]], weight:
     """The next vertex of the simplex of ``vertices`` with the real maker and training loop (the new head trains)."""
     n = len(vertices) + 1
     recipe = Recipe(epochs=8, lr=0.05, weight_decay=0.0, batch_size=32, warmup_epochs=0)
-    job = MemberJob(n, recipe, 11, parent=1, refs=tuple(range(1, n)), make="spro_vertex",
+    job = MemberJob(n, recipe, 11, parent=1, refs=tuple(range(1, n)), make="spro-vertex",
                     options=(("volume_weight", weight),), member=False)
     model = ws.model_from(vertices[0], CPU)
-    get_maker("spro_vertex")(_Bench(ws, job, CPU, {}, None), job, model, Built(vertices[0]),
+    get_maker("spro-vertex")(_Bench(ws, job, CPU, {}, None), job, model, Built(vertices[0]),
                              {i + 1: Built(v) for i, v in enumerate(vertices)})
     assert not parametrize.is_parametrized(model) and model.state_dict().keys() == vertices[0].keys()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
