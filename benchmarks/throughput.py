@@ -20,11 +20,18 @@ For each backbone (random weights, built offline) it prints, measured in one run
     and as DistributedDataParallel over all of them, one process each, as ``study run --per-member``
     trains it; on two GPUs the goal is a ratio of at least 1.8.
 
+  - JPEG decoding (``--section decode``): images per second of the streaming folder loader at 224
+    on the same ``--images`` JPEGs (500x375, written on the fly), decoded by PIL in ``--workers``
+    DataLoader workers against read there and decoded on ``--device`` in batches
+    (``torchvision.io.decode_jpeg``; nvjpeg on CUDA), for training (RandomResizedCrop, flip) and
+    evaluation (Resize, CenterCrop) batches; each path timed over two epochs, alternated.
+
     .venv/bin/python benchmarks/throughput.py [--device cuda:0] [--batch 8] [--steps 3] [--workers 2]
-        [--section all|loop|pipeline|ddp] [--model NAME] [--warmup 2] [--cifar DIR] [--cifar-images 1024]
+        [--section all|loop|pipeline|ddp|decode] [--model NAME] [--warmup 2] [--cifar DIR] [--cifar-images 1024]
         [--ddp-devices cpu,cpu]
     e.g. on a GPU: --device cuda:0 --section pipeline --batch 256 --steps 100 --warmup 20
              --section ddp --ddp-devices cuda:0,cuda:1 --model resnet50.tv_in1k --batch 256 --steps 50
+             --section decode --device cuda:0 --workers 8 --batch 256 --images 4096
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from enstune.data.cifar import _lenient
 from enstune.data.folders import FolderSplit
 from enstune.data.images import image_transforms
 from enstune.models import create_model, preprocess
+from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
 from enstune.training import autocast, fast_kernels, train
 
@@ -122,6 +130,29 @@ def loader_rate(device: torch.device, batch: int, workers: int, images: int) -> 
             seen += len(x)
         _sync(device)
         return seen / (time.perf_counter() - start)
+
+
+def decode_rates(device: torch.device, batch: int, workers: int, images: int) -> None:
+    """Print images per second of PIL in the workers and of decoding on ``device``, on the same JPEGs at 224."""
+    with tempfile.TemporaryDirectory() as tmp:
+        files = jpeg_tree(Path(tmp), images)
+        y = torch.tensor([int(f[1]) for f in files])
+        print(f"JPEG decoding on {device}: {images} JPEGs 500x375 -> 224, batch {batch}, {workers} workers, "
+              f"torch threads {torch.get_num_threads()}")
+        for phase, generator in (("train", 0), ("eval", None)):
+            seconds = {"workers": 0.0, "device": 0.0}
+            for decode in [*seconds] * 2:  # alternated: on a shared machine the order of two runs biases their ratio
+                split = FolderSplit(Path(tmp), files, y, workers, decode=decode).bind(device, Preprocess(),
+                                                                                     Augmentation())
+                gen = None if generator is None else torch.Generator().manual_seed(generator)
+                start = time.perf_counter()
+                for _ in split.batches(batch, gen):
+                    pass
+                _sync(device)
+                seconds[decode] += time.perf_counter() - start
+            rates = {k: 2 * images / v for k, v in seconds.items()}
+            print(f"  {phase:5s} PIL in workers {rates['workers']:8.1f} img/s, decoded on {device} "
+                  f"{rates['device']:8.1f} img/s, device / workers {rates['device'] / rates['workers']:.2f}x")
 
 
 def cifar_tree(root: Path, images: int) -> Path:
@@ -283,9 +314,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--images", type=int, default=192, help="JPEGs the loader streams")
-    parser.add_argument("--section", choices=("all", "loop", "pipeline", "ddp"), default="all",
+    parser.add_argument("--section", choices=("all", "loop", "pipeline", "ddp", "decode"), default="all",
                         help="loop: the training loop and the folder loader; pipeline: CIFAR against the reference; "
-                             "ddp: one member over several devices")
+                             "ddp: one member over several devices; decode: JPEGs decoded in workers or on the device")
     parser.add_argument("--ddp-devices", default="cpu,cpu", help="the devices of the ddp section's member")
     parser.add_argument("--model", help="one backbone (default: each of MODELS; the first for the pipeline)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the pipeline's timed ones")
@@ -293,6 +324,9 @@ def main() -> None:
     parser.add_argument("--cifar-images", type=int, default=1024, help="training images of the CIFAR written here")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.section == "decode":
+        decode_rates(device, args.batch, args.workers, args.images)
+        return
     if args.section in ("all", "ddp"):
         ddp(args.model or MODELS[0], args.ddp_devices.split(","), args.batch, args.steps)
     if args.section == "ddp":

@@ -34,6 +34,8 @@ class Task:
     split_seed: int = 0
     partition: int = 1  # SUN-397's train/test partition (1..10; the paper uses the first)
     workers: int = 8  # DataLoader workers of streamed (folder) datasets
+    # Where folder datasets decode JPEGs: "workers" (PIL), "device" (torchvision's decode_jpeg there), "auto" (device on CUDA)
+    decode: str = "auto"
     checkpoint_prefix: str = ""  # a key prefix to strip from the checkpoints' state dicts
     head: str = "new"  # "new": a random head; "zeroshot": CLIP's zero-shot classifier from the class names
 
@@ -310,6 +312,8 @@ def _validate_task(task: Task) -> None:
         raise ConfigError(f"task.partition must be in 1..10, got {_show(task.partition)}")
     if not 0 <= task.workers <= MAX_WORKERS:
         raise ConfigError(f"task.workers must be in 0..{MAX_WORKERS}, got {_show(task.workers)}")
+    if task.decode not in ("workers", "device", "auto"):
+        raise ConfigError(f"task.decode must be workers, device or auto, got {task.decode!r}")
     if task.head not in ("new", "zeroshot"):
         raise ConfigError(f"task.head must be new or zeroshot, got {task.head!r}")
     if not task.dataset or not task.model:
@@ -346,6 +350,10 @@ RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "randaugment_ops": (lambda v: 0 <= v <= 16, "in 0..16"),
     "randaugment_magnitude": (lambda v: 0 <= v <= 30, "in 0..30"),
     "precision": (lambda v: v in PRECISIONS, ", ".join(PRECISIONS[:-1]) + " or " + PRECISIONS[-1]),
+    "color_brightness": (lambda v: 0 <= v[0] <= v[1], "[low, high] with 0 <= low <= high ([1, 1]: off)"),
+    "color_contrast": (lambda v: 0 <= v[0] <= v[1], "[low, high] with 0 <= low <= high ([1, 1]: off)"),
+    "color_saturation": (lambda v: 0 <= v[0] <= v[1], "[low, high] with 0 <= low <= high ([1, 1]: off)"),
+    "color_hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5] (0: off)"),
 }
 
 

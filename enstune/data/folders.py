@@ -4,16 +4,19 @@ A ``FolderSplit`` holds (file, label) pairs; a ``DataLoader`` decodes and transf
 workers with torchvision's v2 transforms, as timm does: RandomResizedCrop + flip (+ RandAugment)
 to train, Resize(size / crop_pct) + CenterCrop to evaluate. Workers hand over uint8 batches;
 the scaling to [0, 1] and the normalisation (v2's ToDtype and Normalize) run on the device, so
-pinned memory and the host-to-device copy carry a quarter of the bytes.
+pinned memory and the host-to-device copy carry a quarter of the bytes. With ``decode="device"``
+(the default on CUDA) the workers only read the files and draw the crops, and the device decodes
+and transforms the batch (``enstune.data.jpeg``): CPU cores that cannot decode ImageNet for eight
+GPUs can read it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,8 +28,8 @@ from torchvision.transforms import v2
 
 from enstune.data._base import MIN_SHARE, Batch, Split, TaskData, carve_validation, share
 from enstune.data._registry import register_dataset
-from enstune.data.augment import color_jitters
-from enstune.data.images import check_policy, eval_resize, interpolation_mode
+from enstune.data.images import check_policy
+from enstune.data.jpeg import Reader, Steps, device_batch, gather, image_steps
 from enstune.errors import EnstuneError
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation
@@ -34,42 +37,49 @@ from enstune.recipe import Augmentation
 PREFETCH = 2  # batches each worker keeps ready
 
 
-def _pil_transform(preprocess: Preprocess, augmentation: Augmentation, train: bool) -> v2.Compose:
+DECODES = ("workers", "device", "auto")  # where JPEGs are decoded; auto: on the device when it is a GPU
+
+
+def _pil_transform(steps: Steps) -> v2.Compose:
     """The per-image part, PIL in, uint8 tensor at the input size out."""
-    mode = interpolation_mode(preprocess.interpolation)
-    size = list(preprocess.size)
-    if train and augmentation.policy != "none":
-        steps = [v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip()]
-        if augmentation.policy == "randaugment" and augmentation.ops > 0:
-            steps.append(v2.RandAugment(num_ops=augmentation.ops, magnitude=augmentation.magnitude))
-    else:
-        steps = [v2.Resize(eval_resize(preprocess), interpolation=mode, antialias=True), v2.CenterCrop(size)]
-    jitter = color_jitters(augmentation) if train and augmentation.policy != "none" else []
-    return v2.Compose([*steps, v2.PILToTensor(), *jitter])
+    if steps.crop is None:
+        return v2.Compose([*steps.evaluate, v2.PILToTensor()])
+    return v2.Compose([steps.crop, steps.flip, *steps.augment, v2.PILToTensor(), *steps.jitter])
 
 
-class _Images(VisionDataset):
-    """Files under ``root`` decoded to RGB; an item is an index, or (index, seed) for a seeded augmentation."""
+class _Decoded:
+    """A worker's part of the PIL path: ``read(path, seed)`` decodes one file to RGB and transforms it."""
 
-    def __init__(self, root: Path, files: Sequence[str], labels: np.ndarray, transform: v2.Compose) -> None:
-        super().__init__(os.fspath(root), transform=transform)
-        # One bytes array, not a list of str: forked workers reading a list touch every object's
-        # reference count and copy its pages, a copy of ImageNet's 1.28M names per worker.
-        self.files, self.labels = np.array([os.fsencode(f) for f in files]), labels
+    def __init__(self, transform: v2.Compose) -> None:
+        self.transform = transform
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = key if isinstance(key, tuple) else (key, None)
-        image = pil_loader(os.path.join(self.root, os.fsdecode(self.files[index])))  # RGB, whatever the file's mode
+    def __call__(self, path: str, seed: int | None) -> torch.Tensor:
+        image = pil_loader(path)  # RGB, whatever the file's mode
         if seed is None:
-            return self.transform(image), int(self.labels[index])
+            return self.transform(image)
         # v2 transforms draw from the global RNG: a private copy seeded per example, so the
         # draws depend on neither the worker that decodes it nor the caller's RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.transform(image), int(self.labels[index])
+            return self.transform(image)
+
+
+class _Images(VisionDataset):
+    """Files under ``root``; an item is an index, or (index, seed) for a seeded augmentation, made by ``read``."""
+
+    def __init__(self, root: Path, files: Sequence[str], labels: np.ndarray,
+                 read: Callable[[str, int | None], Any]) -> None:
+        super().__init__(os.fspath(root))
+        # One bytes array, not a list of str: forked workers reading a list touch every object's
+        # reference count and copy its pages, a copy of ImageNet's 1.28M names per worker.
+        self.files, self.labels, self.read = np.array([os.fsencode(f) for f in files]), labels, read
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        return self.read(os.path.join(self.root, os.fsdecode(self.files[index])), seed), int(self.labels[index])
 
 
 class _Seeded:
@@ -89,29 +99,42 @@ class FolderSplit(Split):
     """Image files under ``root`` with their labels, streamed through a DataLoader with ``workers`` processes.
 
     Unbound, a split reads at ``Preprocess()`` (ImageNet's 224 config) on the CPU; ``bind`` sets
-    the device and the backbone's input (its default too when the backbone has none).
+    the device and the backbone's input (its default too when the backbone has none). ``decode``
+    says where JPEGs are decoded: in the workers with PIL, on the split's device, or ``auto``
+    (on the device when it is a GPU); a seed draws the same crops either way.
     """
 
     def __init__(self, root: Path, files: Sequence[str], y: torch.Tensor, workers: int = 0,
                  device: torch.device | str = "cpu", preprocess: Preprocess | None = None,
-                 augmentation: Augmentation = Augmentation()) -> None:
+                 augmentation: Augmentation = Augmentation(), decode: str = "auto") -> None:
         check_policy(augmentation)
-        self.root, self.files, self.workers = Path(root), list(files), workers
+        if decode not in DECODES:
+            raise EnstuneError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+        self.root, self.files, self.workers, self.decode = Path(root), list(files), workers, decode
         self.device, self.preprocess, self.augmentation = torch.device(device), preprocess or Preprocess(), augmentation
         self.y = y.to(self.device)
         self._share = (0, 1)  # (rank, ranks): see shard
         self._normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True),
                                       v2.Normalize(list(self.preprocess.mean), list(self.preprocess.std))])
 
+    def _like(self, files: list[str], y: torch.Tensor, device: torch.device, preprocess: Preprocess | None,
+              augmentation: Augmentation) -> FolderSplit:
+        return FolderSplit(self.root, files, y, self.workers, device, preprocess, augmentation, self.decode)
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the batches' JPEGs are decoded on the split's device rather than in the workers."""
+        return self.decode == "device" or (self.decode == "auto" and self.device.type == "cuda")
+
     def shard(self, rank: int, world: int) -> FolderSplit:
         """Rank ``rank``'s share of every batch; only that share of the files is read and decoded."""
-        split = FolderSplit(self.root, self.files, self.y, self.workers, self.device, self.preprocess,
-                            self.augmentation)
+        split = self._like(self.files, self.y, self.device, self.preprocess, self.augmentation)
         split._share = (rank, world)
         return split
 
-    def _loader(self, transform: v2.Compose, sampler: Sequence[int] | _Seeded, batch_size: int,
-                seed: int, shard: tuple[int, int] = (0, 1)) -> DataLoader:
+    def _loader(self, read: Callable[[str, int | None], Any] | None, sampler: Sequence[int] | _Seeded,
+                batch_size: int, seed: int, shard: tuple[int, int] = (0, 1),
+                collate: Callable[[list], Any] | None = None) -> DataLoader:
         labels = self.y.cpu().numpy()
         rank, world = shard
         batching: dict[str, Any] = {"batch_size": batch_size, "sampler": sampler}
@@ -119,9 +142,11 @@ class FolderSplit(Split):
             order = list(sampler)
             cuts = (order[s:s + batch_size] for s in range(0, len(order), batch_size))
             batching = {"batch_sampler": [share(b, rank, world) for b in cuts if len(b) >= MIN_SHARE * world]}
+        # Pinned pages pay for uint8 images; the device path's bytes go to the decoder, which copies them itself.
+        pin = self.device.type == "cuda" and collate is None
         # A generator of its own: without one, the loader draws its workers' base seed from the global RNG.
-        return DataLoader(_Images(self.root, self.files, labels, transform), **batching,
-                          num_workers=self.workers, pin_memory=self.device.type == "cuda",
+        return DataLoader(_Images(self.root, self.files, labels, read), **batching, collate_fn=collate,
+                          num_workers=self.workers, pin_memory=pin,
                           prefetch_factor=PREFETCH if self.workers > 0 else None, persistent_workers=False,
                           generator=torch.Generator().manual_seed(seed))
 
@@ -129,17 +154,21 @@ class FolderSplit(Split):
         train = generator is not None
         seed = int(torch.randint(0, 2**62, (), generator=generator)) if train else 0
         sampler = _Seeded(torch.randperm(len(self), generator=generator), seed) if train else range(len(self))
-        transform = _pil_transform(self.preprocess, self.augmentation, train)
-        for x, y in self._loader(transform, sampler, batch_size, seed, self._share):
+        steps = image_steps(self.preprocess, self.augmentation, train)
+        if self.on_device:
+            for items, y in self._loader(Reader(steps), sampler, batch_size, seed, self._share, gather):
+                yield self._normalize(device_batch(items, steps, self.device)), y.to(self.device)
+            return
+        for x, y in self._loader(_Decoded(_pil_transform(steps)), sampler, batch_size, seed, self._share):
             x = x.to(self.device, non_blocking=True)
             yield self._normalize(x), y.to(self.device, non_blocking=True)
 
     def subset(self, index: torch.Tensor) -> FolderSplit:
-        return FolderSplit(self.root, [self.files[i] for i in index.tolist()], self.y[index.to(self.y.device)],
-                           self.workers, self.device, self.preprocess, self.augmentation)
+        return self._like([self.files[i] for i in index.tolist()], self.y[index.to(self.y.device)], self.device,
+                          self.preprocess, self.augmentation)
 
     def bind(self, device: torch.device, preprocess: Preprocess | None, augmentation: Augmentation) -> FolderSplit:
-        return FolderSplit(self.root, self.files, self.y, self.workers, device, preprocess, augmentation)
+        return self._like(self.files, self.y, device, preprocess, augmentation)
 
     def digest(self) -> str:
         """From the relative paths, file sizes and labels: reading every image's bytes would take hours."""
@@ -182,8 +211,10 @@ def _folders(task, root: Path, test_dirs: Sequence[str]) -> TaskData:  # noqa: A
     if test_dir is None:
         raise EnstuneError(f"no test images: expected {' or '.join(str(root / d) for d in test_dirs)}")
     test_files, test_labels, _ = _folder(test_dir, {c: i for i, c in enumerate(names)})
-    train = FolderSplit(root / "train", files, torch.tensor(labels, dtype=torch.long), task.workers)
-    test = FolderSplit(test_dir, test_files, torch.tensor(test_labels, dtype=torch.long), task.workers)
+    train = FolderSplit(root / "train", files, torch.tensor(labels, dtype=torch.long), task.workers,
+                        decode=task.decode)
+    test = FolderSplit(test_dir, test_files, torch.tensor(test_labels, dtype=torch.long), task.workers,
+                       decode=task.decode)
     train, val = carve_validation(train, task.val_fraction, task.split_seed)
     return TaskData(train, val, test, num_classes=len(names), classes=tuple(names))
 
@@ -261,8 +292,8 @@ def sun397(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     training, testing = _partition(sun, root, task.partition)
     train_files, train_y = _listed(sun, training, class_to_idx)
     test_files, test_y = _listed(sun, testing, class_to_idx)
-    train = FolderSplit(sun, train_files, train_y, task.workers)
+    train = FolderSplit(sun, train_files, train_y, task.workers, decode=task.decode)
     train, val = carve_validation(train, task.val_fraction, task.split_seed)
     classes = tuple(k.replace("/", " ").replace("_", " ") for k in keys)  # "apse/indoor" -> "apse indoor"
-    return TaskData(train, val, FolderSplit(sun, test_files, test_y, task.workers), num_classes=len(keys),
-                    classes=classes)
+    test = FolderSplit(sun, test_files, test_y, task.workers, decode=task.decode)
+    return TaskData(train, val, test, num_classes=len(keys), classes=classes)

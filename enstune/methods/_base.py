@@ -92,6 +92,9 @@ class Bench(Protocol):
         """Re-estimate ``model``'s BatchNorm statistics on training batches (weights sampled, not trained)."""
 
 
+# Makers that run the training loop (``register_maker(..., trains=True)``): a trial's regularizer and frozen stages reach them.
+TRAINING_MAKERS: set[str] = set()
+
 # make(bench, job, model, parent, refs) -> Made: turns ``model`` (the job's start, on the device) into the job's
 # weights in place; ``parent`` is the parent job's Built (None from a checkpoint), ``refs`` those the job reads.
 Maker = Callable[[Bench, "MemberJob", nn.Module, "Built | None", "dict[int, Built]"], Made]
@@ -108,8 +111,6 @@ def member_seed(seed: int, index: int) -> int:
 
 def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
     """Trained members 2..K with the trial's regularizer, alpha and frozen stages; member 1 stays as planned."""
-    from enstune.methods._registry import TRAINING_MAKERS
-
     members = [j.index for j in jobs if j.member]
     later = {i for i in members[1:] if next(j for j in jobs if j.index == i).make in TRAINING_MAKERS}
     if cfg.freeze:

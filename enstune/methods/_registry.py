@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from enstune.methods._base import Bench, Built, Made, Maker, MemberJob
+from enstune.methods._base import TRAINING_MAKERS, Bench, Built, Made, Maker, MemberJob
 from enstune.registry import Registry
 
 if TYPE_CHECKING:
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
 METHODS: Registry[Method] = Registry("method")
 MAKERS: Registry[Maker] = Registry("maker")
-TRAINING_MAKERS: set[str] = set()  # makers that run the training loop: a trial's regularizer and frozen stages reach them
 OPTIMIZER = "optimizer/"  # the prefix of a job's optimizer state among its extras
 
 
