@@ -122,7 +122,7 @@ def test_a_killed_holders_claim_expires_and_a_waiter_trains_the_member(kind, req
     url = url_of(kind, request.getfixturevalue("pg") if kind == "postgresql" else None)
     name = f"killed-{uuid.uuid4().hex[:8]}"
     spec = load_template("starsse-demo", ["members=2", "finetune.epochs=3"])
-    job = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}), spec))[0]
+    job = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 4, "epoch_mult": 1}), spec))[0]
     ws = Workspace(spec.task, home, claims=Claims(open_storage(url, heartbeat=HEARTBEAT), name, poll=0.1))
     key = ws.job_key(job, None)
 

@@ -26,7 +26,7 @@ def ws(home):
 
 def _first(ws: Workspace, **recipe):
     spec = load_template("starsse-demo", [])
-    cfg = trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}), spec)
+    cfg = trial_config(optuna.trial.FixedTrial({"lr_mult": 4, "epoch_mult": 1}), spec)
     job = get_method("starsse").plan(cfg)[0]
     return dataclasses.replace(job, recipe=dataclasses.replace(job.recipe, **recipe))
 

@@ -157,7 +157,7 @@ def test_devices_are_checked():
 
 
 def test_executor_respects_dependencies_and_yields_in_member_order():
-    jobs = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}),
+    jobs = get_method("starsse").plan(st.trial_config(optuna.trial.FixedTrial({"lr_mult": 4, "epoch_mult": 1}),
                                                       load_template("starsse-demo", [])))
     started, lock = [], threading.Lock()
 
@@ -227,7 +227,7 @@ def test_the_display_hears_which_evaluator_runs_and_each_model_it_builds(home):
 def _demo_first(ws, **recipe):
     import dataclasses
 
-    cfg = st.trial_config(optuna.trial.FixedTrial({"lr_mult": 2, "epoch_mult": 1}), load_template("starsse-demo", []))
+    cfg = st.trial_config(optuna.trial.FixedTrial({"lr_mult": 4, "epoch_mult": 1}), load_template("starsse-demo", []))
     job = get_method("starsse").plan(cfg)[0]
     return dataclasses.replace(job, recipe=dataclasses.replace(job.recipe, **recipe))
 
