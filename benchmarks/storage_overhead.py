@@ -2,12 +2,15 @@
 
 A trial samples the study's two parameters and reports five values, asking the pruner after
 steps 2-4, and trains nothing. Plain Optuna runs it as an Optuna user would: ``optimize`` on the
-storage's URL (or on ``GrpcStorageProxy``). enstune runs it in its worker loop, with every storage
-call a real enstune trial makes around it: the study's trial counts before each trial and at
-admission, the worker attribute, heartbeats and the stale-trial check, the attributes once at the
-end, the best value for the progress line. Both run at each width (concurrent worker processes,
-started together once all are ready), on PostgreSQL directly and through ``enstune storage proxy``
-in front of it, one after the other in the same run.
+storage's URL (or on ``GrpcStorageProxy``). enstune runs it in its own worker loop
+(``enstune.worker.work``) and objective (``enstune.objective.Objective``, training replaced by the
+trial's reports), so with every storage call a real enstune trial makes around it: the study's
+census before each trial (its trials by state and best value, for the budget and the progress
+line; taken with the previous trial's results), the budget check at admission, heartbeats (the
+first one names the worker) and the stale-trial check, the result attributes once at the end.
+Both run at each width (concurrent worker processes, started together once all are ready), on
+PostgreSQL directly and through ``enstune storage proxy`` in front of it, one after the other in
+the same run.
 
     python benchmarks/storage_overhead.py                    # a throwaway local PostgreSQL
     python benchmarks/storage_overhead.py --storage URL      # a given PostgreSQL
@@ -15,7 +18,9 @@ in front of it, one after the other in the same run.
 
 Prints, per path and width: milliseconds per trial (mean over workers of their wall time over
 their trials) for plain Optuna and for enstune, their ratio, and errors (exceptions, or trials
-that did not end COMPLETE or PRUNED) of each.
+that did not end COMPLETE or PRUNED) of each. On a shared machine one run of each moves with
+everything else running there, so each width runs ``--rounds`` times, the two in alternating
+order; the figures are medians over the rounds, and each round's ratio is printed after them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import multiprocessing as mp
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -80,48 +86,47 @@ def _plain(url: str, name: str, trials: int, ready: Any) -> tuple[float, int]:
 
 
 def _enstune(url: str, name: str, trials: int, ready: Any) -> tuple[float, int]:
-    """enstune's worker loop (``enstune.worker.run`` without training): (wall seconds, errors)."""
+    """enstune's worker loop (``enstune.worker.work``), the trivial trial for training: (wall seconds, errors)."""
     import optuna
 
-    from enstune.objective import OverBudget, _admit
+    from enstune.objective import Objective
+    from enstune.progress import Reporter
     from enstune.storage import open_storage
-    from enstune.study import _load, best_value, load_spec, set_user_attrs, trial_config
-    from enstune.worker import _open_trials, _pruner, _sampler
+    from enstune.study import _load, load_spec, trial_config
+    from enstune.pruning import make_pruner, make_sampler
+    from enstune.worker import work
 
     first = open_storage(url)
     spec = load_spec(_load(name, first))
     _close(first)  # as the worker does: its connection would stay open, unused
     storage = open_storage(url, heartbeat=spec.heartbeat)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec),
+                              pruner=make_pruner(spec))
 
-    def objective(trial: optuna.Trial) -> float:
-        _admit(trial, spec)
-        trial.set_user_attr("worker", f"bench:{os.getpid()}")
-        cfg = trial_config(trial, spec)
-        acc = _curve(cfg.lr_mult, cfg.epoch_mult)
-        try:
-            for k in range(1, MEMBERS + 1):
-                trial.report(acc[k - 1], step=k)
-                if 1 < k < MEMBERS and trial.should_prune():
-                    raise optuna.TrialPruned()
-        finally:
-            set_user_attrs(trial, dict.fromkeys(ATTRS, acc))
-        return acc[-1]
+    class Trivial(Objective):
+        """The worker's objective (admission, outcome), its members replaced by the trivial trial's reports."""
 
-    def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        best_value(study)
+        def run(self, trial: optuna.Trial, retry: bool) -> float:
+            cfg = trial_config(trial, spec)
+            acc = _curve(cfg.lr_mult, cfg.epoch_mult)
+            try:
+                for k in range(1, MEMBERS + 1):
+                    trial.report(acc[k - 1], step=k)
+                    if 1 < k < MEMBERS and trial.should_prune():
+                        raise optuna.TrialPruned()
+            finally:
+                self.record(trial, dict.fromkeys(ATTRS, acc))
+            return acc[-1]
 
-    errors = 0
+    reporter = Reporter()
+    objective = Trivial(spec, None, None, reporter)  # type: ignore[arg-type] - it trains nothing
     ready.wait()
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
-        for _ in range(trials):
-            try:
-                _open_trials(study, spec)
-                study.optimize(objective, n_trials=1, callbacks=[done], catch=(OverBudget,), gc_after_trial=False)
-            except Exception:  # noqa: BLE001 - counted and reported
-                errors += 1
+    try:
+        work(study, spec, objective, reporter, n_trials=trials)
+        errors = 0
+    except Exception:  # noqa: BLE001 - counted and reported; its missing trials count too
+        errors = 1
     return time.perf_counter() - start, errors
 
 
@@ -195,6 +200,7 @@ def main() -> None:
     parser.add_argument("--storage", help="a PostgreSQL URL (default: a throwaway local PostgreSQL)")
     parser.add_argument("--workers", default="1,8,32", help="widths: concurrent worker processes")
     parser.add_argument("--trials", type=int, default=20, help="trials per worker")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of both at each width, in alternating order")
     args = parser.parse_args()
     widths = [int(w) for w in args.workers.split(",")]
 
@@ -210,20 +216,27 @@ def main() -> None:
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(["enstune.worker", "enstune.objective", "enstune.storage.heartbeat"])
     proxy, proxy_url = start_proxy(url, home)
-    print(f"PostgreSQL {mask_url(url)}, {args.trials} trials per worker, {os.cpu_count()} cores; "
-          f"ms per trial, goal: enstune at most 1.2x plain Optuna", flush=True)
-    print(f"{'path':<10} {'workers':>7} {'optuna ms':>10} {'enstune ms':>10} {'ratio':>6}  errors (optuna/enstune)",
-          flush=True)
+    print(f"PostgreSQL {mask_url(url)}, {args.trials} trials per worker, {os.cpu_count()} cores, {args.rounds} "
+          f"round(s); ms per trial and enstune/optuna ratio: medians over the rounds (each round's ratio after "
+          f"them); goal: enstune at most 1.2x plain Optuna", flush=True)
+    print(f"{'path':<10} {'workers':>7} {'optuna ms':>10} {'enstune ms':>10} {'ratio':>6}  errors (optuna/enstune)  "
+          f"rounds", flush=True)
     try:
         for path, target in (("database", url), ("proxy", proxy_url)):
             for i, n in enumerate(widths):
-                order = ("optuna", "enstune") if i % 2 == 0 else ("enstune", "optuna")  # drift cancels out
-                ms, errors, why = {}, {}, set()
-                for kind in order:
-                    ms[kind], errors[kind], failed = measure(ctx, kind, target, n, args.trials)
-                    why |= {f"{kind}: {w}" for w in failed}
-                print(f"{path:<10} {n:>7} {ms['optuna']:>10.1f} {ms['enstune']:>10.1f} "
-                      f"{ms['enstune'] / ms['optuna']:>6.2f}  {errors['optuna']}/{errors['enstune']}", flush=True)
+                ms: dict[str, list[float]] = {"optuna": [], "enstune": []}
+                errors, why = {"optuna": 0, "enstune": 0}, set()
+                for r in range(args.rounds):
+                    # Each kind goes first as often as the other: a machine growing busier or quieter cancels out.
+                    for kind in ("optuna", "enstune") if (i + r) % 2 == 0 else ("enstune", "optuna"):
+                        took, failures, failed = measure(ctx, kind, target, n, args.trials)
+                        ms[kind].append(took)
+                        errors[kind] += failures
+                        why |= {f"{kind}: {w}" for w in failed}
+                ratios = [e / o for e, o in zip(ms["enstune"], ms["optuna"])]
+                print(f"{path:<10} {n:>7} {statistics.median(ms['optuna']):>10.1f} "
+                      f"{statistics.median(ms['enstune']):>10.1f} {statistics.median(ratios):>6.2f}  "
+                      f"{errors['optuna']}/{errors['enstune']:<20} {' '.join(f'{x:.2f}' for x in ratios)}", flush=True)
                 for line in sorted(why):
                     print(f"  a worker failed to start: {mask_url_text(line, url)}", flush=True)
     finally:

@@ -9,6 +9,7 @@ from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
 from enstune.methods import get_method
 from enstune.optim import OPTIMIZERS
+from enstune.pruning import PRUNERS, SAMPLERS
 from enstune.regularizers import get_regularizer
 from enstune.schedules import SCHEDULES
 
@@ -18,6 +19,8 @@ def check_spec(spec: StudySpec) -> StudySpec:
     if spec.task.dataset not in list_datasets():
         raise ConfigError(f"unknown dataset {spec.task.dataset!r}; known: {', '.join(list_datasets())}")
     OPTIMIZERS.get(spec.finetune.optimizer)
+    SAMPLERS.get(spec.sampler)
+    PRUNERS.get(spec.pruner)
     SCHEDULES.get(spec.finetune.schedule)
     for name in spec.evaluate:
         EVALUATORS.get(name)

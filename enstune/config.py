@@ -292,10 +292,9 @@ def _validate_study(spec: StudySpec) -> None:
         value = getattr(spec, name)
         if not low <= value <= high:
             raise ConfigError(f"{name} must be in {low}..{shown}{note}, got {_show(value)}")
-    if spec.sampler not in ("tpe", "random", "grid"):
-        raise ConfigError(f"sampler must be tpe, random or grid, got {spec.sampler!r}")
-    if spec.pruner not in ("median", "none"):
-        raise ConfigError(f"pruner must be median or none, got {spec.pruner!r}")
+    # sampler and pruner are names in enstune.pruning's registries, checked where a study is created
+    if not spec.sampler or not spec.pruner:
+        raise ConfigError(f"sampler and pruner must be names, got {spec.sampler!r}, {spec.pruner!r}")
     if len(set(spec.evaluate)) != len(spec.evaluate):
         raise ConfigError(f"evaluate lists an evaluator twice, got {list(spec.evaluate)}")
     if not spec.template:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
+import math
 import os
 import socket
 from typing import Any
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from enstune.config import StudySpec
@@ -15,16 +18,25 @@ from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
 from enstune.executor import Executor, Slot
 from enstune.members import MemberResult, Workspace
-from enstune.methods import get_method, regularize
+from enstune.methods import TRAINING_MAKERS, MemberJob, get_method, regularize
 from enstune.progress import Reporter
 from enstune.report import attach_trial_pictures
-from enstune.study import _database, budget, set_user_attrs, trial_config, trial_states
+from enstune.storage.heartbeat import WORKER_ATTR
+from enstune.study import Census, budget, set_results, trial_config, trial_states
 
 
-def _work(ws: Workspace, reporter: Reporter, members: int):  # noqa: ANN202
+def _work(ws: Workspace, reporter: Reporter, jobs: list[MemberJob]):  # noqa: ANN202
+    # Shown as the trial reports them: members 1..K, each step with the member that comes after it.
+    size, position, ahead = sum(j.member for j in jobs), {}, 1
+    for job in jobs:
+        position[job.index] = min(ahead, size)
+        ahead += job.member
+
     def work(job, parent: MemberResult | None, slot: Slot, refs: dict[int, MemberResult],  # noqa: ANN001
              wait: bool) -> MemberResult:
-        reporter.member_started(job.index, members, job.recipe.epochs)
+        first, last = job.option("span", (0, job.recipe.epochs))
+        epochs = last - first if job.make in TRAINING_MAKERS else 0
+        reporter.member_started(position[job.index], size, epochs, step="" if job.member else job.make)
         return ws.run(job, parent, slot.device, on_epoch=reporter.epoch_done, refs=refs, wait=wait, train=slot.train)
 
     return work
@@ -34,19 +46,37 @@ class OverBudget(Exception):
     """Other workers spent the study's budget between this worker's check and its new trial."""
 
 
-def _admit(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
-    """This trial's system attributes; a freshly sampled trial beyond the study-wide budget is refused."""
-    # The database's attribute table alone: Optuna's cache would read the whole trial for it.
-    system = (_database(trial.study) or trial.study._storage).get_trial_system_attrs(trial._trial_id)
+def _live(states: collections.Counter[TrialState]) -> int:
+    """Trials that count against the budget: all but the failed ones (a failed trial's point is queued again)."""
+    return states.total() - states[TrialState.FAIL]
+
+
+def _admit(trial: optuna.Trial, spec: StudySpec, seen: collections.Counter[TrialState] | None = None) -> dict[str, Any]:
+    """This trial's system attributes; a freshly sampled trial beyond the study-wide budget is refused.
+
+    ``seen``: the study's trials by state, counted before this trial was asked for. The trials
+    numbered below this one are those and the ones created since, and a failed trial stays failed:
+    while even all of them live would leave room in the budget, the trial is admitted uncounted.
+    """
+    # As Optuna read the trial when it was asked for (it reads the queue's fixed parameters there).
+    system = trial._cached_frozen_trial.system_attrs
     if "fixed_params" not in system and "failed_trial" not in system:  # not queued: sampled here
         if spec.sampler == "grid" and spec.space:  # another worker took the last queued point first
             trial.set_user_attr("over_budget", True)
             raise OverBudget("a grid study runs only its queued points")
-        states = trial_states(trial.study, below=trial.number)
-        if states.total() - states[TrialState.FAIL] >= budget(spec):
-            trial.set_user_attr("over_budget", True)
-            raise OverBudget(f"the study's budget of {budget(spec)} trials is spent")
+        room = budget(spec)
+        if seen is None or _live(seen) + trial.number - seen.total() >= room:
+            if _live(trial_states(trial.study, below=trial.number)) >= room:
+                trial.set_user_attr("over_budget", True)
+                raise OverBudget(f"the study's budget of {room} trials is spent")
     return system
+
+
+def _pruned_value(trial: optuna.Trial) -> float | None:
+    """The value Optuna gives a pruned trial: its last intermediate value, unless NaN."""
+    values = trial._cached_frozen_trial.intermediate_values
+    last = values[max(values)] if values else None
+    return None if last is None or math.isnan(last) else last
 
 
 class Objective:
@@ -56,11 +86,29 @@ class Objective:
         self.spec, self.ws, self.executor, self.reporter = spec, ws, executor, reporter
         self.trial_id: int | None = None  # the trial this objective runs or ran last
         self.members_done = 0
+        self.seen: collections.Counter[TrialState] | None = None  # the study's trials by state, before the next trial
+        self.ended: tuple[str, float | None] = ("FAIL", None)  # the last trial's state and value, as Optuna has them
+        self.counted: Census | None = None  # the study's census, taken with the last trial's results
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.trial_id, self.members_done = trial._trial_id, 0
-        retry = "failed_trial" in _admit(trial, self.spec)
-        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        self.trial_id, self.members_done, self.ended, self.counted = trial._trial_id, 0, ("FAIL", None), None
+        retry = "failed_trial" in _admit(trial, self.spec, self.seen)
+        if not is_heartbeat_enabled(trial.study._storage):  # else its first heartbeat names the worker
+            trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
+        try:
+            value = self.run(trial, retry)
+        except optuna.TrialPruned:
+            self.ended = ("PRUNED", _pruned_value(trial))
+            raise
+        self.ended = ("COMPLETE", value)
+        return value
+
+    def record(self, trial: optuna.Trial, attrs: dict[str, Any]) -> None:
+        """Write the trial's result attributes, with the study's census for the worker's next trial in the same trip."""
+        self.counted = set_results(trial, attrs)
+
+    def run(self, trial: optuna.Trial, retry: bool) -> float:
+        """The trial's members (a ``retry`` of a failed trial finds its finished ones in the cache) and evaluation."""
         cfg = trial_config(trial, self.spec)
         jobs = regularize(get_method(cfg.method).plan(cfg), cfg)
         size = sum(j.member for j in jobs)
@@ -73,7 +121,7 @@ class Objective:
         seconds = 0.0
         cached = steps_epochs = 0
         try:
-            for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, len(jobs))):
+            for job, res in self.executor.run(jobs, _work(self.ws, self.reporter, jobs)):
                 seconds += res.seconds
                 if not job.member:  # a step the members read: its cost counts, its predictions do not
                     steps_epochs += res.epochs
@@ -99,15 +147,16 @@ class Objective:
                 if step in judged and self.spec.pruner != "none" and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at ensemble size {step}")
             attrs["val_correct"] = pack_correct(val.probs(), self.ws.data.val.y)
-            members = self.ws.evaluation(results, self.executor.devices[0], cfg.seed, self.spec,
-                                         on_model=self.reporter.weight_model_done)
+            # Bound to every device of the worker, the evaluators run side by side, one per device.
+            members = [self.ws.evaluation(results, device, cfg.seed, self.spec, on_model=self.reporter.weight_model_done)
+                       for device in dict.fromkeys(self.executor.devices)]
             attrs.update(evaluate(members, self.spec.evaluate, on_step=self.reporter.evaluating))
             attach_trial_pictures(trial, trial.params, attrs, self.ws.cache.store)
         except DivergedError as exc:
             attrs["diverged"] = True
             raise optuna.TrialPruned(f"diverged: {exc}") from None
         finally:
-            # Once per trial, not per member: each attribute is a database round trip. A trial
+            # Once per trial, not per member: each write is a database round trip. A trial
             # that dies here loses nothing: its retry reads the members back from the cache.
-            set_user_attrs(trial, attrs)
+            self.record(trial, attrs)
         return val.ensembles[-1]

@@ -28,8 +28,8 @@ class Reporter:
     def trial_started(self, number: int, params: dict[str, Any], members: int) -> None:
         """A trial begins."""
 
-    def member_started(self, index: int, members: int, epochs: int) -> None:
-        """Member ``index`` of ``members`` begins training for ``epochs``."""
+    def member_started(self, index: int, members: int, epochs: int, step: str = "") -> None:
+        """Member ``index`` of ``members`` begins training for ``epochs``; with ``step``, a step it waits for."""
 
     def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
         """An epoch of the current member ended."""
@@ -76,9 +76,10 @@ class RichReporter(Reporter):
         self._trial = f"trial {number} [dim]{shown}[/]"
         self._progress.update(self._trials, description=f"{self._trial} · {self._best_text()}")
 
-    def member_started(self, index: int, members: int, epochs: int) -> None:
-        self._progress.update(self._member, description=f"  member {index}/{members} epochs",
-                              total=epochs, completed=0, visible=True)
+    def member_started(self, index: int, members: int, epochs: int, step: str = "") -> None:
+        what = f"step {step} for member {index}/{members}" if step else f"member {index}/{members}"
+        self._progress.update(self._member, description=f"  {what} epochs", total=max(epochs, 1), completed=0,
+                              visible=True)
 
     def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
         self._progress.update(self._member, completed=epoch)
@@ -129,8 +130,9 @@ class LogReporter(Reporter):
         self._started = 0.0
         self._members = 0
         self._member: dict[int, tuple[int, float]] = {}  # index -> (epochs, start)
-        self._thread: dict[int, int] = {}  # thread -> index of the member it trains
-        self._epoch_said: dict[int, float] = {}  # index -> when its last epoch line was written
+        self._thread: dict[int, str] = {}  # thread -> the job it trains ("member 2/5", "step … for member 2/5")
+        self._last = "member ?"  # the job started last
+        self._epoch_said: dict[str, float] = {}  # job -> when its last epoch line was written
         self._evaluator: tuple[str, int, int, float] | None = None  # name, step, steps, start
         self._models, self._models_said = 0, -math.inf
         self._ended = 0
@@ -159,20 +161,23 @@ class LogReporter(Reporter):
         shown = " ".join(f"{k}={v}" for k, v in params.items()) or "no parameters"
         self._say(f"trial {number} started: {shown}, {members} member(s)")
 
-    def member_started(self, index: int, members: int, epochs: int) -> None:
-        self._member[index] = (epochs, self._clock())
-        self._thread[threading.get_ident()] = index
-        self._epoch_said.pop(index, None)
-        self._say(f"{self._where()} member {index}/{members} started: {epochs} epoch(s)")
+    def member_started(self, index: int, members: int, epochs: int, step: str = "") -> None:
+        what = f"step {step} for member {index}/{members}" if step else f"member {index}/{members}"
+        if not step:
+            self._member[index] = (epochs, self._clock())
+        self._thread[threading.get_ident()] = what
+        self._epoch_said.pop(what, None)
+        self._last = what
+        self._say(f"{self._where()} {what} started: {epochs} epoch(s)")
 
     def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
-        # A member trained elsewhere may report from any thread: then the member started last.
-        index = self._thread.get(threading.get_ident(), max(self._member, default=0))
+        # A job trained elsewhere may report from any thread: then the job started last.
+        what = self._thread.get(threading.get_ident(), self._last)
         now = self._clock()
-        if epoch not in (1, epochs) and now - self._epoch_said.get(index, -math.inf) < self._interval:
+        if epoch not in (1, epochs) and now - self._epoch_said.get(what, -math.inf) < self._interval:
             return
-        self._epoch_said[index] = now
-        self._say(f"{self._where()} member {index}/{self._members} epoch {epoch}/{epochs}: loss {loss:.4f}")
+        self._epoch_said[what] = now
+        self._say(f"{self._where()} {what} epoch {epoch}/{epochs}: loss {loss:.4f}")
 
     def member_done(self, index: int, val_ens_acc: float, cached: bool) -> None:
         epochs, start = self._member.get(index, (0, self._clock()))

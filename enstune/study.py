@@ -18,8 +18,7 @@ from enstune.checks import check_spec, load_checked, read_params
 from enstune.claims import claims_owner, companion_name, companions
 from enstune.config import Param, StudySpec, TrialConfig, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
-from enstune.storage import mask_url, open_storage, resolve_url
-from enstune.storage.resilient import ResilientRDBStorage
+from enstune.storage import bulk, mask_url, open_storage, resolve_url
 
 SPEC_ATTR = "spec"
 RECIPE_PARAMS = ("epochs", "lr", "weight_decay")
@@ -139,26 +138,47 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     return name, True
 
 
-def _database(study: optuna.Study) -> ResilientRDBStorage | None:
-    """The study's database storage (under Optuna's cache), or None for the embedded journal."""
-    storage = getattr(study._storage, "_backend", study._storage)
-    return storage if isinstance(storage, ResilientRDBStorage) else None
+@dataclasses.dataclass(frozen=True)
+class Census:
+    """A study's trials counted by state, and its best value (None before any trial completes)."""
+
+    states: collections.Counter[TrialState]
+    best: float | None
+
+
+def census(study: optuna.Study, below: int | None = None) -> Census:
+    """How many trials of ``study`` are in each state (those numbered below ``below``, if given), and its best value.
+
+    One query on a database, one request through the storage proxy; other storages read the trials.
+    """
+    states, best = bulk.census(study._storage, study._study_id, below,
+                               study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    return Census(collections.Counter(states), best)
 
 
 def trial_states(study: optuna.Study, below: int | None = None) -> collections.Counter[TrialState]:
     """How many trials of ``study`` are in each state (only those numbered below ``below``, if given)."""
-    if (db := _database(study)) is not None:
-        return collections.Counter(db.count_trials(study._study_id, below))
-    return collections.Counter(t.state for t in study.get_trials(deepcopy=False) if below is None or t.number < below)
+    return census(study, below).states
 
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
-    """Set ``attrs`` on ``trial``: in one transaction where the storage can, else one by one."""
-    if (db := _database(trial.study)) is not None:
-        db.set_trial_user_attrs(trial._trial_id, attrs)
-        return
-    for key, value in attrs.items():
-        trial.set_user_attr(key, value)
+    """Set ``attrs`` on ``trial``: in one transaction (or request) where the storage can, else one by one."""
+    bulk.set_trial_attrs(trial.study._storage, trial._trial_id, user=attrs)
+
+
+def set_results(trial: optuna.Trial, attrs: dict[str, Any]) -> Census | None:
+    """Set ``attrs`` on ``trial`` as ``set_user_attrs`` does; its study's census where it comes in the same round trip.
+
+    On a database or through the storage proxy it does; on the embedded journal it would be a read
+    of its own, so None.
+    """
+    study = trial.study
+    if not isinstance(bulk.native(study._storage), bulk.BulkStorage):
+        set_user_attrs(trial, attrs)
+        return None
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    counted = bulk.set_trial_attrs(study._storage, trial._trial_id, user=attrs, census_of=(study._study_id, maximize))
+    return None if counted is None else Census(collections.Counter(counted[0]), counted[1])
 
 
 def best_value(study: optuna.Study) -> float | None:

@@ -27,37 +27,22 @@ from enstune.executor import Executor
 from enstune.members import Workspace
 from enstune.objective import Objective, OverBudget
 from enstune.progress import Reporter
-from enstune.pruning import MethodAwarePruner
+from enstune.pruning import make_pruner, make_sampler
 from enstune.storage import MAX_RETRY, home_dir, open_storage
-from enstune.study import READY_TIMEOUT, _load, best_value, budget, load_spec, trial_states
+from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec, trial_states
 
 MAX_HEARTBEAT = 86_400  # seconds: a day between heartbeats is as long as one may be
 log = logging.getLogger("enstune.worker")
 
 
-def _sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    # A grid study queues every point at create (grid_points): its trials carry fixed parameters
-    # and no sampler chooses one. Optuna's GridSampler would only get in the way: on a grid of one
-    # point its after_trial fails on the queued trial ("grid_id").
-    if spec.sampler == "tpe" and spec.space:
-        return optuna.samplers.TPESampler(seed=spec.seed)
-    return optuna.samplers.RandomSampler(seed=spec.seed)
-
-
-def _pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    if spec.pruner == "none":
-        return optuna.pruners.NopPruner()
-    inner = optuna.pruners.MedianPruner(n_startup_trials=spec.prune_startup_trials, n_warmup_steps=0)
-    return MethodAwarePruner(inner, spec.method)
-
-
-def _open_trials(study: optuna.Study, spec: StudySpec) -> tuple[int, int]:
+def _open_trials(study: optuna.Study, spec: StudySpec, counted: Census | None = None) -> tuple[int, int]:
     """(trials a worker may start now, trials running): queued ones plus the unspent budget.
 
     A grid study queued all its points at create: only the queue may be drawn from, so that
     each point runs exactly once (a failed point is re-queued, never replaced by a sampled one).
+    ``counted``: the study's census, if just taken.
     """
-    states = trial_states(study)
+    states = (counted or census(study)).states
     live = states.total() - states[TrialState.FAIL]
     unspent = 0 if spec.sampler == "grid" and spec.space else max(budget(spec) - live, 0)
     return states[TrialState.WAITING] + unspent, states[TrialState.RUNNING]
@@ -169,52 +154,88 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)
     executor = Executor(slots(devices, per_member, spec.task, home_dir(), artifacts))  # processes start on first use
-    beats = optuna.storages.fail_stale_trials if is_heartbeat_enabled(storage) else None
     todo, running = _open_trials(study, spec)
     todo = todo if n_trials is None else min(n_trials, todo)
-    if todo == 0 and not (running and beats):
+    if todo == 0 and not (running and is_heartbeat_enabled(storage)):
         return study
     ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts), claims_for(storage, name))
     freeze = spec.space.get("freeze")
     ws.preflight(executor.devices[0], spec.finetune, spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec), pruner=_pruner(spec))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec))
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
     objective = Objective(spec, ws, executor, reporter)
     deadline = None if timeout is None else time.monotonic() + timeout
+    with reporter, contextlib.closing(executor):
+        work(study, spec, objective, reporter, n_trials, deadline)
+    return study
 
-    def done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        reporter.trial_done(trial.state.name, trial.value, best_value(study))
 
-    ran = 0
-    with reporter, warnings.catch_warnings(), contextlib.closing(executor):
+def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: Reporter,
+         n_trials: int | None = None, deadline: float | None = None) -> int:
+    """Run ``objective`` on ``study``'s trials one by one until ``n_trials``, the budget, or ``deadline``; how many ran.
+
+    Before each trial one census of the study says whether a trial may start, lets a sampled
+    trial be admitted without counting again, and gives the best value the previous trial is
+    reported with: the census the previous trial took with its results (its end the only change
+    this worker made since), else one query on a database. While others still run when nothing
+    may start, the worker fails the trials of workers gone silent every heartbeat interval, which
+    re-queues them.
+    """
+    storage = study._storage
+    beats = optuna.storages.fail_stale_trials if is_heartbeat_enabled(storage) else None
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    ran, ended, pending = 0, None, None
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
         while (n_trials is None or ran < n_trials) and (deadline is None or time.monotonic() < deadline):
-            can_start, running = _open_trials(study, spec)
+            counted, pending = pending or census(study), None
+            if ended is not None:
+                reporter.trial_done(*ended, counted.best)
+                ended = None
+            can_start, running = _open_trials(study, spec, counted)
             if not can_start:
                 if not (running and beats):
                     break
-                time.sleep(heartbeat)  # a silent trial fails after two intervals and is queued again
+                time.sleep(storage.get_heartbeat_interval())  # a silent trial fails after two intervals
                 beats(study)
                 continue
+            objective.seen = counted.states
             try:
                 with _signals_interrupt():
-                    study.optimize(objective, n_trials=1, callbacks=[done], catch=(OverBudget,),
-                                   gc_after_trial=False)
+                    study.optimize(objective, n_trials=1, catch=(OverBudget,), gc_after_trial=False)
             except Interrupted as exc:
                 exc.outcome = _outcome(study, objective)
                 raise
             except Exception as exc:
                 if _taken_over(exc):
                     log.warning("a trial of this worker was retried elsewhere after a storage outage; carrying on")
-                elif name not in optuna.get_all_study_names(storage):
-                    raise EnstuneError(f"study {name!r} was deleted while this worker ran it; the worker stops") \
-                        from None
+                elif study.study_name not in optuna.get_all_study_names(storage):
+                    raise EnstuneError(f"study {study.study_name!r} was deleted while this worker ran it; the "
+                                       f"worker stops") from None
                 else:
                     if objective.trial_id is not None:
                         requeue(study, objective.trial_id)  # the point is not lost; the error is still reported
                     raise
+            else:
+                ended = objective.ended
+                pending = _after_tell(objective.counted, *ended, maximize)
             ran += 1
-    return study
+        if ended is not None:
+            reporter.trial_done(*ended, (pending or census(study)).best)
+    return ran
+
+
+def _after_tell(counted: Census | None, state: str, value: float | None, maximize: bool) -> Census | None:
+    """``counted``, taken while a trial of this worker still ran, once Optuna ended it in ``state`` with ``value``."""
+    if counted is None or not counted.states[TrialState.RUNNING]:
+        return None
+    states = counted.states.copy()
+    states[TrialState.RUNNING] -= 1
+    states[TrialState[state]] += 1
+    best = counted.best
+    if state == "COMPLETE" and value is not None:
+        best = value if best is None else (max if maximize else min)(best, value)
+    return Census(states, best)
 
 
 def _outcome(study: optuna.Study, objective: Objective) -> str:

@@ -16,8 +16,11 @@ ENV_HOME = "ENSTUNE_HOME"
 ENV_ARTIFACTS = "ENSTUNE_ARTIFACTS"
 _RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
 # A worker holds one connection most of the time (plus one for its heartbeat thread), so a
-# small pool per worker keeps hundreds of workers under PostgreSQL's connection limit.
-POOL = {"pool_size": 2, "max_overflow": 2, "pool_pre_ping": True, "pool_recycle": 300}
+# small pool per worker keeps hundreds of workers under PostgreSQL's connection limit. No ping
+# before each use (a round trip per transaction): a connection lost since (a restarted database)
+# fails its first statement, the storage tries it again (``resilient``), and the pool, told of a
+# lost connection, replaces every connection it held.
+POOL = {"pool_size": 2, "max_overflow": 2, "pool_recycle": 300}
 CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host or storage proxy is an error
 PROXY_PORT = 13000  # Optuna's default for its gRPC storage proxy
 SCHEMA_ATTEMPTS = 8

@@ -5,9 +5,9 @@ mixed into ``HeartbeatJournalStorage`` here and into the proxy's client (``proxy
 Optuna's ``BaseHeartbeat`` on any storage, so that Optuna's own machinery (the heartbeat thread of
 ``study.optimize``, ``fail_stale_trials``, ``RetryHeartbeatStaleTrialCallback``) works on them
 unchanged. A heartbeat is a trial system attribute: the time, the trial, and who runs
-it (host, pid, the process's start time). A running trial is stale when its heartbeat is older than
-two intervals, or at once when its worker ran on this host and that process is gone (the OOM
-killer, SIGKILL).
+it (host, pid, the process's start time); a process's first beat for a trial also names it in the
+trial's user attribute ``worker``. A running trial is stale when its heartbeat is older than two
+intervals, or when its worker ran on this host and that process is gone (the OOM killer, SIGKILL).
 
 A database keeps Optuna's own heartbeat table, which workers connected to it read; workers behind
 a proxy read the attribute. ``HeartbeatRDBStorage`` writes both, whichever side the beat comes
@@ -16,6 +16,7 @@ from, so that the two kinds of worker may share a study.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -27,9 +28,11 @@ from optuna.storages import JournalStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
-from enstune.storage.resilient import ResilientRDBStorage
+from enstune.storage.bulk import set_trial_attrs
+from enstune.storage.resilient import ResilientRDBStorage, dialect_upsert
 
 HEARTBEAT_ATTR = "heartbeat"
+WORKER_ATTR = "worker"  # user attribute: host:pid of the process that runs the trial, written with its first beat
 
 
 def _process_start(pid: int) -> str | None:
@@ -62,46 +65,73 @@ def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
 
 
-def _beat(storage: optuna.storages.BaseStorage, trial_id: int, owner: dict[str, Any]) -> None:
-    """Record on ``storage`` that ``owner`` still runs ``trial_id``."""
+def _beat(storage: optuna.storages.BaseStorage, trial_id: int, owner: dict[str, Any], named: set[int]) -> None:
+    """Record on ``storage`` that ``owner`` still runs ``trial_id``; the first beat also names the worker."""
+    # The worker's name is a user attribute, so that users see who runs a trial (the dashboard
+    # shows those); it rides with the first beat rather than costing a write of its own.
+    user = {} if trial_id in named else {WORKER_ATTR: f"{owner['host']}:{owner['pid']}"}
     try:
-        storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, {"time": time.time(), "trial": trial_id, **owner})
+        set_trial_attrs(storage, trial_id, user=user, system={HEARTBEAT_ATTR: {"time": time.time(), "trial": trial_id,
+                                                                                 **owner}})
     except optuna.exceptions.UpdateFinishedTrialError:
-        pass  # another worker failed it meanwhile (this one looked dead): nothing left to beat for
+        return  # another worker failed it meanwhile (this one looked dead): nothing left to beat for
+    named.add(trial_id)
 
 
 class AttributeHeartbeat(BaseHeartbeat):
-    """Optuna's ``BaseHeartbeat`` on a storage's trial attributes; mixed in before the storage class."""
+    """Optuna's ``BaseHeartbeat`` on a storage's trial attributes; mixed in before the storage class.
+
+    A study's check reads its running trials; until one of them could have gone silent for two
+    intervals the next checks read nothing, and only ask whether the processes on this host that
+    ran them still live. So a silent trial is failed by the first check after two intervals, as
+    Optuna's check before each trial would, at a read per interval rather than per trial; a dead
+    worker's trial started since the last read is found at the next one.
+    """
 
     def _start_heartbeats(self, interval: int, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
         self._interval, self._on_stale, self._me = interval, on_stale, _owner()
         # per study: its running trials without a beat of their own, and when first seen so
         self._unbeaten: dict[int, dict[int, float]] = {}
+        self._quiet: dict[int, float] = {}  # per study: until when (time.time()) no running trial can turn stale
+        self._owners: dict[int, dict[int, dict[str, Any]]] = {}  # per study: the last read's running trials' beats
+        self._named: set[int] = set()  # trials this process has beaten for (and named itself in)
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Record that this process still runs ``trial_id``."""
-        _beat(self, trial_id, self._me)
+        _beat(self, trial_id, self._me, self._named)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        now, stale, unbeaten = time.time(), [], {}
+        now = time.time()
+        if now < self._quiet.get(study_id, now):
+            owners = self._owners.get(study_id, {})
+            if not (gone := [trial_id for trial_id, beat in owners.items() if _gone(beat)]):
+                return []
+            self._quiet[study_id] = now  # failed (or finished meanwhile): the next check reads again
+            return gone
+        grace = 2 * self._interval
+        stale, unbeaten, quiet = [], {}, now + grace  # a trial that starts running after now: not before then
+        owners = self._owners[study_id] = {}
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = trial.system_attrs.get(HEARTBEAT_ATTR)
             # A retry copies its failed predecessor's attributes, heartbeat included: not its own.
             if beat is not None and beat.get("trial", trial._trial_id) == trial._trial_id:
-                if now - beat["time"] > 2 * self._interval or _gone(beat):
-                    stale.append(trial._trial_id)
-                continue
-            # Not yet beating (or started by a worker without heartbeats): judged by its start. A
-            # start without a time zone is a server's local time (through a proxy), which this
-            # host's zone may not share: then from when this process first saw the trial so.
-            start = trial.datetime_start
-            if start is not None and start.tzinfo is not None:
-                last = start.timestamp()
+                last, gone = beat["time"], _gone(beat)
+                owners[trial._trial_id] = beat
             else:
-                last = unbeaten[trial._trial_id] = self._unbeaten.get(study_id, {}).get(trial._trial_id, now)
-            if now - last > 2 * self._interval:
+                # Not yet beating (or started by a worker without heartbeats): judged by its start. A
+                # start without a time zone is a server's local time (through a proxy), which this
+                # host's zone may not share: then from when this process first saw the trial so.
+                start, gone = trial.datetime_start, False
+                if start is not None and start.tzinfo is not None:
+                    last = start.timestamp()
+                else:
+                    last = unbeaten[trial._trial_id] = self._unbeaten.get(study_id, {}).get(trial._trial_id, now)
+            if now - last > grace or gone:
                 stale.append(trial._trial_id)
+            quiet = min(quiet, last + grace)
         self._unbeaten[study_id] = unbeaten  # a study's check leaves another's (the member claims') alone
+        # With a stale trial found, the next check reads again: whoever fails it, or a late beat, changes what it sees.
+        self._quiet[study_id] = quiet if not stale else now
         return stale
 
     def get_heartbeat_interval(self) -> int | None:
@@ -123,22 +153,72 @@ class HeartbeatJournalStorage(AttributeHeartbeat, JournalStorage):
 
 
 class HeartbeatRDBStorage(ResilientRDBStorage):
-    """A database storage whose heartbeats go both to Optuna's heartbeat table and to the attribute.
+    """A database storage whose heartbeats go both to Optuna's heartbeat table and to the attribute, in one transaction.
 
     Its own workers beat into both; a beat arriving as the attribute (from a worker behind a proxy
-    that serves this storage) also reaches the table. Stale trials are found in the table, as Optuna does.
+    that serves this storage) also reaches the table. Stale trials are found in the table, as Optuna
+    does; a study's check is then skipped while none of its running trials can have gone silent for
+    the grace period, so that a trial silent since its last beat is failed by the same check as before.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._me = _owner()
+        self._quiet: dict[int, float] = {}  # per study: until when (time.monotonic()) no running trial can turn stale
+        self._named: set[int] = set()  # trials this process has beaten for (and named itself in)
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Record that this process still runs ``trial_id`` (table and attribute)."""
-        _beat(self, trial_id, self._me)
+        _beat(self, trial_id, self._me, self._named)
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Optuna's; a heartbeat attribute is also recorded in the heartbeat table."""
-        super().set_trial_system_attr(trial_id, key, value)
         if key == HEARTBEAT_ATTR:
-            super().record_heartbeat(trial_id)
+            self.set_trial_attrs(trial_id, system={key: value})
+        else:
+            super().set_trial_system_attr(trial_id, key, value)
+
+    def _write_attrs(self, session: Any, trial_id: int, user: dict[str, Any], system: dict[str, Any]) -> None:
+        super()._write_attrs(session, trial_id, user, system)
+        if HEARTBEAT_ATTR in system:
+            _beat_row(session, trial_id, self.engine.name)
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        start = time.monotonic()
+        if start < self._quiet.get(study_id, start):
+            return []
+        assert self.heartbeat_interval is not None
+        grace = self.grace_period or 2 * self.heartbeat_interval
+        ages = self.heartbeat_ages(study_id)
+        stale = [trial_id for trial_id, age in ages.items() if age > grace]
+        # A trial that beats after this read turns stale a whole grace period later at the earliest.
+        self._quiet[study_id] = start + grace - max(ages.values(), default=0.0) if not stale else start
+        return stale
+
+
+@functools.cache
+def _beat_upsert(dialect: str) -> Any:  # noqa: ANN401 - a SQLAlchemy Insert
+    """The upsert of a trial's row in Optuna's heartbeat table, at the database's time, built once."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    table = models.TrialHeartbeatModel.__table__
+    insert = dialect_upsert(dialect)(table).values(trial_id=sqlalchemy.bindparam("trial_id"),
+                                                   heartbeat=sqlalchemy.func.now())
+    return insert.on_conflict_do_update(index_elements=["trial_id"], set_={"heartbeat": sqlalchemy.func.now()})
+
+
+def _beat_row(session: Any, trial_id: int, dialect: str) -> None:
+    """Record a heartbeat of ``trial_id`` in Optuna's heartbeat table, at the database's time, within ``session``."""
+    import sqlalchemy
+    from optuna.storages._rdb import models
+
+    if dialect_upsert(dialect) is not None:
+        session.execute(_beat_upsert(dialect), {"trial_id": trial_id})
+        return
+    model = models.TrialHeartbeatModel
+    row = model.where_trial_id(trial_id, session, for_update=True)  # Optuna's statements, elsewhere
+    if row is None:
+        session.add(model(trial_id=trial_id))
+    else:
+        row.heartbeat = session.execute(sqlalchemy.func.now()).scalar()

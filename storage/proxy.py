@@ -5,25 +5,33 @@ Workers open ``grpc://HOST:PORT`` and hold no database connection. The proxy ser
 cache, so that each worker's read of a study's trials costs the database only the trials changed
 since the last one). A worker's client rides out a restart of the proxy itself: its calls wait
 for the proxy, and one cut short by the proxy's end is sent again, for up to ``PATIENCE`` seconds.
+
+Beside Optuna's service the proxy serves ``enstune.Storage``: a trial's attributes set in one
+request (one transaction on a database; Optuna's service sets one per request), and a study's
+census (its trials by state and its best value) without shipping its running trials to count
+them. A client facing a plain Optuna proxy falls back to Optuna's requests.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import GrpcStorageProxy
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
+from enstune.storage import bulk
 from enstune.storage.heartbeat import AttributeHeartbeat
 
 THREADS = 16  # requests served at once, each with a database connection of its own
 PATIENCE = 600.0  # seconds a worker's call waits for a proxy that is gone (a database's, likewise)
+SERVICE = "enstune.Storage"  # enstune's requests, beside Optuna's ``optuna.StorageService``
+CALLS = ("SetTrialAttrs", "Census")
 # Every call waits for the proxy to be there, and one that fails because it went away (UNAVAILABLE)
 # is tried again; a proxy back up is found within seconds.
 _CHANNEL = [
@@ -31,7 +39,8 @@ _CHANNEL = [
     ("grpc.enable_retries", 1),
     ("grpc.max_reconnect_backoff_ms", 2000),
     ("grpc.service_config", json.dumps({"methodConfig": [{
-        "name": [{"service": "optuna.StorageService"}], "waitForReady": True, "timeout": f"{PATIENCE:.0f}s",
+        "name": [{"service": "optuna.StorageService"}, {"service": SERVICE}], "waitForReady": True,
+        "timeout": f"{PATIENCE:.0f}s",
         "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.5s", "maxBackoff": "30s", "backoffMultiplier": 2,
                         "retryableStatusCodes": ["UNAVAILABLE"]}}]})),
 ]
@@ -81,6 +90,57 @@ class ProxyStorage(GrpcStorageProxy):
         self._channel = grpc.intercept_channel(channel, _lost(self._name))
         self._stub = StorageServiceStub(self._channel)
         self._cache = GrpcClientCache(self._stub)
+        self._calls = {name: self._channel.unary_unary(f"/{SERVICE}/{name}", request_serializer=_encode,
+                                                       response_deserializer=json.loads) for name in CALLS}
+        self._served = True  # whether the proxy serves enstune's requests (not a plain Optuna proxy)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        state = GrpcStorageProxy.__getstate__(self)
+        del state["_calls"]
+        return state
+
+    def _ask(self, call: str, **request: Any) -> Any:  # noqa: ANN401 - a JSON reply
+        """The reply to enstune's request ``call``; None from a proxy that serves Optuna's requests alone."""
+        import grpc
+
+        if not self._served:
+            return None
+        try:
+            return self._calls[call](request)
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.UNIMPLEMENTED:
+                self._served = False
+                return None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise KeyError(exc.details()) from exc
+            if code == grpc.StatusCode.FAILED_PRECONDITION:
+                raise UpdateFinishedTrialError(exc.details()) from exc
+            raise
+
+    def set_trial_attrs(self, trial_id: int, user: dict[str, Any] | None = None, system: dict[str, Any] | None = None,
+                        census_of: tuple[int, bool] | None = None) -> bulk.Tally | None:
+        """A trial's user and system attributes in one request (one transaction behind a database).
+
+        With ``census_of`` = (study id, maximize), the study's census comes back in the same reply
+        (None from a plain Optuna proxy, or one serving a journal: there it would take a read of its own).
+        """
+        reply = self._ask("SetTrialAttrs", trial_id=trial_id, user=user or {}, system=system or {},
+                          census_of=census_of)
+        if reply is not None:  # a census only where the storage behind the proxy took it in the same transaction
+            return None if "census" not in reply else _tally(reply["census"])
+        for key, value in (user or {}).items():
+            self.set_trial_user_attr(trial_id, key, value)
+        for key, value in (system or {}).items():
+            self.set_trial_system_attr(trial_id, key, value)
+        return None
+
+    def census(self, study_id: int, below: int | None = None, maximize: bool = True) -> bulk.Tally:
+        """A study's trials by state (those numbered below ``below``, if given) and its best value, in one request."""
+        reply = self._ask("Census", study_id=study_id, below=below, maximize=maximize)
+        if reply is None:
+            return bulk.tally(self.get_all_trials(study_id, deepcopy=False), below, maximize)
+        return _tally(reply)
 
 
 class HeartbeatProxyStorage(AttributeHeartbeat, ProxyStorage):
@@ -99,15 +159,66 @@ class HeartbeatProxyStorage(AttributeHeartbeat, ProxyStorage):
             pass  # the worker's next call meets the same error and stops with it; this thread ends quietly
 
 
+def _encode(message: Any) -> bytes:  # noqa: ANN401 - JSON
+    return json.dumps(message).encode()
+
+
+def _census_message(tally: bulk.Tally) -> dict[str, Any]:
+    states, best = tally
+    return {"states": {state.name: n for state, n in states.items()}, "best": best}
+
+
+def _tally(message: dict[str, Any]) -> bulk.Tally:
+    return {TrialState[state]: n for state, n in message["states"].items()}, message["best"]
+
+
+def _service(storage: optuna.storages.BaseStorage) -> Any:  # noqa: ANN401 - a grpc.GenericRpcHandler
+    """enstune's requests on ``storage``, answered as Optuna's service answers its own (errors included)."""
+    import grpc
+
+    def set_trial_attrs(trial_id: int, user: dict[str, Any], system: dict[str, Any],
+                        census_of: list[Any] | None = None) -> dict[str, Any]:
+        tally = bulk.set_trial_attrs(storage, trial_id, user, system, None if census_of is None else tuple(census_of))
+        return {} if tally is None else {"census": _census_message(tally)}
+
+    def census(study_id: int, below: int | None, maximize: bool) -> dict[str, Any]:
+        return _census_message(bulk.census(storage, study_id, below, maximize))
+
+    def handler(call: Callable[..., dict[str, Any]]) -> Any:  # noqa: ANN401 - a grpc.RpcMethodHandler
+        def handle(request: dict[str, Any], context: Any) -> dict[str, Any]:
+            try:
+                return call(**request)
+            except KeyError as exc:
+                context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            except UpdateFinishedTrialError as exc:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise AssertionError("unreachable")
+
+        return grpc.unary_unary_rpc_method_handler(handle, request_deserializer=json.loads,
+                                                   response_serializer=_encode)
+
+    return grpc.method_handlers_generic_handler(SERVICE, {"SetTrialAttrs": handler(set_trial_attrs),
+                                                          "Census": handler(census)})
+
+
+def server(storage: optuna.storages.BaseStorage, host: str, port: int) -> Any:  # noqa: ANN401 - a grpc.Server
+    """Optuna's gRPC storage proxy server for ``storage`` on ``host``:``port``, with enstune's service; not started."""
+    from optuna.storages._grpc.server import make_server
+
+    # What run_grpc_proxy_server starts, with enstune's service added before it starts.
+    built = make_server(storage, f"[{host}]" if ":" in host else host, port, ThreadPoolExecutor(max_workers=THREADS))
+    built.add_generic_rpc_handlers((_service(storage),))
+    return built
+
+
 def serve(storage: optuna.storages.BaseStorage, host: str, port: int) -> None:
-    """Serve ``storage`` through Optuna's gRPC storage proxy on ``host``:``port`` until the process ends."""
+    """Serve ``storage`` through the storage proxy on ``host``:``port`` until the process ends."""
     import signal
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the command announces itself in one line
     # Ctrl-C and SIGTERM stop it, even when started with SIGINT ignored (in the background of a script).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.run_grpc_proxy_server(storage, host=f"[{host}]" if ":" in host else host, port=port,
-                                              thread_pool=ThreadPoolExecutor(max_workers=THREADS))
+    running = server(storage, host, port)
+    running.start()
+    running.wait_for_termination()

@@ -14,6 +14,7 @@ from optuna.study import StudyDirection
 from optuna.trial import TrialState
 
 from enstune.errors import EnstuneError
+from enstune.storage.bulk import Tally
 
 log = logging.getLogger("enstune.storage")
 
@@ -25,7 +26,7 @@ _RETRIED = (
     "get_study_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param",
     "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials", "_get_best_trial_id",
-    "record_heartbeat", "_get_stale_trial_ids", "set_trial_user_attrs", "count_trials",
+    "record_heartbeat", "_get_stale_trial_ids", "set_trial_attrs", "census", "heartbeat_ages",
     "get_trial_system_attrs",
 )
 
@@ -46,6 +47,72 @@ def is_transient(exc: BaseException) -> bool:
 
     return caused_by(exc, lambda e: isinstance(e, (sa.OperationalError, sa.InterfaceError))
                      or (isinstance(e, sa.DBAPIError) and e.connection_invalidated))
+
+
+def dialect_upsert(dialect: str) -> Callable[..., Any] | None:
+    """The dialect's INSERT that takes ON CONFLICT DO UPDATE (PostgreSQL, SQLite), or None."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    return {"postgresql": postgresql.insert, "sqlite": sqlite.insert}.get(dialect)
+
+
+def _tally(rows: list[Any]) -> Tally:
+    """A census from the rows of ``_census``: (state, trials, best value)."""
+    return ({TrialState(state): n for state, n, _ in rows},
+            next((best for state, _, best in rows if TrialState(state) == TrialState.COMPLETE), None))
+
+
+# Statements built once: SQLAlchemy caches a statement's compiled form, not the work of building it
+# (and compiles a multi-row VALUES anew each time: rows go as the parameters of one statement instead).
+@functools.cache
+def _attr_upsert(dialect: str, table: str) -> Any:  # noqa: ANN401 - a SQLAlchemy Insert
+    """The upsert Optuna issues per key into attribute table ``table``, run once with every row as parameters."""
+    from optuna.storages._rdb import models
+
+    insert = dialect_upsert(dialect)(models.BaseModel.metadata.tables[table])
+    return insert.on_conflict_do_update(index_elements=["trial_id", "key"],
+                                        set_={"value_json": insert.excluded.value_json})
+
+
+@functools.cache
+def _census(maximize: bool, below: bool) -> Any:  # noqa: ANN401 - a SQLAlchemy Select
+    """Trials of study ``:study_id`` (numbered below ``:below``) by state, and the best value of the COMPLETE ones."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trial, value = models.TrialModel.__table__, models.TrialValueModel.__table__
+    # A COMPLETE trial's value by its index, not a join: a join's plan may read every study's values.
+    of_trial = (sa.select(value.c.value).where(value.c.trial_id == trial.c.trial_id, value.c.objective == 0)
+                .scalar_subquery())
+    rows = (sa.select(trial.c.state, sa.case((trial.c.state == TrialState.COMPLETE, of_trial)).label("value"))
+            .where(trial.c.study_id == sa.bindparam("study_id")))
+    if below:
+        rows = rows.where(trial.c.number < sa.bindparam("below"))
+    study = rows.subquery()
+    best = sa.func.max if maximize else sa.func.min
+    return sa.select(study.c.state, sa.func.count(), best(study.c.value)).group_by(study.c.state)
+
+
+@functools.cache
+def _trial_state() -> Any:  # noqa: ANN401 - a SQLAlchemy Select
+    """The state of trial ``:trial_id``."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trial = models.TrialModel.__table__
+    return sa.select(trial.c.state).where(trial.c.trial_id == sa.bindparam("trial_id"))
+
+
+@functools.cache
+def _running_beats() -> Any:  # noqa: ANN401 - a SQLAlchemy Select
+    """Each running trial of study ``:study_id`` with a row in Optuna's heartbeat table: its last beat, and now."""
+    import sqlalchemy as sa
+    from optuna.storages._rdb import models
+
+    trial, beat = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
+    return (sa.select(trial.c.trial_id, beat.c.heartbeat, sa.func.now())
+            .select_from(trial.join(beat, beat.c.trial_id == trial.c.trial_id))
+            .where(trial.c.state == TrialState.RUNNING, trial.c.study_id == sa.bindparam("study_id")))
 
 
 def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,50 +154,63 @@ class ResilientRDBStorage(RDBStorage):
                                f"storage's study_name column")
         return super().create_new_study(directions, study_name)
 
-    def set_trial_user_attrs(self, trial_id: int, attrs: dict[str, Any]) -> None:
-        """Several user attributes of one trial in one transaction.
+    def set_trial_attrs(self, trial_id: int, user: dict[str, Any] | None = None, system: dict[str, Any] | None = None,
+                        census_of: tuple[int, bool] | None = None) -> Tally | None:
+        """Several user and system attributes of one trial in one transaction; with ``census_of``, a census too.
 
         Optuna commits each attribute on its own (a few milliseconds and an fsync each); a
-        trial's results are a dozen attributes. On PostgreSQL and SQLite this is one multi-row
-        form of the upsert Optuna issues per key; elsewhere Optuna's per-key path.
+        trial's results are a dozen attributes. On PostgreSQL and SQLite the upsert Optuna issues
+        per key runs once for all of them; elsewhere Optuna's per-key statements. ``census_of`` =
+        (study id, maximize): the study's census (see ``census``), in the same transaction.
         """
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session, True) as session:
+            state = session.execute(_trial_state(), {"trial_id": trial_id}).scalar_one_or_none()
+            if state is None:
+                raise KeyError(f"no trial with id {trial_id}")
+            self.check_trial_is_updatable(trial_id, state)
+            self._write_attrs(session, trial_id, user or {}, system or {})
+            if census_of is None:
+                return None
+            return _tally(session.execute(_census(census_of[1], False), {"study_id": census_of[0]}).all())
+
+    def _write_attrs(self, session: Any, trial_id: int, user: dict[str, Any], system: dict[str, Any]) -> None:
+        """Upsert a trial's attributes within ``session`` (its trial already checked to be updatable)."""
         import json
 
         from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-        from sqlalchemy.dialects import postgresql, sqlite
 
-        model = models.TrialUserAttributeModel
-        inserts = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
-        with _create_scoped_session(self.scoped_session, True) as session:
-            if self.engine.name not in inserts or not attrs:
+        for model, attrs in ((models.TrialUserAttributeModel, user), (models.TrialSystemAttributeModel, system)):
+            if not attrs:
+                continue
+            if dialect_upsert(self.engine.name) is None:
                 for key, value in attrs.items():
                     self._set_trial_attr_without_commit(session, model, trial_id, key, value)
-                return
-            trial = models.TrialModel.find_or_raise_by_id(trial_id, session)
-            self.check_trial_is_updatable(trial_id, trial.state)
-            # One multi-row upsert, the statement Optuna issues per key on these databases.
-            insert = inserts[self.engine.name](model).values(
-                [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()])
-            session.execute(insert.on_conflict_do_update(index_elements=[model.trial_id, model.key],
-                                                         set_={"value_json": insert.excluded.value_json}))
+                continue
+            rows = [{"trial_id": trial_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()]
+            session.execute(_attr_upsert(self.engine.name, model.__tablename__), rows)
 
-    def count_trials(self, study_id: int, below: int | None = None) -> dict[TrialState, int]:
-        """A study's trials by state, only those numbered below ``below`` if given: one query.
+    def census(self, study_id: int, below: int | None = None, maximize: bool = True) -> Tally:
+        """A study's trials by state (only those numbered below ``below``, if given) and its best value: one query.
 
         Reading the trials themselves to count them costs half a dozen queries (one per child
-        table) and grows with the study.
+        table) and grows with the study. The best value is the best finite one of a COMPLETE trial.
         """
-        import sqlalchemy
-        from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
-        trial = models.TrialModel
         with _create_scoped_session(self.scoped_session) as session:
-            query = session.query(trial.state, sqlalchemy.func.count()).filter(trial.study_id == study_id)
-            if below is not None:
-                query = query.filter(trial.number < below)
-            return {TrialState(state): n for state, n in query.group_by(trial.state)}
+            params = {"study_id": study_id} if below is None else {"study_id": study_id, "below": below}
+            return _tally(session.execute(_census(maximize, below is not None), params).all())
+
+    def heartbeat_ages(self, study_id: int) -> dict[int, float]:
+        """Seconds since the last heartbeat in Optuna's table of each running trial of the study that has one."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            rows = session.execute(_running_beats(), {"study_id": study_id}).all()
+        # As Optuna compares them: the database's clock, without its time zone.
+        return {trial_id: (now.replace(tzinfo=None) - at).total_seconds() for trial_id, at, now in rows}
 
     def _state_is(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         trial_id = args[0] if args else kwargs["trial_id"]

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from enstune.cli import app
-from test_storage import cli, sets, trials, wait_all
+from test_storage import CHEAP, cli, plain_and_enstune, sets, transactions, trials, wait_all
 
 SECRET = "pr0xy-Hunter2"
 # Two trials of two short members; a worker whose trial is done checks every heartbeat for the other's.
@@ -71,6 +72,22 @@ def proxy(*args: str, env: dict[str, str], port: int | None = None) -> Iterator[
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
         output += [out, err]
+
+
+@contextlib.contextmanager
+def in_process_proxy(storage: Any, plain: bool = False) -> Iterator[str]:
+    """A storage proxy serving ``storage`` from this process (Optuna's own with ``plain``): its grpc:// URL."""
+    from optuna.storages._grpc.server import make_server
+
+    from enstune.storage.proxy import server
+
+    port = free_port()
+    running = make_server(storage, "127.0.0.1", port) if plain else server(storage, "127.0.0.1", port)
+    running.start()
+    try:
+        yield f"grpc://127.0.0.1:{port}"
+    finally:
+        running.stop(0)
 
 
 def journal_trials(home: Path, name: str) -> list[optuna.trial.FrozenTrial]:
@@ -207,6 +224,53 @@ def test_workers_on_the_database_and_behind_the_proxy_read_each_others_heartbeat
         seen = proxied.get_trial(on_db._trial_id).system_attrs[HEARTBEAT_ATTR]
         assert seen["trial"] == on_db._trial_id and seen["pid"] == os.getpid()
         assert proxied._get_stale_trial_ids(study._study_id) == []
+
+
+@pytest.mark.parametrize("served", ["enstune", "optuna"])
+def test_through_the_proxy_a_census_and_a_trials_attributes_are_one_transaction_each(served, pg, home):
+    import collections
+
+    from enstune import study as st
+    from enstune.storage import bulk, open_storage, served_storage
+
+    behind = served_storage(pg.url())
+    with in_process_proxy(behind, plain=served == "optuna") as url:  # a plain Optuna proxy: Optuna's requests
+        study = optuna.create_study(study_name=f"census-{served}", storage=open_storage(url), direction="maximize")
+        done, failed, pruned, running = (study.ask() for _ in range(4))
+        study.tell(done, 0.5)
+        study.tell(failed, state=TrialState.FAIL)
+        pruned.report(0.9, step=1)
+        study.tell(pruned, state=TrialState.PRUNED)
+        study.enqueue_trial({})
+        with transactions(behind) as begun:
+            counted = st.census(study)
+            st.set_user_attrs(running, {"a": 1, "b": [0.5, 0.75], "c": None})
+        if served == "enstune":
+            assert begun[0] == 2
+        assert counted == st.Census(collections.Counter(t.state for t in study.trials), 0.5)
+        assert st.census(study, below=2).states == {TrialState.COMPLETE: 1, TrialState.FAIL: 1}
+        study.tell(running, 1.0)
+        with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+            st.set_user_attrs(running, {"late": 1})
+        with pytest.raises(KeyError):
+            bulk.set_trial_attrs(study._storage, 10**9, user={"nobody": 1})
+    assert trials(pg.url(), f"census-{served}")[3].user_attrs == {"a": 1, "b": [0.5, 0.75], "c": None}
+
+
+def test_a_workers_trial_through_the_proxy_costs_at_most_three_transactions_more_than_plain_optunas(pg, home):
+    from enstune import study as st
+    from enstune.storage import open_storage, proxy_address, served_storage
+
+    behind = served_storage(pg.url())
+    with in_process_proxy(behind) as url:
+        st.create("starsse-demo", name="cost-proxy", storage_url=url, overrides=CHEAP + ["n_trials=6"])
+        host, port = proxy_address(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            plain_client = optuna.storages.GrpcStorageProxy(host=host, port=port)
+        plain, enstune = plain_and_enstune(plain_client, open_storage(url, heartbeat=60), "cost-proxy", 6,
+                                           counted=behind)
+    assert enstune - plain <= 3, (plain, enstune)
 
 
 def one_line_error(rc: int, stderr: str, *needles: str) -> None:

@@ -122,10 +122,14 @@ def shared_home(tmp_path_factory):
 def test_every_method_runs_a_trial_of_its_demo_template(name, shared_home, monkeypatch):
     """The whole path a user takes: create from ``<method>-demo``, one small trial, the ensemble in the study."""
     import json
+    import re
 
+    import optuna
     from typer.testing import CliRunner
 
     from enstune.cli import app
+    from enstune.storage import open_storage
+    from enstune.study import load_spec, trial_config
 
     monkeypatch.setenv("ENSTUNE_HOME", str(shared_home))
     runner = CliRunner()
@@ -142,3 +146,11 @@ def test_every_method_runs_a_trial_of_its_demo_template(name, shared_home, monke
     assert len(set(attrs["member_keys"])) == size, "members are distinct"
     assert all(0.0 < a <= 1.0 for a in attrs["val_ens_acc"] + attrs["test_ens_acc"])
     assert 0.0 < attrs["test_ece"] < 1.0
+    # The log counts members as the trial does; steps show with the member they come before.
+    started = re.findall(r"(step \S+ for )?member (\d+)/(\d+) started", ran.output)
+    assert sorted(int(i) for step, i, _ in started if not step) == list(range(1, size + 1)), ran.output
+    assert all(1 <= int(i) <= size == int(k) for _, i, k in started), ran.output
+    study = optuna.load_study(study_name=template_of(name), storage=open_storage(None))
+    done = trial_config(study.trials[0], load_spec(study))  # a finished trial answers suggest_* with its params
+    steps = sum(not j.member for j in get_method(name).plan(done))
+    assert sum(bool(step) for step, _, _ in started) == steps, ran.output

@@ -1,14 +1,19 @@
+import re
+
 import optuna
 import pytest
 
-from enstune.pruning import MethodAwarePruner
+from enstune.config import StudySpec
+from enstune.errors import ConfigError
+from enstune.pruning import PRUNERS, SAMPLERS, make_pruner, make_sampler
 
 METHODS = optuna.distributions.CategoricalDistribution(["sse", "starsse", "local_de"])
+NEW = ["halving", "hyperband"]
 
 
-def _study(n_startup: int = 1) -> optuna.Study:
-    inner = optuna.pruners.MedianPruner(n_startup_trials=n_startup, n_warmup_steps=0)
-    return optuna.create_study(direction="maximize", pruner=MethodAwarePruner(inner, "starsse"))
+def _study(pruner: str = "median", n_startup: int = 1, name: str = "s") -> optuna.Study:
+    spec = StudySpec(template="t", pruner=pruner, prune_startup_trials=n_startup, members=5)
+    return optuna.create_study(study_name=name, direction="maximize", pruner=make_pruner(spec))
 
 
 def _complete(study, method, values):
@@ -18,7 +23,8 @@ def _complete(study, method, values):
     study.add_trial(fixed)
 
 
-def _running(study, method, values) -> bool:
+def _running(study, method, values) -> list[bool]:
+    """Report ``values`` at steps 1, 2, … as a trial of ``method`` does; the pruner's answer at each step."""
     study.enqueue_trial({"method": method})
     trial = study.ask({"method": METHODS})
     decisions = []
@@ -26,6 +32,16 @@ def _running(study, method, values) -> bool:
         trial.report(v, step)
         decisions.append(trial.should_prune())
     return decisions
+
+
+def _finished(study, method, values) -> None:
+    """A trial of ``method`` that reports ``values`` through the pruner (as halving needs) and completes."""
+    study.enqueue_trial({"method": method})
+    trial = study.ask({"method": METHODS})
+    for step, v in enumerate(values, start=1):
+        trial.report(v, step)
+        trial.should_prune()
+    study.tell(trial, values[-1])
 
 
 def test_shared_first_member_is_never_judged():
@@ -39,6 +55,14 @@ def test_later_steps_are_judged_against_the_same_method():
     study = _study()
     _complete(study, "sse", [0.9, 0.95, 0.96])
     assert _running(study, "sse", [0.9, 0.5]) == [False, True]
+
+
+def test_the_shared_member_does_not_rescue_a_trial():
+    # Where ensembles fall below member 1 alone, a trial's best value so far would be member 1's, the
+    # same for every trial: the median pruner must compare what the trial's own members did.
+    study = _study()
+    _complete(study, "sse", [0.9, 0.88, 0.89])
+    assert _running(study, "sse", [0.9, 0.80]) == [False, True]
 
 
 def test_other_methods_do_not_count():
@@ -56,7 +80,69 @@ def test_methods_without_shared_members_are_judged_from_step_one():
 
 @pytest.mark.parametrize("startup", [2])
 def test_startup_counts_only_the_same_method(startup):
-    study = _study(startup)
+    study = _study(n_startup=startup)
     _complete(study, "sse", [0.9, 0.95])
     _complete(study, "starsse", [0.9, 0.95])
     assert _running(study, "sse", [0.9, 0.1]) == [False, False]
+
+
+@pytest.mark.parametrize("pruner", NEW)
+def test_new_pruners_cut_a_worse_trial_of_the_same_method(pruner):
+    # The control for the two tests below: the same pruner does cut a trial when its method's trials are better.
+    study = _study(pruner)
+    for _ in range(4):
+        _finished(study, "starsse", [0.9, 0.95, 0.96, 0.97, 0.98])
+    assert any(_running(study, "starsse", [0.9, 0.5, 0.5, 0.5]))
+
+
+@pytest.mark.parametrize("pruner", NEW)
+def test_new_pruners_never_judge_shared_steps(pruner):
+    study = _study(pruner)
+    for _ in range(4):
+        _finished(study, "starsse", [0.9, 0.95, 0.96, 0.97, 0.98])
+    # six trials: Hyperband spreads them over its brackets, each with its own first rung
+    assert [_running(study, "starsse", [0.01]) for _ in range(6)] == [[False]] * 6
+
+
+@pytest.mark.parametrize("pruner", NEW)
+def test_new_pruners_ignore_other_methods(pruner):
+    study = _study(pruner)
+    for _ in range(4):  # far better sse trials, seen by the pruner at every rung
+        _finished(study, "sse", [0.9, 0.95, 0.96, 0.97, 0.98])
+    # the first starsse trial has no trial of its own method to lose to
+    assert _running(study, "starsse", [0.9, 0.5, 0.5, 0.5]) == [False] * 4
+
+
+@pytest.mark.parametrize("pruner", NEW)
+def test_new_pruners_judge_local_de_from_its_first_member(pruner):
+    study = _study(pruner)
+    for _ in range(4):
+        _finished(study, "local_de", [0.9, 0.95, 0.96, 0.97, 0.98])
+    # Hyperband puts some trials in a bracket whose first rung is later: at least one of these is cut at once
+    assert any(_running(study, "local_de", [0.1])[0] for _ in range(6))
+
+
+@pytest.mark.parametrize("kind, make, registry",
+                         [("sampler", make_sampler, SAMPLERS), ("pruner", make_pruner, PRUNERS)])
+def test_unknown_names_list_the_known_ones(kind, make, registry):
+    spec = StudySpec(template="t", **{kind: "nope"})
+    with pytest.raises(ConfigError, match=re.escape(f"unknown {kind} 'nope'; known: {', '.join(registry.names())}")):
+        make(spec)
+    assert {"median", "none", *NEW} <= set(PRUNERS.names()) and {"grid", "random", "tpe", "gp"} <= set(SAMPLERS.names())
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("grid", optuna.samplers.RandomSampler), ("random", optuna.samplers.RandomSampler),
+    ("tpe", optuna.samplers.TPESampler), ("gp", optuna.samplers.GPSampler)])
+def test_samplers_by_name(name, kind):
+    from optuna.distributions import CategoricalDistribution
+
+    from enstune.config import Param
+
+    sampler = make_sampler(StudySpec(template="t", sampler=name, space={"lr_mult": Param(choices=(0.5, 2.0))}))
+    assert isinstance(sampler, kind)
+    if name != "gp":  # GP's fit takes seconds
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.optimize(lambda t: t.suggest_categorical("lr_mult", [0.5, 2.0]), n_trials=6)
+        assert {t.params["lr_mult"] for t in study.trials} == {0.5, 2.0}
+        assert isinstance(study.trials[0].distributions["lr_mult"], CategoricalDistribution)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 import psycopg
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from conftest import reachable_tmpdir
 from enstune.cli import app
+from enstune.objective import Objective
+from enstune.progress import Reporter
 
 ENSTUNE = str(Path(sys.executable).parent / "enstune")
 SECRET = "hunter2-Zq9"
@@ -45,6 +54,81 @@ def wait_all(procs: list[subprocess.Popen[str]], timeout: float = 300) -> list[t
         stdout, stderr = p.communicate(timeout=timeout)
         results.append((p.returncode, stdout, stderr))
     return results
+
+
+# A trial as cheap as a trial gets: two parameters sampled, three values reported, nothing trained.
+CHEAP = ["sampler='random'", "pruner='none'", "members=3", "space.lr_mult.choices=[0.5, 2]",
+         "space.epoch_mult.choices=[0.5, 1]", "heartbeat=60"]
+RESULTS = ("val_ens_acc", "test_ens_acc", "val_member_acc", "test_member_acc", "member_epochs", "train_seconds",
+           "cached_members", "member_keys", "trained_members", "val_correct", "val_size", "input_size")
+
+
+def cheap_values(trial: optuna.Trial) -> list[float]:
+    """The cheap trial's three values, reported (the parameters sampled as a study of CHEAP samples them)."""
+    lr, ep = trial.suggest_categorical("lr_mult", [0.5, 2]), trial.suggest_categorical("epoch_mult", [0.5, 1])
+    values = [1 / (1 + lr * ep / k) for k in (1, 2, 3)]
+    for k, v in enumerate(values, 1):
+        trial.report(v, step=k)
+    return values
+
+
+class Cheap(Objective):
+    """The worker's objective (admission, outcome) with the cheap trial in place of training, its results written."""
+
+    def __init__(self, spec: Any, prune: int | None = None) -> None:
+        super().__init__(spec, None, None, Reporter())  # type: ignore[arg-type] - nothing is trained
+        self.prune = prune  # the trial number pruned after its reports, if any
+
+    def run(self, trial: optuna.Trial, retry: bool) -> float:
+        values = cheap_values(trial)
+        self.record(trial, dict.fromkeys(RESULTS, values))
+        if trial.number == self.prune:
+            raise optuna.TrialPruned()
+        return values[-1]
+
+
+@contextlib.contextmanager
+def transactions(storage: Any) -> Iterator[list[int]]:
+    """Within: ``[n]``, the transactions a database storage (under Optuna's cache or not) has begun so far."""
+    from enstune.storage.bulk import native
+
+    engine, begun = native(storage).engine, [0]
+
+    def count(_connection: Any) -> None:
+        begun[0] += 1
+
+    sqlalchemy.event.listen(engine, "begin", count)
+    try:
+        yield begun
+    finally:
+        sqlalchemy.event.remove(engine, "begin", count)
+
+
+def plain_and_enstune(plain_storage: Any, enstune_storage: Any, name: str, trials: int,
+                      counted: Any = None) -> tuple[float, float]:
+    """Database transactions per trial: plain Optuna's, then enstune's worker's.
+
+    The same cheap trial: plain Optuna's ``optimize`` on ``plain_storage``, enstune's worker loop on
+    ``enstune_storage`` (with heartbeats) in study ``name`` (created with CHEAP and ``trials`` trials).
+    Counted on ``counted`` (the database behind a proxy), else on each one's own storage.
+    """
+    from enstune import study as st
+    from enstune.pruning import make_pruner, make_sampler
+    from enstune.worker import work
+
+    plain = optuna.create_study(study_name=f"{name}-plain", storage=plain_storage, direction="maximize",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    with transactions(counted or plain_storage) as begun:
+        plain.optimize(lambda t: cheap_values(t)[-1], n_trials=trials)
+    per_plain = begun[0] / trials
+    spec = st.load_spec(st._load(name, enstune_storage))
+    study = optuna.load_study(study_name=name, storage=enstune_storage, sampler=make_sampler(spec),
+                              pruner=make_pruner(spec))
+    with transactions(counted or enstune_storage) as begun:
+        assert work(study, spec, Cheap(spec), Reporter()) == trials
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * trials
+    assert all(t.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}" for t in study.trials)
+    return per_plain, begun[0] / trials
 
 
 def test_storage_commands_start_reuse_and_stop_a_local_cluster(monkeypatch):
@@ -93,6 +177,7 @@ def test_trial_counts_on_the_database_match_the_trials_themselves(pg, home):
     st.create("starsse-demo", name="counts", storage_url=url, overrides=["n_trials=6"])
     study = optuna.load_study(study_name="counts", storage=open_storage(url))
     spec = st.load_spec(study)
+    assert st.census(study) == st.Census(collections.Counter({TrialState.WAITING: 6}), None)
     running = [study.ask() for _ in range(3)]  # three of the six queued points taken
     study.tell(running[0], 0.5)
     study.tell(running[1], state=TrialState.FAIL)
@@ -107,6 +192,13 @@ def test_trial_counts_on_the_database_match_the_trials_themselves(pg, home):
     assert _open_trials(study, spec) == (3, 1), "a grid study draws only from its queue: three queued points"
     tpe = dataclasses.replace(spec, sampler="tpe")
     assert _open_trials(study, tpe) == (3 + 1, 1), "three queued, one trial's worth of budget back from the FAIL"
+
+    pruned = study.ask()
+    pruned.report(0.9, step=1)
+    study.tell(pruned, state=TrialState.PRUNED)  # its value is 0.9, yet a pruned trial is never the best
+    study.tell(running[2], 0.75)
+    assert st.census(study).best == 0.75 == study.best_value
+    assert st.census(study, below=2).best == 0.5
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
@@ -125,6 +217,107 @@ def test_a_trials_attributes_are_written_together_and_never_after_it_ends(kind, 
         "worker": "w:2", "val_ens_acc": [0.5, 0.75], "diverged": False}
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
         set_user_attrs(trial, {"late": 1})
+
+
+def test_a_workers_trial_costs_the_database_at_most_three_transactions_more_than_plain_optunas(pg, home):
+    from enstune import study as st
+    from enstune.storage import open_storage
+
+    url = pg.url()
+    st.create("starsse-demo", name="cost", storage_url=url, overrides=CHEAP + ["n_trials=6"])
+    plain, enstune = plain_and_enstune(optuna.storages.get_storage(url), open_storage(url, heartbeat=60), "cost", 6)
+    # The heartbeat (naming the worker) and the results (with the census the next trial starts from):
+    # two; the first census and stale-trial check are shared by the six trials.
+    assert enstune - plain <= 3, (plain, enstune)
+
+
+def test_a_heartbeat_is_one_transaction_that_names_the_worker_and_silent_trials_fail_on_time(pg, home):
+    from enstune.storage import open_storage
+    from enstune.storage.heartbeat import HEARTBEAT_ATTR
+
+    storage = open_storage(pg.url(), heartbeat=1)
+    study = optuna.create_study(study_name="beats-db", storage=storage)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # asked for outside optimize, which would beat for them
+        beating, silent = study.ask(), study.ask()
+    for _ in range(2):
+        with transactions(storage) as begun:
+            storage.record_heartbeat(beating._trial_id)
+        assert begun[0] == 1
+    trial = storage.get_trial(beating._trial_id)
+    assert trial.user_attrs["worker"] == f"{socket.gethostname()}:{os.getpid()}"
+    assert trial.system_attrs[HEARTBEAT_ATTR]["pid"] == os.getpid()
+    with psycopg.connect(pg.url().replace("postgresql+psycopg", "postgresql")) as c:
+        (rows,) = c.execute("SELECT count(*) FROM trial_heartbeats WHERE trial_id = %s",
+                            (beating._trial_id,)).fetchone()
+    assert rows == 1, "the beat is in Optuna's table too"
+
+    beaten = time.monotonic()
+    assert storage._get_stale_trial_ids(study._study_id) == []  # the silent one never beat: never stale here
+    with transactions(storage) as begun:
+        assert storage._get_stale_trial_ids(study._study_id) == []
+    assert begun[0] == 0, "no trial can have been silent for two intervals yet: nothing to read"
+    while (storage._get_stale_trial_ids(study._study_id) == []) and time.monotonic() - beaten < 10:
+        time.sleep(0.05)
+    # failed by the first check two intervals after its last beat, as a check before every trial would
+    assert 1.9 <= time.monotonic() - beaten < 4
+    assert storage._get_stale_trial_ids(study._study_id) == [beating._trial_id], "found again until failed"
+    assert silent._trial_id not in storage._get_stale_trial_ids(study._study_id)
+
+
+def test_a_sampled_trial_is_admitted_without_a_count_while_the_budget_has_room(pg, home):
+    from enstune import study as st
+    from enstune.objective import OverBudget, _admit
+    from enstune.storage import open_storage
+
+    url = pg.url()
+    st.create("starsse-demo", name="admit", storage_url=url, overrides=CHEAP + ["n_trials=2"])
+    storage = open_storage(url)
+    study = optuna.load_study(study_name="admit", storage=storage)
+    spec = st.load_spec(study)
+    seen = st.census(study).states  # what a worker counted before asking for its trial
+    first, second, third = study.ask(), study.ask(), study.ask()  # two more asked for by other workers meanwhile
+    with transactions(storage) as begun:
+        _admit(first, spec, seen)
+        _admit(second, spec, seen)
+    assert begun[0] == 0, "two trials cannot spend a budget of two with a third"
+    with transactions(storage) as begun, pytest.raises(OverBudget):
+        _admit(third, spec, seen)
+    assert begun[0] >= 1, "counted once the bound no longer proves room"
+    study.tell(second, state=TrialState.FAIL)
+    study.tell(third, state=TrialState.FAIL)
+    seen = st.census(study).states
+    fourth = study.ask()  # in place of the failed ones
+    with transactions(storage) as begun:
+        _admit(fourth, spec, seen)
+    assert begun[0] == 0
+
+
+def test_the_worker_reports_each_trial_with_the_studys_best(home):
+    from enstune import study as st
+    from enstune.storage import open_storage
+    from enstune.pruning import make_pruner, make_sampler
+    from enstune.worker import work
+
+    class Recorder(Reporter):
+        def __init__(self) -> None:
+            self.done: list[tuple[str, float | None, float | None]] = []
+
+        def trial_done(self, state: str, value: float | None, best: float | None) -> None:
+            self.done.append((state, value, best))
+
+    st.create("starsse-demo", name="told", overrides=CHEAP + ["n_trials=3"])
+    storage = open_storage(None, heartbeat=60)
+    spec = st.load_spec(st._load("told", storage))
+    study = optuna.load_study(study_name="told", storage=storage, sampler=make_sampler(spec),
+                              pruner=make_pruner(spec))
+    reporter = Recorder()
+    assert work(study, spec, Cheap(spec, prune=1), reporter) == 3
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    best = [trials[0].value, trials[0].value, max(trials[0].value, trials[2].value)]
+    assert reporter.done == [(t.state.name, t.value, b) for t, b in zip(trials, best)]
+    assert trials[1].value == trials[1].intermediate_values[3], "a pruned trial is reported with Optuna's value"
 
 
 def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
