@@ -58,15 +58,17 @@ class Interrupted(KeyboardInterrupt):
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
-    # A second signal ends the process at once: the default handlers are back.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A second signal ends the process at once, by the system's default action: a KeyboardInterrupt
+    # could land in an interpreter's exit hook and print a traceback there. Storage writes that must
+    # not be cut hold the signal until they end (_deferred_signals).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise Interrupted(signum)
 
 
 @contextlib.contextmanager
 def _signals_interrupt() -> Iterator[None]:
-    """Within: SIGINT and SIGTERM raise Interrupted in the main thread (elsewhere nothing changes)."""
+    """Within: SIGINT and SIGTERM raise Interrupted in the main thread; after one, the next ends the process."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -75,9 +77,14 @@ def _signals_interrupt() -> Iterator[None]:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         yield
-    finally:
+    except Interrupted:
+        raise  # the default actions set by _interrupt stay while the worker winds down
+    except BaseException:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+        raise
+    signal.signal(signal.SIGINT, before[0])
+    signal.signal(signal.SIGTERM, before[1])
 
 
 @contextlib.contextmanager
