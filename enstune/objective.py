@@ -34,6 +34,7 @@ def _work(ws: Workspace, reporter: Reporter, jobs: list[MemberJob]):  # noqa: AN
 
     def work(job, parent: MemberResult | None, slot: Slot, refs: dict[int, MemberResult],  # noqa: ANN001
              wait: bool) -> MemberResult:
+        # Planned epochs where the maker is the training loop; others (a SWAG walk, a sample) report as they go.
         first, last = job.option("span", (0, job.recipe.epochs))
         epochs = last - first if job.make in TRAINING_MAKERS else 0
         reporter.member_started(position[job.index], size, epochs, step="" if job.member else job.make)

@@ -29,7 +29,7 @@ class Reporter:
         """A trial begins."""
 
     def member_started(self, index: int, members: int, epochs: int, step: str = "") -> None:
-        """Member ``index`` of ``members`` begins training for ``epochs``; with ``step``, a step it waits for."""
+        """Member ``index`` of ``members`` begins, planned for ``epochs`` (0: not known); with ``step``, a step it waits for."""
 
     def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
         """An epoch of the current member ended."""
@@ -82,7 +82,7 @@ class RichReporter(Reporter):
                               visible=True)
 
     def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
-        self._progress.update(self._member, completed=epoch)
+        self._progress.update(self._member, total=epochs, completed=epoch)
 
     def member_done(self, index: int, val_ens_acc: float, cached: bool) -> None:
         note = " (cached)" if cached else ""
@@ -130,6 +130,7 @@ class LogReporter(Reporter):
         self._started = 0.0
         self._members = 0
         self._member: dict[int, tuple[int, float]] = {}  # index -> (epochs, start)
+        self._epochs: dict[str, int] = {}  # job -> the epochs its training reported (a sampled member reports none)
         self._thread: dict[int, str] = {}  # thread -> the job it trains ("member 2/5", "step … for member 2/5")
         self._last = "member ?"  # the job started last
         self._epoch_said: dict[str, float] = {}  # job -> when its last epoch line was written
@@ -156,6 +157,7 @@ class LogReporter(Reporter):
     def trial_started(self, number: int, params: dict[str, Any], members: int) -> None:
         self._trial, self._started, self._members = number, self._clock(), members
         self._member.clear()
+        self._epochs.clear()
         self._thread.clear()  # each trial's members run in threads of their own
         self._evaluator = None
         shown = " ".join(f"{k}={v}" for k, v in params.items()) or "no parameters"
@@ -168,11 +170,13 @@ class LogReporter(Reporter):
         self._thread[threading.get_ident()] = what
         self._epoch_said.pop(what, None)
         self._last = what
-        self._say(f"{self._where()} {what} started: {epochs} epoch(s)")
+        self._epochs.pop(what, None)
+        self._say(f"{self._where()} {what} started" + (f": {epochs} epoch(s)" if epochs else ""))
 
     def epoch_done(self, epoch: int, epochs: int, loss: float) -> None:
         # A job trained elsewhere may report from any thread: then the job started last.
         what = self._thread.get(threading.get_ident(), self._last)
+        self._epochs[what] = epochs
         now = self._clock()
         if epoch not in (1, epochs) and now - self._epoch_said.get(what, -math.inf) < self._interval:
             return
@@ -180,7 +184,8 @@ class LogReporter(Reporter):
         self._say(f"{self._where()} {what} epoch {epoch}/{epochs}: loss {loss:.4f}")
 
     def member_done(self, index: int, val_ens_acc: float, cached: bool) -> None:
-        epochs, start = self._member.get(index, (0, self._clock()))
+        planned, start = self._member.get(index, (0, self._clock()))
+        epochs = self._epochs.get(f"member {index}/{self._members}", planned)  # a cached member: as planned
         how = "cached" if cached else "trained"
         self._say(f"{self._where()} member {index}/{self._members} done: {epochs} epoch(s), "
                   f"val ens acc {val_ens_acc:.4f}, {how} in {self._clock() - start:.1f} s")

@@ -83,6 +83,34 @@ def test_epoch_and_model_lines_come_at_a_bounded_rate_however_many_there_are():
     assert "epoch 1/1000: loss 0.2500" in log.getvalue()
 
 
+def test_a_step_is_named_with_the_member_it_comes_before_and_a_sampled_member_trains_no_epoch():
+    clock, log = Clock(), io.StringIO()
+    with LogReporter(log, budget=1, interval=30, clock=clock) as reporter:
+        reporter.trial_started(0, {"lr_mult": 4}, 2)
+        reporter.member_started(1, 2, 3)
+        for epoch in (1, 2, 3):
+            reporter.epoch_done(epoch, 3, 0.5)
+        reporter.member_done(1, 0.5, cached=False)
+        reporter.member_started(2, 2, 0, step="swag-collect")  # a walk whose length its maker reports
+        for epoch in (1, 2):
+            reporter.epoch_done(epoch, 2, 0.25)
+        reporter.member_started(2, 2, 0)  # sampled from the walk: no training
+        reporter.member_done(2, 0.75, cached=False)
+        reporter.trial_done("COMPLETE", 0.75, 0.75)
+    lines = [rest for _, rest in parse(log.getvalue())]
+    assert lines[2:-2] == [
+        "trial 0 member 1/2 started: 3 epoch(s)",
+        "trial 0 member 1/2 epoch 1/3: loss 0.5000",
+        "trial 0 member 1/2 epoch 3/3: loss 0.5000",
+        "trial 0 member 1/2 done: 3 epoch(s), val ens acc 0.5000, trained in 0.0 s",
+        "trial 0 step swag-collect for member 2/2 started",
+        "trial 0 step swag-collect for member 2/2 epoch 1/2: loss 0.2500",
+        "trial 0 step swag-collect for member 2/2 epoch 2/2: loss 0.2500",
+        "trial 0 member 2/2 started",
+        "trial 0 member 2/2 done: 0 epoch(s), val ens acc 0.7500, trained in 0.0 s",
+    ]
+
+
 def test_log_records_and_warnings_are_timestamped_lines_and_everything_is_put_back_after():
     log, elsewhere = io.StringIO(), io.StringIO()
     optuna_log = logging.getLogger("optuna")
