@@ -145,15 +145,19 @@ class Census:
     states: collections.Counter[TrialState]
     best: float | None
 
+    @classmethod
+    def of(cls, tally: bulk.Tally) -> Census:
+        """The census a storage counted (see ``enstune.storage.bulk``)."""
+        return cls(collections.Counter(tally[0]), tally[1])
+
 
 def census(study: optuna.Study, below: int | None = None) -> Census:
     """How many trials of ``study`` are in each state (those numbered below ``below``, if given), and its best value.
 
     One query on a database, one request through the storage proxy; other storages read the trials.
     """
-    states, best = bulk.census(study._storage, study._study_id, below,
-                               study.direction == optuna.study.StudyDirection.MAXIMIZE)
-    return Census(collections.Counter(states), best)
+    return Census.of(bulk.census(study._storage, study._study_id, below,
+                                 study.direction == optuna.study.StudyDirection.MAXIMIZE))
 
 
 def trial_states(study: optuna.Study, below: int | None = None) -> collections.Counter[TrialState]:
@@ -173,12 +177,9 @@ def set_results(trial: optuna.Trial, attrs: dict[str, Any]) -> Census | None:
     of its own, so None.
     """
     study = trial.study
-    if not isinstance(bulk.native(study._storage), bulk.BulkStorage):
-        set_user_attrs(trial, attrs)
-        return None
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     counted = bulk.set_trial_attrs(study._storage, trial._trial_id, user=attrs, census_of=(study._study_id, maximize))
-    return None if counted is None else Census(collections.Counter(counted[0]), counted[1])
+    return None if counted is None else Census.of(counted)
 
 
 def best_value(study: optuna.Study) -> float | None:

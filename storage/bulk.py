@@ -46,11 +46,17 @@ def set_trial_attrs(storage: BaseStorage, trial_id: int, user: dict[str, Any] | 
     """
     if isinstance(served := native(storage), BulkStorage):
         return served.set_trial_attrs(trial_id, user, system, census_of)
+    one_by_one(storage, trial_id, user, system)
+    return None
+
+
+def one_by_one(storage: BaseStorage, trial_id: int, user: dict[str, Any] | None = None,
+               system: dict[str, Any] | None = None) -> None:
+    """Set a trial's ``user`` and ``system`` attributes with Optuna's calls, one per attribute."""
     for key, value in (user or {}).items():
         storage.set_trial_user_attr(trial_id, key, value)
     for key, value in (system or {}).items():
         storage.set_trial_system_attr(trial_id, key, value)
-    return None
 
 
 def census(storage: BaseStorage, study_id: int, below: int | None = None, maximize: bool = True) -> Tally:

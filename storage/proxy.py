@@ -129,10 +129,7 @@ class ProxyStorage(GrpcStorageProxy):
                           census_of=census_of)
         if reply is not None:  # a census only where the storage behind the proxy took it in the same transaction
             return None if "census" not in reply else _tally(reply["census"])
-        for key, value in (user or {}).items():
-            self.set_trial_user_attr(trial_id, key, value)
-        for key, value in (system or {}).items():
-            self.set_trial_system_attr(trial_id, key, value)
+        bulk.one_by_one(self, trial_id, user, system)
         return None
 
     def census(self, study_id: int, below: int | None = None, maximize: bool = True) -> bulk.Tally:
