@@ -10,7 +10,8 @@ line; taken with the previous trial's results), the budget check at admission, h
 first one names the worker) and the stale-trial check, the result attributes once at the end.
 Both run at each width (concurrent worker processes, started together once all are ready), on
 PostgreSQL directly and through ``enstune storage proxy`` in front of it, one after the other in
-the same run.
+the same run. Then it reads the largest enstune study's trials as every worker's storage cache
+does, by Optuna's ORM and by enstune's plain rows (``enstune.storage.trials``).
 
     python benchmarks/storage_overhead.py                    # a throwaway local PostgreSQL
     python benchmarks/storage_overhead.py --storage URL      # a given PostgreSQL
@@ -149,8 +150,8 @@ def _worker(kind: str, url: str, name: str, trials: int, ready: Any, queue: Any)
         queue.put((float("nan"), trials, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"))
 
 
-def measure(ctx: Any, kind: str, url: str, workers: int, trials: int) -> tuple[float, int, set[str]]:
-    """(ms per trial, errors, why workers failed) of ``workers`` processes of ``kind`` (optuna or enstune)."""
+def measure(ctx: Any, kind: str, url: str, workers: int, trials: int) -> tuple[float, int, set[str], str]:
+    """(ms per trial, errors, why workers failed, the study) of ``workers`` processes of ``kind`` (optuna or enstune)."""
     import gc
 
     import optuna
@@ -176,7 +177,29 @@ def measure(ctx: Any, kind: str, url: str, workers: int, trials: int) -> tuple[f
     _close(storage)
     errors = sum(e for _, e, _ in results) + sum(t.state.name not in ("COMPLETE", "PRUNED") for t in done)
     errors += max(workers * trials - len(done), 0)
-    return sum(seconds / trials for seconds, _, _ in results) / workers * 1000, errors, {w for *_, w in results if w}
+    return (sum(seconds / trials for seconds, _, _ in results) / workers * 1000, errors,
+            {w for *_, w in results if w}, name)
+
+
+def reads(url: str, name: str, repeats: int = 5) -> str:
+    """Milliseconds to read every trial of study ``name``, by Optuna's ORM and by enstune's rows (medians)."""
+    from optuna.storages import RDBStorage
+
+    from enstune.storage import open_storage
+
+    storage = open_storage(url)
+    study_id = storage.get_study_id_from_name(name)
+    ms = {}
+    for how, read in (("Optuna's ORM", RDBStorage._get_trials), ("enstune's rows", type(storage)._get_trials)):
+        took = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            n = len(read(storage, study_id, None, set(), -1))
+            took.append((time.perf_counter() - start) * 1000)
+        ms[how] = statistics.median(took)
+    _close(storage)
+    return f"reading the {n} trials of a {n}-trial study (every worker reads each once it ends): " + \
+        ", ".join(f"{how} {t:.0f} ms" for how, t in ms.items())
 
 
 def start_proxy(url: str, home: Path) -> tuple[subprocess.Popen[str], str]:
@@ -229,7 +252,9 @@ def main() -> None:
                 for r in range(args.rounds):
                     # Each kind goes first as often as the other: a machine growing busier or quieter cancels out.
                     for kind in ("optuna", "enstune") if (i + r) % 2 == 0 else ("enstune", "optuna"):
-                        took, failures, failed = measure(ctx, kind, target, n, args.trials)
+                        took, failures, failed, name = measure(ctx, kind, target, n, args.trials)
+                        if kind == "enstune" and path == "database" and n == max(widths):
+                            largest = name
                         ms[kind].append(took)
                         errors[kind] += failures
                         why |= {f"{kind}: {w}" for w in failed}
@@ -239,6 +264,7 @@ def main() -> None:
                       f"{errors['optuna']}/{errors['enstune']:<20} {' '.join(f'{x:.2f}' for x in ratios)}", flush=True)
                 for line in sorted(why):
                     print(f"  a worker failed to start: {mask_url_text(line, url)}", flush=True)
+        print(reads(url, largest), flush=True)
     finally:
         proxy.terminate()
         proxy.wait()

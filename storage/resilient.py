@@ -5,16 +5,17 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.study import StudyDirection
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
 from enstune.storage.bulk import Tally
+from enstune.storage.trials import read_trial, read_trials
 
 log = logging.getLogger("enstune.storage")
 
@@ -153,6 +154,23 @@ class ResilientRDBStorage(RDBStorage):
             raise EnstuneError(f"study name is {len(study_name)} characters; at most {limit} fit the "
                                f"storage's study_name column")
         return super().create_new_study(directions, study_name)
+
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        """Optuna's, read as plain rows (``enstune.storage.trials``)."""
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            return read_trial(session, trial_id)
+
+    def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
+                    trial_id_greater_than: int) -> list[FrozenTrial]:
+        """Optuna's (what its storage cache reads), read as plain rows (``enstune.storage.trials``)."""
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            models.StudyModel.find_or_raise_by_id(study_id, session)
+            return read_trials(session, study_id, states, included_trial_ids, trial_id_greater_than)
 
     def set_trial_attrs(self, trial_id: int, user: dict[str, Any] | None = None, system: dict[str, Any] | None = None,
                         census_of: tuple[int, bool] | None = None) -> Tally | None:
