@@ -16,7 +16,7 @@ from enstune.errors import ConfigError
 from enstune.executor import Executor
 from enstune.members import Workspace
 from enstune.methods import MemberJob, first_member, get_method, regularize
-from enstune.methods.distilled import distillation_term
+from enstune.methods.distilled import TAU, distillation_term
 from enstune.models import create_model
 from enstune.recipe import Recipe
 from enstune.storage import open_artifacts
@@ -216,8 +216,9 @@ def test_branches_leave_the_trunks_optimizer_state_as_it_was(ws):
     assert all(torch.equal(start.extras[k], v) for k, v in momentum.items()), "every branch starts where it stopped"
 
 
-def kl(p: torch.Tensor, q: torch.Tensor) -> float:
-    """Mean KL(p ‖ q) over rows of class probabilities."""
+def kl(p: torch.Tensor, q: torch.Tensor, tau: float = 1.0) -> float:
+    """Mean KL(p ‖ q) over rows of class probabilities, both softened at temperature ``tau`` first."""
+    p, q = (torch.softmax(r.clamp_min(1e-12).log() / tau, dim=1) for r in (p, q))
     return float((p * (p.clamp_min(1e-12).log() - q.clamp_min(1e-12).log())).sum(1).mean())
 
 
@@ -232,8 +233,10 @@ def test_distillation_pulls_a_branch_towards_its_teacher_and_beta_1_is_the_const
     beta_one = ws.run(dataclasses.replace(plan[3], options=(("beta", 1.0), ("span", (5, 20)), ("tau", 3.0))),
                       trunk, CPU, refs={2: teacher})
     assert states_close(beta_one.state, plain.state, 1e-6), "β = 1 is the constrained branch"
-    # Measured: 0.33-0.37 of the constrained branch's KL on validation (two seeds).
-    assert kl(teacher.val_probs, student.val_probs) < 0.6 * kl(teacher.val_probs, plain.val_probs)
+    # At the temperature Eq. 1 matches (its KL at τ = 1 moves more with the seed: 0.24-0.57).
+    # Measured on validation over seeds 1, 2, 3, 4, 5, 7, 11, 23: 0.24-0.50 of the constrained
+    # branch's; 0.38 at this seed, with 1 and 2 threads alike.
+    assert kl(teacher.val_probs, student.val_probs, TAU) < 0.6 * kl(teacher.val_probs, plain.val_probs, TAU)
 
 
 @pytest.mark.parametrize("name", ["swe", "constrained", "distilled"])
