@@ -151,7 +151,7 @@ def _worker(kind: str, url: str, name: str, trials: int, ready: Any, queue: Any)
 
 
 def measure(ctx: Any, kind: str, url: str, workers: int, trials: int) -> tuple[float, int, set[str], str]:
-    """(ms per trial, errors, why workers failed, the study) of ``workers`` processes of ``kind`` (optuna or enstune)."""
+    """(ms per trial, errors, why workers failed, its study) of ``workers`` processes of ``kind`` (optuna, enstune)."""
     import gc
 
     import optuna

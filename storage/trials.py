@@ -4,8 +4,9 @@ Optuna's storage cache reads every trial of a study once it has finished, in eve
 each worker's reading cost grows with the number of workers and with the attributes a trial
 records. Its ORM builds an object per row (a trial's params, values, attributes and intermediate
 values each are rows); reading plain rows instead cuts that cost (640 trials with a dozen results
-each: 104 ms against 479, ``benchmarks/storage_overhead.py``). The statements are those of Optuna's eager loading: the trials, then
-each child table by the trials' ids, in chunks that fit every database's limit on parameters.
+each: 104 ms against 479, ``benchmarks/storage_overhead.py``). The statements are those of
+Optuna's eager loading: the trials, then each child table by the trials' ids, in chunks that fit
+every database's limit on parameters.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ def read_trials(session: Any, study_id: int, states: Container[TrialState] | Non
         some = trial.c.trial_id.in_(included) if len(included) <= CHUNK else trial.c.trial_id >= min(included)
         where.append(sa.or_(some, trial.c.trial_id > trial_id_greater_than) if included else
                      trial.c.trial_id > trial_id_greater_than)
-    rows = session.execute(sa.select(trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
-                                     trial.c.datetime_complete).where(*where).order_by(trial.c.trial_id)).all()
+    rows = _trial_rows(session, *where)
     if len(included) > CHUNK:
         rows = [r for r in rows if r[0] in included or r[0] > trial_id_greater_than]
     return _build(session, rows)
@@ -47,15 +47,22 @@ def read_trials(session: Any, study_id: int, states: Container[TrialState] | Non
 
 def read_trial(session: Any, trial_id: int) -> FrozenTrial:
     """One trial as ``RDBStorage.get_trial`` returns it; KeyError (Optuna's message) if there is none."""
+    from optuna.storages._rdb import models
+
+    rows = _trial_rows(session, models.TrialModel.__table__.c.trial_id == trial_id)
+    if not rows:
+        raise KeyError(models.NOT_FOUND_MSG)
+    return _build(session, rows)[0]
+
+
+def _trial_rows(session: Any, *where: Any) -> list[Any]:
+    """(id, number, state, start, complete) of the trials matching ``where``, by trial id."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     trial = models.TrialModel.__table__
-    rows = session.execute(sa.select(trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
-                                     trial.c.datetime_complete).where(trial.c.trial_id == trial_id)).all()
-    if not rows:
-        raise KeyError(models.NOT_FOUND_MSG)
-    return _build(session, rows)[0]
+    return session.execute(sa.select(trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
+                                     trial.c.datetime_complete).where(*where).order_by(trial.c.trial_id)).all()
 
 
 def _children(session: Any, model: Any, ids: list[int], *columns: str) -> Iterator[tuple[Any, ...]]:
@@ -90,11 +97,11 @@ def _build(session: Any, rows: list[Any]) -> list[FrozenTrial]:
     for tid, objective, value, kind in _children(session, models.TrialValueModel, ids, "objective", "value",
                                                  "value_type"):
         values[tid][objective] = models.TrialValueModel.stored_repr_to_value(value, kind)
-    attrs: dict[Any, dict[int, dict[str, Any]]] = {}
-    for model in (models.TrialUserAttributeModel, models.TrialSystemAttributeModel):
-        attrs[model] = defaultdict(dict)
+    user: dict[int, dict[str, Any]] = defaultdict(dict)
+    system: dict[int, dict[str, Any]] = defaultdict(dict)
+    for into, model in ((user, models.TrialUserAttributeModel), (system, models.TrialSystemAttributeModel)):
         for tid, key, text in _children(session, model, ids, "key", "value_json"):
-            attrs[model][tid][key] = json.loads(text)
+            into[tid][key] = json.loads(text)
     steps: dict[int, dict[int, float]] = defaultdict(dict)
     for tid, step, value, kind in _children(session, models.TrialIntermediateValueModel, ids, "step",
                                             "intermediate_value", "intermediate_value_type"):
@@ -102,6 +109,5 @@ def _build(session: Any, rows: list[Any]) -> list[FrozenTrial]:
     return [FrozenTrial(number=number, state=state, value=None,
                         values=[values[tid][k] for k in sorted(values[tid])] if tid in values else None,
                         datetime_start=start, datetime_complete=complete, params=params[tid],
-                        distributions=dists[tid], user_attrs=attrs[models.TrialUserAttributeModel][tid],
-                        system_attrs=attrs[models.TrialSystemAttributeModel][tid], intermediate_values=steps[tid],
-                        trial_id=tid) for tid, number, state, start, complete in rows]
+                        distributions=dists[tid], user_attrs=user[tid], system_attrs=system[tid],
+                        intermediate_values=steps[tid], trial_id=tid) for tid, number, state, start, complete in rows]
