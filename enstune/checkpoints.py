@@ -80,7 +80,7 @@ class Checkpoints:
     def _pretrain(self, index: int, path: Path) -> None:
         source, recipe = self.data.source, self.data.pretrain
         assert source is not None and recipe is not None
-        torch.manual_seed(PRETRAIN_SEED + index)
+        torch.default_generator.manual_seed(PRETRAIN_SEED + index)  # within path's fork_rng of the CPU
         model = create_model(self.task.model, source.num_classes)
         train(model, source.train.bind(torch.device("cpu"), None, recipe.augmentation), recipe,
               seed=PRETRAIN_SEED + index)

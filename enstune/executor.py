@@ -42,6 +42,8 @@ def parse_devices(spec: str) -> list[torch.device]:
             raise EnstuneError(f"device {name} is not available on this machine")
         if dev.type not in ("cpu", "cuda"):
             raise EnstuneError(f"unsupported device {name!r}; use cpu or cuda:N")
+        if dev.type == "cuda" and dev.index is None:  # a bare "cuda" is the current GPU, named: ranks need an index
+            dev = torch.device("cuda", torch.cuda.current_device())
         devices.append(dev)
     if not devices:
         raise EnstuneError("--devices is empty")

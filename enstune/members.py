@@ -27,7 +27,7 @@ from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
 from enstune.storage import open_artifacts
 from enstune.terms import Terms, check_tap
-from enstune.training import EpochCallback, TrainStats, autocast, predict, rank_and_world, train
+from enstune.training import EpochCallback, TrainStats, autocast, epoch_steps, predict, rank_and_world, train
 
 
 @dataclass
@@ -82,12 +82,16 @@ class Workspace:
         model.to(device).train()
         x, y = next(self.split("train", device, recipe.augmentation).batches(recipe.batch_size, torch.Generator()))
         try:
-            with autocast(device):
+            with autocast(device, recipe.precision):
                 loss = torch.nn.functional.cross_entropy(model(x), y)
             loss.backward()
         except (RuntimeError, ValueError, AssertionError) as exc:
             raise EnstuneError(f"{self.task.model} cannot train on a batch of {tuple(x.shape)} from "
                                f"{self.task.dataset} on {device}: {str(exc).splitlines()[0]}") from None
+        finally:
+            del model, x  # their copies on the device: members start from the backbone's cached weights
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the members' processes train on this GPU too
 
     @functools.cached_property
     def input_size(self) -> list[int]:
@@ -231,6 +235,10 @@ class _Bench:
                                   "frozen": stage_modules(model, job.freeze), "tap": job.tap}
         return train(model, self.split("train", job.recipe.augmentation), job.recipe, seed=job.seed,
                      **(kwargs | options))
+
+    def epoch_steps(self, recipe: Recipe) -> int:
+        """Optimizer steps in one epoch of the training loop under ``recipe`` (as many on every DDP rank)."""
+        return epoch_steps(self.split("train", recipe.augmentation), recipe.batch_size)
 
     def recalibrate(self, model: torch.nn.Module) -> None:
         """BatchNorm statistics of ``model`` re-estimated on (augmented) training batches, as trained members saw."""

@@ -51,6 +51,8 @@ def slots(spec: str, per_member: int, task: Task, home: Path, artifacts: str | N
     """The slots of ``--devices spec --per-member per_member``: the worker's own process, or groups of processes."""
     groups = device_groups(parse_devices(spec), per_member)
     if len(groups) == 1 and len(groups[0]) == 1:
+        if groups[0][0].type == "cuda":  # what "cuda" means to libraries in this process (CLIP's zero-shot head)
+            torch.cuda.set_device(groups[0][0])
         return [Slot(groups[0][0])]
     threads = max(1, (os.cpu_count() or 1) // sum(len(g) for g in groups))
     out = []
@@ -124,8 +126,8 @@ class Group:
                 pass
         for proc in self._procs:
             proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
+            if proc.is_alive():  # a rank stuck in a collective with a failed peer; it ignores SIGTERM
+                proc.kill()
                 proc.join(timeout=5)
         self._procs, self._inboxes = [], []
 
@@ -187,6 +189,8 @@ def _serve(rank: int, devices: list[torch.device], address: str, workspace: tupl
                 outbox.put(("done", rank, result))
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the worker
                 outbox.put(("error", rank, _portable(exc)))
+            if device.type == "cuda":  # the worker evaluates on this GPU between members: hand back what we cached
+                torch.cuda.empty_cache()
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -47,7 +47,8 @@ def amp_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | No
     """The autocast dtype of ``precision`` on ``device`` (None: full fp32)."""
     if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
         return None
-    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+    # bf16 where the GPU computes in it (Ampere on); torch's own check also says yes where bf16 is only emulated.
+    if precision == "fp16" or (precision == "auto" and torch.cuda.get_device_capability(device) < (8, 0)):
         return torch.float16
     return torch.bfloat16
 
@@ -71,6 +72,11 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def epoch_steps(data: Split, batch_size: int) -> int:
+    """Optimizer steps in one epoch of the loop on ``data``; under DDP a last batch too small to share out is left out."""
+    return max(1, steps_per_epoch(len(data), batch_size, rank_and_world()[1]))
 
 
 def _channels_last(model: nn.Module, recipe: Recipe) -> bool:
@@ -120,7 +126,7 @@ def train(
     first, last = span if span is not None else (0, recipe.epochs)
     if not 0 <= first < last <= recipe.epochs:
         raise ValueError(f"span {span} is not within the recipe's {recipe.epochs} epochs")
-    per_epoch = steps_per_epoch(len(data), recipe.batch_size)
+    per_epoch = epoch_steps(data, recipe.batch_size)
     total, warmup, offset = recipe.epochs * per_epoch, recipe.warmup(per_epoch), first * per_epoch
     factor = get_schedule(recipe.schedule)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: factor(offset + step, total, warmup))
@@ -215,7 +221,7 @@ def _epoch(data: Split, recipe: Recipe, generator: torch.Generator, step: _Step)
         loss_sum = torch.as_tensor(loss_sum, dtype=torch.float32, device=step.device)
         dist.all_reduce(loss_sum)
         loss_sum = loss_sum / step.world
-    return float(loss_sum) / steps_per_epoch(len(data), recipe.batch_size)
+    return float(loss_sum) / epoch_steps(data, recipe.batch_size)
 
 
 @torch.no_grad()

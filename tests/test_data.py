@@ -15,7 +15,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from enstune.config import Task
-from enstune.data._base import TensorSplit, carve_validation
+from enstune.data._base import TensorSplit, carve_validation, steps_per_epoch
 from enstune.data._registry import load_task_data
 from enstune.data.cifar import CIFAR100_MEAN, CIFAR100_STD
 from enstune.data.folders import FolderSplit
@@ -450,6 +450,8 @@ def test_ranks_share_out_each_batch_exactly_and_folders_decode_only_their_share(
         shares = [list(split.shard(rank, 2).batches(4, torch.Generator().manual_seed(3))) for rank in (0, 1)]
         kept = [b for b in whole if len(b[1]) >= 4]
         assert len(kept) < len(whole) and all(len(s) == len(kept) for s in shares)
+        # the training loop's schedule counts the steps the ranks take, not those of one process
+        assert steps_per_epoch(len(split), 4, 2) == len(kept) and steps_per_epoch(len(split), 4) == len(whole)
         for (x, y), (x0, y0), (x1, y1) in zip(kept, *shares):
             assert len(y0) == len(y1) == len(y) // 2
             assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
@@ -457,3 +459,11 @@ def test_ranks_share_out_each_batch_exactly_and_folders_decode_only_their_share(
     folders = data.train.bind(CPU, P32, aug)
     loader = folders._loader(None, list(range(len(folders))), 4, 0, (1, 2))
     assert [list(b) for b in loader.batch_sampler] == [[2, 3], [6, 7]]  # 9 files: batches of 4, 4 (and 1, left out)
+
+
+@pytest.mark.parametrize(("n", "batch", "world", "steps"), [
+    (10, 4, 1, 3), (8, 4, 2, 2), (10, 4, 2, 2), (11, 4, 2, 2), (12, 5, 2, 2), (14, 5, 2, 3), (91, 45, 2, 2), (99, 45, 2, 3),
+    (14, 6, 3, 2), (3, 4, 2, 0)])
+def test_steps_per_epoch_leave_out_what_ranks_cannot_share(n, batch, world, steps):
+    # a last batch with fewer than two examples per rank is not trained on under DDP (BatchNorm needs two)
+    assert steps_per_epoch(n, batch, world) == steps

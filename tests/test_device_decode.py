@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageFile
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from enstune.data import steps_per_epoch
 from enstune.data.folders import FolderSplit
 from enstune.data.jpeg import Reader, image_steps, read_bytes
 from enstune.errors import EnstuneError
@@ -153,6 +154,17 @@ def test_decode_is_checked_kept_by_subsets_and_shards_and_ranks_share_device_bat
     whole = list(device.batches(8, torch.Generator().manual_seed(2)))
     shares = [list(device.shard(rank, 2).batches(8, torch.Generator().manual_seed(2))) for rank in (0, 1)]
     kept = whole[:-1]  # 33 files: batches of 8, 8, 8, 8 and 1, too small to share out
-    assert len(whole[-1][1]) == 1 and all(len(s) == len(kept) for s in shares)
+    assert len(whole[-1][1]) == 1 and all(len(s) == len(kept) == steps_per_epoch(33, 8, 2) for s in shares)
     for (x, y), (x0, y0), (x1, y1) in zip(kept, *shares):
         assert len(y0) == len(y1) == 4 and torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_one_gpu_decodes_for_every_device_of_a_process(monkeypatch):
+    # torchvision holds one nvjpeg decoder per process and rebuilds it on every change of device:
+    # evaluation threads on several GPUs decode on the first and copy the images over.
+    from enstune.data import jpeg
+
+    monkeypatch.setattr(jpeg, "_decoder_device", [])
+    first, second = torch.device("cuda", 1), torch.device("cuda", 0)
+    assert jpeg._decoding_device(CPU) == CPU
+    assert jpeg._decoding_device(first) == first and jpeg._decoding_device(second) == first

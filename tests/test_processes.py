@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 
 import optuna
 import pytest
@@ -46,8 +48,14 @@ def test_a_ddp_member_on_two_ranks_equals_its_one_process_twin_after_a_failed_on
             group.train("k", _first(ws, lr=1e12, epochs=2), None, CPU)
         # the group stopped on the error (a rank may wait in a collective) and starts again
         two = group.train("k", job, None, CPU, on_epoch=lambda e, n, loss: epochs.append(e))
+        ranks = list(group._procs)
+        os.kill(ranks[1].pid, signal.SIGSTOP)  # a rank that answers nothing, as one stuck in a collective would
     finally:
         group.close()
+    alive = [rank for rank in ranks if rank.is_alive()]
+    for rank in alive:
+        rank.kill()  # or the test run would wait for it at exit
+    assert not alive, "closing the group ends a rank that does not leave"
     assert epochs == list(range(1, 21)), "rank 0 reports every epoch"
     assert two.epochs == one.epochs == 20
     moved = max((one.state[k] - ws.checkpoints.backbone(0).state_dict()[k]).abs().max().item()

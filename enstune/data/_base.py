@@ -171,6 +171,7 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
     return train.subset(perm[n_val:]), train.subset(perm[:n_val])
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Number of mini-batches in one epoch of ``n`` examples."""
-    return -(-n // batch_size)
+def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Number of mini-batches in one epoch of ``n`` examples, shared out over ``world`` ranks (see ``_Shard``)."""
+    whole, last = divmod(n, batch_size)
+    return whole + (last > 0 and (world == 1 or last >= MIN_SHARE * world))

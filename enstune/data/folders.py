@@ -60,7 +60,7 @@ class _Decoded:
         # v2 transforms draw from the global RNG: a private copy seeded per example, so the
         # draws depend on neither the worker that decodes it nor the caller's RNG.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return self.transform(image)
 
 

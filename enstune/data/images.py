@@ -98,7 +98,7 @@ def _randaugment(x: torch.Tensor, generator: torch.Generator, augmentation: Augm
     seed = int(torch.randint(0, 2**62, (), generator=generator))
     # RandAugment draws from the global RNG: seed a private copy of it, the caller's stays as it was.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU's alone: fork_rng keeps only its state
         return torch.stack([augment(image) for image in x])
 
 

@@ -99,7 +99,7 @@ class Reader:
             return Encoded(path, data, None, False, None)
         # The PIL path's draws, in its order, from the same per-example seed: the box, then the flip's coin.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             box = self.crop.make_params([torch.zeros(()).expand(1, height, width)])  # only the size is read
             flip = bool(torch.rand(1) < self.flip.p)  # as _RandomApplyTransform tosses it
             state = torch.get_rng_state() if self.stream else None
@@ -137,18 +137,35 @@ def _decode_one(item: Encoded, device: torch.device) -> torch.Tensor:
         return _pil(item, device)
 
 
+_decoder_device: list[torch.device] = []  # the one GPU whose decoder this process uses
+
+
+def _decoding_device(device: torch.device) -> torch.device:
+    """Where to decode for ``device``: the CPU, or the first GPU this process decoded on.
+
+    torchvision keeps one nvjpeg decoder per process and builds a new one (the old one is never
+    freed) whenever the device changes; evaluation threads on several GPUs would do so every batch.
+    """
+    if device.type != "cuda":
+        return device
+    if not _decoder_device:
+        _decoder_device.append(device)
+    return _decoder_device[0]
+
+
 def decode(items: Sequence[Encoded], device: torch.device) -> list[torch.Tensor]:
     """Each example's (3, H, W) uint8 image on ``device``: the JPEGs in one batched decode there."""
     images = [item.data.to(device, non_blocking=True) if item.data.dim() == 3 else None for item in items]
     jpegs = [i for i, image in enumerate(images) if image is None]
     if not jpegs:
         return images
+    at = _decoding_device(device)
     try:
-        decoded = _quiet(decode_jpeg, [items[i].data for i in jpegs], mode=ImageReadMode.RGB, device=device)
+        decoded = _quiet(decode_jpeg, [items[i].data for i in jpegs], mode=ImageReadMode.RGB, device=at)
     except RuntimeError:  # one refused JPEG fails the whole call: each alone, PIL for those refused
-        decoded = [_decode_one(items[i], device) for i in jpegs]
+        decoded = [_decode_one(items[i], at) for i in jpegs]
     for i, image in zip(jpegs, decoded):
-        images[i] = image
+        images[i] = image.to(device, non_blocking=True)
     return images
 
 

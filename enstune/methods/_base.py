@@ -91,6 +91,9 @@ class Bench(Protocol):
     def recalibrate(self, model: nn.Module) -> None:
         """Re-estimate ``model``'s BatchNorm statistics on training batches (weights sampled, not trained)."""
 
+    def epoch_steps(self, recipe: Recipe) -> int:
+        """Optimizer steps in one epoch of the training loop under ``recipe`` (as many on every DDP rank)."""
+
 
 # Makers that run the training loop (``register_maker(..., trains=True)``): a trial's regularizer and frozen stages reach them.
 TRAINING_MAKERS: set[str] = set()

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from enstune.config import TrialConfig
-from enstune.data._base import steps_per_epoch
 from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Built, Made, MemberJob, Method, first_member,
                                    member_seed)
 from enstune.methods._registry import flatten_optimizer, register_maker, register_method, unflatten_optimizer
@@ -51,7 +50,7 @@ def langevin(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | Non
     on; the optimizer starts from the parent's state (when it kept one) and is kept for the next sample."""
     first, last = job.option("span", (0, job.recipe.epochs))
     data = bench.split("train", job.recipe.augmentation)
-    quiet = max(0, job.option("sampling_from", first) - first) * steps_per_epoch(len(data), job.recipe.batch_size)
+    quiet = max(0, job.option("sampling_from", first) - first) * bench.epoch_steps(job.recipe)
     # Seeded by the job: a member's noise is part of its content, and every rank of a DDP member draws the same.
     generator = torch.Generator(bench.device).manual_seed(job.seed)
     noise = langevin_noise(job.option("temperature", TEMPERATURE), len(data), generator, quiet)

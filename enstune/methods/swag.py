@@ -24,7 +24,6 @@ from torch import nn
 from torch.nn.utils import vector_to_parameters
 
 from enstune.config import TrialConfig
-from enstune.data._base import steps_per_epoch
 from enstune.errors import ConfigError
 from enstune.methods._base import Bench, Built, Made, MemberJob, Method, State, first_member, member_seed
 from enstune.methods._registry import register_maker, register_method
@@ -86,7 +85,7 @@ def collect(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None
     """Train the job's recipe, gathering the start model and every epoch's end into SWAG's moments (option ``rank``)."""
     moments = Moments(int(job.option("rank", RANK)))
     moments.add(flat_weights(model))
-    per_epoch = steps_per_epoch(len(bench.split("train", job.recipe.augmentation)), job.recipe.batch_size)
+    per_epoch = bench.epoch_steps(job.recipe)
     steps = itertools.count(1)
 
     def gather(net: nn.Module, _lr: float) -> None:
