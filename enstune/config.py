@@ -338,7 +338,7 @@ RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "epochs": (lambda v: 1 <= v <= MAX_EPOCHS, f"in 1..{MAX_EPOCHS}"),
     "lr": (lambda v: v > 0, "> 0"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
-    "batch_size": (lambda v: 1 <= v <= MAX_BATCH, "in 1..2**20"),
+    "batch_size": (lambda v: 2 <= v <= MAX_BATCH, "in 2..2**20 (BatchNorm cannot train on one example)"),
     "momentum": (lambda v: v >= 0, ">= 0"),
     "betas": (lambda v: all(0 <= b < 1 for b in v), "in [0, 1)"),
     "warmup_epochs": (lambda v: 0 <= v <= MAX_EPOCHS, f"in 0..{MAX_EPOCHS}"),

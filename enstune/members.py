@@ -16,7 +16,7 @@ from enstune.cache import MemberCache
 from enstune.checkpoints import Checkpoints
 from enstune.claims import Claims
 from enstune.config import StudySpec, Task
-from enstune.data import Split, TaskData, load_task_data
+from enstune.data import MIN_SHARE, Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import Members
 from enstune.evaluation.weights import WeightSpace
@@ -142,7 +142,8 @@ class Workspace:
             generator = torch.Generator().manual_seed(seed)
             for _ in range(-(-spec.bn_images // len(train))):
                 for x, _ in train.batches(256, generator):
-                    yield x
+                    if len(x) >= MIN_SHARE:  # BatchNorm cannot take one example in training mode
+                        yield x
 
         if self._ood is None and self.data.ood is not None:
             self._ood = self.data.ood()
@@ -243,5 +244,5 @@ class _Bench:
     def recalibrate(self, model: torch.nn.Module) -> None:
         """BatchNorm statistics of ``model`` re-estimated on (augmented) training batches, as trained members saw."""
         batches = (x for x, _ in self.split("train", self.job.recipe.augmentation).batches(
-            self.job.recipe.batch_size, torch.Generator().manual_seed(self.job.seed)))
+            self.job.recipe.batch_size, torch.Generator().manual_seed(self.job.seed)) if len(x) >= MIN_SHARE)
         torch.optim.swa_utils.update_bn(batches, model, device=self.device)

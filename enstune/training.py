@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from enstune.data._base import Split, steps_per_epoch
-from enstune.errors import DivergedError
+from enstune.data._base import MIN_SHARE, Split, steps_per_epoch
+from enstune.errors import DivergedError, EnstuneError
 from enstune.optim import make_optimizer
 from enstune.recipe import Recipe
 from enstune.schedules import get_schedule
@@ -75,8 +75,14 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def epoch_steps(data: Split, batch_size: int) -> int:
-    """Optimizer steps in one epoch of the loop on ``data``; under DDP a last batch too small to share out is left out."""
-    return max(1, steps_per_epoch(len(data), batch_size, rank_and_world()[1]))
+    """Optimizer steps in one epoch of the loop on ``data``: a last batch too small to give each rank two examples
+    is left out (one process too: BatchNorm cannot train on one example)."""
+    world = rank_and_world()[1]
+    steps = steps_per_epoch(len(data), batch_size, world)
+    if steps == 0:
+        raise EnstuneError(f"batches of {batch_size} of {len(data)} examples over {world} process(es) give no "
+                           f"process {MIN_SHARE} examples: use a larger batch_size or a smaller --per-member")
+    return steps
 
 
 def _channels_last(model: nn.Module, recipe: Recipe) -> bool:
@@ -216,7 +222,8 @@ def _epoch(data: Split, recipe: Recipe, generator: torch.Generator, step: _Step)
     loss_sum: torch.Tensor | float = 0.0
     step.taken = 0
     for x, y in data.batches(recipe.batch_size, generator):
-        loss_sum = loss_sum + step(x, y)
+        if len(y) >= MIN_SHARE:  # in one process, a last batch of one example (a DDP rank's shares are larger)
+            loss_sum = loss_sum + step(x, y)
     if step.world > 1:  # every rank sees the same mean, and so diverges or not together
         loss_sum = torch.as_tensor(loss_sum, dtype=torch.float32, device=step.device)
         dist.all_reduce(loss_sum)

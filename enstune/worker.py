@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from enstune.claims import claims_for
 from enstune.config import StudySpec
+from enstune.data import MIN_SHARE
 from enstune.errors import ConfigError, EnstuneError
 from enstune.executor import Executor
 from enstune.members import Workspace
@@ -157,6 +158,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         first.engine.dispose()
     elif isinstance(first, optuna.storages.GrpcStorageProxy):
         first.close()
+    _check_shares(spec, per_member)
     heartbeat = _heartbeat(spec, heartbeat)
     storage = open_storage(storage_url, heartbeat=heartbeat)
     study = _load(name, storage)
@@ -175,6 +177,16 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     with reporter, contextlib.closing(executor):
         work(study, spec, objective, reporter, n_trials, deadline)
     return study
+
+
+def _check_shares(spec: StudySpec, per_member: int) -> None:
+    """Refuse members over ``per_member`` processes whose batches leave a process fewer than two examples."""
+    axis = spec.space.get("batch_size")
+    smallest = min(axis.choices or (axis.low,)) if axis is not None else spec.finetune.batch_size
+    if per_member > 1 and smallest < MIN_SHARE * per_member:
+        raise ConfigError(f"--per-member {per_member} shares each batch out over {per_member} processes, each of "
+                          f"which needs {MIN_SHARE} examples: the study's batch_size {smallest:g} is below "
+                          f"{MIN_SHARE * per_member}")
 
 
 def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: Reporter,

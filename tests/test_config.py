@@ -185,7 +185,10 @@ TPE = 'sampler="tpe"'
     (['task.checkpoints=[""]'], "task.checkpoints[0] must be a path, got ''"),
     # the ×1 recipe
     (["finetune.epochs=1000000000"], "finetune.epochs must be in 1..10000, got 1000000000"),
-    (["finetune.batch_size=1099511627776"], "finetune.batch_size must be in 1..2**20, got 1099511627776"),
+    (["finetune.batch_size=1099511627776"], "finetune.batch_size must be in 2..2**20 (BatchNorm cannot train on "
+                                            "one example), got 1099511627776"),
+    (["finetune.batch_size=1"], "finetune.batch_size must be in 2..2**20 (BatchNorm cannot train on one example), "
+                                "got 1"),
     (["finetune.warmup_epochs=1e300"], "finetune.warmup_epochs must be in 0..10000, got 1e+300"),
     (["finetune.warmup_steps=10000000000"], "finetune.warmup_steps must be in 0..10**9"),
     (["finetune.lr=1" + "0" * 400], "finetune.lr must be finite, got 1000000000"),  # was an OverflowError

@@ -114,7 +114,15 @@ def test_bad_per_member_is_one_line(home):
 
     runner = CliRunner()
     assert runner.invoke(app, ["study", "create", "starsse-demo", *TINY_SET]).exit_code == 0
-    for args, fragment in ((["--devices", "cpu,cpu,cpu", "--per-member", "2"], "does not divide"),
-                           (["--per-member", "0"], "at least 1")):
-        bad = runner.invoke(app, ["study", "run", "starsse-demo", *args])
+    small = ["study", "create", "starsse-demo", "--name", "small", *TINY_SET, "--set", "finetune.batch_size=3"]
+    assert runner.invoke(app, small).exit_code == 0
+    for name, args, fragment in (
+            ("starsse-demo", ["--devices", "cpu,cpu,cpu", "--per-member", "2"], "does not divide"),
+            ("starsse-demo", ["--per-member", "0"], "at least 1"),
+            # each of two processes needs two examples of a batch of three: refused before a trial is taken
+            ("small", ["--devices", "cpu,cpu", "--per-member", "2"], "batch_size 3 is below 4")):
+        bad = runner.invoke(app, ["study", "run", name, *args])
         assert bad.exit_code == 1 and fragment in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    small_trials = optuna.load_study(study_name="small", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(home / "studies.journal")))).trials
+    assert all(t.state.name == "WAITING" for t in small_trials)

@@ -296,3 +296,18 @@ def test_a_member_held_by_another_worker_goes_last_and_is_then_waited_for():
         assert [j.index for j, _ in out] == [j.index for j in jobs], "still yielded in member order"
         assert calls[0] == (1, False) and calls[-1] == (1, True), "tried, the others first, then waited for"
         assert sorted(i for i, w in calls if i != 1) == [j.index for j in jobs[1:]]
+
+
+def test_a_last_batch_of_one_is_left_out_and_no_batch_of_two_is_an_error():
+    # BatchNorm cannot train on one example: 9 examples in batches of 4 train on 4 and 4; one example alone is refused.
+    from enstune.data import TensorSplit
+
+    torch.manual_seed(0)
+    model = create_model("demo_mlp", 10)
+    split = TensorSplit(torch.randn(9, 1, 8, 8), torch.arange(9) % 10)
+    seen = []
+    stats = train(model, split, Recipe(epochs=2, lr=0.01, batch_size=4), seed=0,
+                  after_step=lambda _m, _lr: seen.append(1))
+    assert stats.steps == len(seen) == 4
+    with pytest.raises(EnstuneError, match="batches of 4 of 1 examples over 1 process"):
+        train(model, split.subset(torch.arange(1)), Recipe(epochs=1, lr=0.01, batch_size=4), seed=0)

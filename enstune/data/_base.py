@@ -172,6 +172,9 @@ def carve_validation(train: Split, fraction: float, seed: int) -> tuple[Split, S
 
 
 def steps_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
-    """Number of mini-batches in one epoch of ``n`` examples, shared out over ``world`` ranks (see ``_Shard``)."""
+    """Mini-batches trained on in one epoch of ``n`` examples over ``world`` ranks: those that give every rank
+    ``MIN_SHARE`` examples (the last one may not; see ``_Shard``)."""
+    if batch_size < MIN_SHARE * world:
+        return 0
     whole, last = divmod(n, batch_size)
-    return whole + (last > 0 and (world == 1 or last >= MIN_SHARE * world))
+    return whole + (last >= MIN_SHARE * world)
