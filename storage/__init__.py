@@ -197,15 +197,19 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
 
 def proxy_address(url: str) -> tuple[str, int]:
     """(host, port) of a ``grpc://HOST[:PORT]`` storage URL; anything else in it is a one-line error."""
-    parts = urlsplit(url)
+    malformed = EnstuneError(f"storage URL {mask_url(url)}: a storage proxy is grpc://HOST:PORT")
     try:
-        port = parts.port or PROXY_PORT
-    except ValueError:
-        port = 0
-    if not parts.hostname or not 1 <= port <= 65535 or "@" in parts.netloc or parts.path.strip("/") \
-            or parts.query or parts.fragment:
-        raise EnstuneError(f"storage URL {mask_url(url)}: a storage proxy is grpc://HOST:PORT")
-    return parts.hostname, port
+        parts = urlsplit(url)
+        host, port = parts.hostname or "", parts.port
+    except ValueError:  # a bad port, or a bracketed host that is no IPv6 address
+        raise malformed from None
+    # Written back as gRPC targets write it, the address must give the URL's own: no empty or 0 port
+    # silently taken for the default, no stray bracket or user info.
+    written = (f"[{host}]" if ":" in host else host) + ("" if port is None else f":{port}")
+    if parts.scheme != "grpc" or not host or parts.netloc.lower() != written.lower() or port == 0 \
+            or parts.path.strip("/") or parts.query or parts.fragment:
+        raise malformed
+    return host, port or PROXY_PORT
 
 
 def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcStorageProxy
@@ -229,6 +233,16 @@ def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcS
         storage.close()
         raise EnstuneError(f"cannot reach the storage proxy at {mask_url(url)} within {CONNECT_TIMEOUT} s "
                            f"(is `enstune storage proxy` running there?)") from None
+    import grpc
+
+    try:  # a study id none has: a storage proxy says it is not found; another gRPC server knows no such call
+        storage.get_study_name_from_id(-1)
+    except KeyError:
+        pass
+    except grpc.RpcError as exc:
+        storage.close()
+        raise EnstuneError(f"the server at {mask_url(url)} is not an Optuna storage proxy "
+                           f"({exc.code().name}: {exc.details()})") from None
     return storage
 
 

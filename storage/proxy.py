@@ -14,8 +14,13 @@ them. A client facing a plain Optuna proxy falls back to Optuna's requests.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
-from collections.abc import Callable
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,8 +35,10 @@ from enstune.storage.heartbeat import AttributeHeartbeat
 
 THREADS = 16  # requests served at once, each with a database connection of its own
 PATIENCE = 600.0  # seconds a worker's call waits for a proxy that is gone (a database's, likewise)
+NOTICE = 10.0  # seconds a call waits before the worker logs that it is waiting
 SERVICE = "enstune.Storage"  # enstune's requests, beside Optuna's ``optuna.StorageService``
 CALLS = ("SetTrialAttrs", "Census")
+log = logging.getLogger("enstune.storage")
 # Every call waits for the proxy to be there, and one that fails because it went away (UNAVAILABLE)
 # is tried again; a proxy back up is found within seconds.
 _CHANNEL = [
@@ -51,14 +58,50 @@ def proxy_url(host: str, port: int) -> str:
     return f"grpc://[{host}]:{port}" if ":" in host else f"grpc://{host}:{port}"
 
 
+class _Stalls:
+    """Says, once per stall, that calls to the proxy at ``name`` wait: a thread of its own looks every second."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self._since, self._told = name, {}, False
+        self._lock, self._tokens = threading.Lock(), itertools.count()
+        threading.Thread(target=self._watch, name="enstune-proxy-stalls", daemon=True).start()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Within: one call to the proxy, timed."""
+        token = next(self._tokens)
+        with self._lock:
+            self._since[token] = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._since[token]
+                self._told = self._told and bool(self._since)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(1.0)
+            with self._lock:
+                oldest = min(self._since.values(), default=None)
+                tell = oldest is not None and time.monotonic() - oldest > NOTICE and not self._told
+                self._told = self._told or tell
+            if tell:
+                log.warning("the storage proxy at %s is not answering; waiting up to %.0f min for it to come back",
+                            self.name, PATIENCE / 60)
+
+
 def _lost(name: str) -> Any:  # noqa: ANN401 - a grpc.UnaryUnaryClientInterceptor
     """An interceptor that turns a proxy gone for good into one line naming it."""
     import grpc
 
+    stalls = _Stalls(name)
+
     class Lost(grpc.UnaryUnaryClientInterceptor):
         def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
-            outcome = continuation(details, request)
-            code = outcome.code()
+            with stalls.waiting():
+                outcome = continuation(details, request)
+                code = outcome.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise EnstuneError(f"lost the storage proxy at {name} ({code.name} after waiting up to "
                                    f"{PATIENCE:.0f} s): {outcome.details()}")

@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -301,8 +302,22 @@ def test_bad_proxy_addresses_are_one_line_errors(home):
         port = taken.getsockname()[1]
         one_line_error(*invoke("storage", "proxy", "--port", str(port)), f"cannot listen on 127.0.0.1:{port}")
     one_line_error(*invoke("storage", "proxy", "--storage", "grpc://127.0.0.1:13000"), "is itself a storage proxy")
-    for url in ("grpc://127.0.0.1:notaport", "grpc://127.0.0.1:99999", "grpc://", "grpc://h:1/db"):
+    # an empty or 0 port is not the default port; TLS is not spoken; a broken IPv6 address is no host
+    for url in ("grpc://127.0.0.1:notaport", "grpc://127.0.0.1:99999", "grpc://", "grpc://h:1/db",
+                "grpc://127.0.0.1:0", "grpc://127.0.0.1:", "grpc+tls://127.0.0.1:13000", "grpc://[zz]:13000",
+                "grpc://[::1:13000", "grpc://[::1]]:13000"):
         one_line_error(*invoke("study", "list", "--storage", url), "a storage proxy is grpc://HOST:PORT")
+    # a gRPC server that is not a storage proxy (a bare one, serving nothing)
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        one_line_error(*invoke("study", "list", "--storage", f"grpc://127.0.0.1:{port}"),
+                       f"the server at grpc://127.0.0.1:{port} is not an Optuna storage proxy (UNIMPLEMENTED")
+    finally:
+        server.stop(None)
     one_line_error(*invoke("study", "list", "--storage", f"grpc://u:{SECRET}@127.0.0.1:1"), "grpc://u:***@")
     assert SECRET not in invoke("study", "list", "--storage", f"grpc://u:{SECRET}@127.0.0.1:1")[1]
 
@@ -336,3 +351,23 @@ def test_the_proxy_never_shows_the_password_of_the_database_behind_it(bob_url, e
     (rc, out, err), = refused
     one_line_error(rc, err, "cannot open storage postgresql+psycopg://bob:***@")
     assert SECRET not in out + err
+
+
+def test_a_call_that_waits_for_the_proxy_says_so_once(env, monkeypatch, caplog):
+    from enstune.storage import open_storage
+    from enstune.storage import proxy as client
+
+    monkeypatch.setattr(client, "NOTICE", 1.0)  # the notice's delay (10 s), shortened
+    with proxy(env=env) as (url, _, proc):
+        storage = open_storage(url)
+        proc.send_signal(signal.SIGSTOP)  # a proxy that answers nothing, as one on a host that hangs
+        try:
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                listed = pool.submit(storage.get_all_studies)
+                time.sleep(4)
+                told = [r.getMessage() for r in caplog.records if r.name == "enstune.storage"]
+                proc.send_signal(signal.SIGCONT)
+                assert listed.result(timeout=60) == [], "the call goes through once the proxy answers"
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    assert told == [f"the storage proxy at {url} is not answering; waiting up to 10 min for it to come back"]
