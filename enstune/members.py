@@ -16,7 +16,7 @@ from enstune.cache import MemberCache
 from enstune.checkpoints import Checkpoints
 from enstune.claims import Claims
 from enstune.config import StudySpec, Task
-from enstune.data import MIN_SHARE, Split, TaskData, load_task_data
+from enstune.data import Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
 from enstune.evaluation.evaluators import Members
 from enstune.evaluation.weights import WeightSpace
@@ -141,9 +141,8 @@ class Workspace:
             # when the labelled set is smaller, the same on every call.
             generator = torch.Generator().manual_seed(seed)
             for _ in range(-(-spec.bn_images // len(train))):
-                for x, _ in train.batches(256, generator):
-                    if len(x) >= MIN_SHARE:  # BatchNorm cannot take one example in training mode
-                        yield x
+                for x, _ in train.training_batches(256, generator):
+                    yield x
 
         if self._ood is None and self.data.ood is not None:
             self._ood = self.data.ood()
@@ -243,6 +242,6 @@ class _Bench:
 
     def recalibrate(self, model: torch.nn.Module) -> None:
         """BatchNorm statistics of ``model`` re-estimated on (augmented) training batches, as trained members saw."""
-        batches = (x for x, _ in self.split("train", self.job.recipe.augmentation).batches(
-            self.job.recipe.batch_size, torch.Generator().manual_seed(self.job.seed)) if len(x) >= MIN_SHARE)
+        batches = (x for x, _ in self.split("train", self.job.recipe.augmentation).training_batches(
+            self.job.recipe.batch_size, torch.Generator().manual_seed(self.job.seed)))
         torch.optim.swa_utils.update_bn(batches, model, device=self.device)

@@ -221,9 +221,8 @@ def _epoch(data: Split, recipe: Recipe, generator: torch.Generator, step: _Step)
     """One epoch; the mean loss (one host sync per epoch: the divergence check and the display share it)."""
     loss_sum: torch.Tensor | float = 0.0
     step.taken = 0
-    for x, y in data.batches(recipe.batch_size, generator):
-        if len(y) >= MIN_SHARE:  # in one process, a last batch of one example (a DDP rank's shares are larger)
-            loss_sum = loss_sum + step(x, y)
+    for x, y in data.training_batches(recipe.batch_size, generator):
+        loss_sum = loss_sum + step(x, y)
     if step.world > 1:  # every rank sees the same mean, and so diverges or not together
         loss_sum = torch.as_tensor(loss_sum, dtype=torch.float32, device=step.device)
         dist.all_reduce(loss_sum)

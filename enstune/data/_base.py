@@ -55,6 +55,10 @@ class Split(ABC):
     def digest(self) -> str:
         """A digest of the examples and labels: data that changes gets a new digest."""
 
+    def training_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """``batches`` to train on: a batch of fewer than ``MIN_SHARE`` examples (a last one) is left out."""
+        return ((x, y) for x, y in self.batches(batch_size, generator) if len(y) >= MIN_SHARE)
+
     def shard(self, rank: int, world: int) -> Split:
         """Rank ``rank``'s share of every batch, for ``world`` ranks that draw the same batches (DDP)."""
         return _Shard(self, rank, world)
