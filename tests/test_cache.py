@@ -92,3 +92,66 @@ def test_large_entry_round_trips(store):
     cache, key = MemberCache(store), content_key(test="large")
     cache.put(key, e := entry(50 * (1 << 20) // 4))  # 50 MB of float32
     assert same(cache.get(key), e)
+
+
+def test_an_entry_copied_over_another_members_is_a_miss_with_one_warning(store):
+    cache, mine, theirs = MemberCache(store), content_key(test="mine"), content_key(test="theirs")
+    cache.put(mine, entry())
+    cache.put(theirs, other := entry(1 << 10))
+    stored(store, mine).write_bytes(stored(store, theirs).read_bytes())  # a whole, valid entry: the wrong member
+    assert misses(cache, mine) == [f"member cache entry {MemberCache.artifact_id(mine)} holds member {theirs}, "
+                                   f"not {mine}; retraining it"]
+    assert same(cache.get(theirs), other)
+
+
+@pytest.mark.parametrize("payload, why", [
+    ({"weights": {"w": torch.zeros(3)}}, "'state' is missing or not a dict"),
+    ({"state": {"w": torch.zeros(3)}, "val": torch.zeros(2, 2), "test": torch.zeros(2, 2), "epochs": "3"},
+     "'epochs' is missing or not an integer"),
+    ({"state": {"w": 1.0}, "val": torch.zeros(2, 2), "test": torch.zeros(2, 2), "epochs": 3},
+     "'state' is not a map of names to tensors"),
+    ([1, 2, 3], "a list, not a dict"),
+])
+def test_a_valid_torch_file_that_is_no_member_is_a_miss_with_one_warning(store, payload, why):
+    import hashlib
+
+    from enstune import cache as module
+
+    cache, key = MemberCache(store), content_key(test=f"no-member-{why}")
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    # a header recomputed for these bytes: the digest and the key hold, the structure does not
+    digest = hashlib.sha256(key.encode() + b"\n" + body).hexdigest()
+    header = module._PREFIX + key.encode() + b" sha256=" + digest.encode() + b"\n"
+    store.write(MemberCache.artifact_id(key), io.BytesIO(header + body))
+    assert misses(cache, key) == [f"member cache entry {MemberCache.artifact_id(key)} is not a member ({why}); "
+                                  f"retraining it"]
+
+
+def _v2(e: dict) -> bytes:
+    """An entry as the previous format wrote it: a header with the payload's digest alone, no key."""
+    import hashlib
+
+    buf = io.BytesIO()
+    torch.save(e, buf)
+    body = buf.getvalue()
+    return b"enstune-member/2 sha256=" + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+
+
+def test_an_entry_of_the_previous_format_is_read_and_rewritten_bound_to_its_key(store):
+    cache, key = MemberCache(store), content_key(test="v2")
+    store.write(MemberCache.artifact_id(key), io.BytesIO(_v2(e := entry())))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert same(cache.get(key), e)
+    assert stored(store, key).read_bytes().startswith(b"enstune-member/3 key=" + key.encode())
+    assert same(cache.get(key), e)
+
+
+def test_a_damaged_entry_of_the_previous_format_is_a_miss(store):
+    cache, key = MemberCache(store), content_key(test="v2-damaged")
+    data = bytearray(_v2(entry()))
+    data[len(data) // 2] ^= 0xFF
+    store.write(MemberCache.artifact_id(key), io.BytesIO(bytes(data)))
+    assert len(misses(cache, key)) == 1
