@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 from enstune.errors import Deferred, EnstuneError
 from enstune.methods import MemberJob
 
+log = logging.getLogger("enstune.executor")
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,16 @@ def parse_devices(spec: str) -> list[torch.device]:
     """``cpu``, ``cuda:0,cuda:1`` (a device may repeat: ``cpu,cpu``) or ``auto`` (every GPU, else the CPU)."""
     if spec.strip() == "auto":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:  # else a cluster job meant for GPUs would train on the CPU without a word
+            log.warning("--devices auto: this machine has no GPU; training on the CPU")
         return [torch.device("cuda", i) for i in range(count)] or [torch.device("cpu")]
+    names = [s.strip() for s in spec.split(",")]
+    if not spec.strip():
+        raise EnstuneError("--devices is empty")
+    if "" in names:  # a typo, not a device: the worker would train on fewer than meant
+        raise EnstuneError(f"--devices {spec!r} has an empty entry; use cpu, cuda:0,cuda:1 or auto")
     devices = []
-    for name in [s.strip() for s in spec.split(",") if s.strip()]:
+    for name in names:
         try:
             dev = torch.device(name)
         except RuntimeError:

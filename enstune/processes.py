@@ -17,6 +17,7 @@ import queue
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,12 @@ class Group:
 
     def train(self, key: str, job: MemberJob, parent: Any, device: torch.device,
               on_epoch: Callable[[int, int, float], None] | None = None, refs: dict[int, Any] | None = None) -> Any:
-        """Train member ``job`` on the group's devices (``device`` is its first); the result of rank 0."""
+        """Train member ``job`` on the group's devices (``device`` is its first); the result of rank 0.
+
+        Its ``seconds`` are the member's wall time here, the processes' start included (the first member's).
+        """
         with self._lock:
+            start = time.perf_counter()
             if not self._procs:
                 self._start()
             for inbox in self._inboxes:
@@ -115,6 +120,8 @@ class Group:
                     raise payload
                 if rank == 0:
                     result = payload
+            if result is not None:
+                result.seconds = time.perf_counter() - start
             return result
 
     def close(self) -> None:

@@ -9,13 +9,14 @@ import itertools
 import logging
 import random
 import time
+import unicodedata
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from enstune.checks import check_spec, load_checked, read_params
-from enstune.claims import claims_owner, companion_name, companions
+from enstune.claims import NAME_LIMIT, SUFFIX, claims_owner, companion_name, companions
 from enstune.config import Param, StudySpec, TrialConfig, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
 from enstune.storage import bulk, mask_url, open_storage, resolve_url
@@ -108,6 +109,21 @@ def _wait_ready(study: optuna.Study, timeout: float = READY_TIMEOUT) -> dict[str
     return data
 
 
+def check_name(name: str) -> None:
+    """Refuse a study name that would be read back wrong: in paths, on one line, as member claims, or too long."""
+    # Names become file and artifact names, log lines and table cells: a "/" or ".." would reach
+    # outside a directory, a newline or other control character would forge a line.
+    bad = next((c for c in name if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp")), None)
+    if bad is not None:
+        raise ConfigError(f"study name {name!r} holds the control character {bad!r}; use printable characters")
+    if "/" in name or ".." in name:
+        raise ConfigError(f"study name {name!r} holds '/' or '..'; names may not look like paths")
+    if name.endswith(SUFFIX):
+        raise ConfigError(f"study name {name!r} ends in {SUFFIX!r}, which names the member claims of a study")
+    if len(name) > NAME_LIMIT:  # what a database's column holds: every storage keeps to it, so studies can move
+        raise ConfigError(f"study name is {len(name)} characters; at most {NAME_LIMIT}")
+
+
 def create(template: str, name: str | None = None, storage_url: str | None = None,
            overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
     """Create a study from a template; return (name, created). Same name and spec again: a no-op.
@@ -119,6 +135,7 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     if name is not None and not name.strip():
         raise ConfigError("--name must not be empty")
     name = name or template
+    check_name(name)
     storage = open_storage(storage_url)
     wanted = to_dict(spec)
     try:

@@ -78,6 +78,13 @@ def _beat(storage: optuna.storages.BaseStorage, trial_id: int, owner: dict[str, 
     named.add(trial_id)
 
 
+def check_interval(interval: Any) -> None:  # noqa: ANN401 - whatever a caller passed
+    """Refuse a heartbeat interval that is not a positive number of seconds, as Optuna's RDBStorage does."""
+    # Zero or less would make every running trial stale at once (every live worker's trial failed).
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        raise ValueError("The value of `heartbeat_interval` should be a positive integer.")
+
+
 class AttributeHeartbeat(BaseHeartbeat):
     """Optuna's ``BaseHeartbeat`` on a storage's trial attributes; mixed in before the storage class.
 
@@ -89,6 +96,7 @@ class AttributeHeartbeat(BaseHeartbeat):
     """
 
     def _start_heartbeats(self, interval: int, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
+        check_interval(interval)
         self._interval, self._on_stale, self._me = interval, on_stale, _owner()
         # per study: its running trials without a beat of their own, and when first seen so
         self._unbeaten: dict[int, dict[int, float]] = {}
@@ -148,6 +156,7 @@ class HeartbeatJournalStorage(AttributeHeartbeat, JournalStorage):
 
     def __init__(self, backend: Any, interval: int,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+        check_interval(interval)
         JournalStorage.__init__(self, backend)
         self._start_heartbeats(interval, on_stale)
 

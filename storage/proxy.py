@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
 from enstune.storage import bulk
-from enstune.storage.heartbeat import AttributeHeartbeat
+from enstune.storage.heartbeat import AttributeHeartbeat, check_interval
 
 THREADS = 16  # requests served at once, each with a database connection of its own
 PATIENCE = 600.0  # seconds a worker's call waits for a proxy that is gone (a database's, likewise)
@@ -188,6 +188,7 @@ class HeartbeatProxyStorage(AttributeHeartbeat, ProxyStorage):
 
     def __init__(self, host: str, port: int, name: str, interval: int,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+        check_interval(interval)  # before a channel is opened
         ProxyStorage.__init__(self, host, port, name)
         self._start_heartbeats(interval, on_stale)
 
