@@ -34,17 +34,51 @@ def cfg(method: str, members: int = 4, recipe: Recipe = FT, seed: int = 3, **opt
 # ---- plans -------------------------------------------------------------------------------------
 
 
-def test_swe_is_one_constant_lr_run_with_a_snapshot_per_cycle():
+def test_swe_is_one_run_held_at_a_tenth_of_the_peak_with_a_snapshot_per_cycle():
     jobs = get_method("swe").plan(cfg("swe"))
-    assert jobs[0] == first_member(cfg("swe")), "member 1 is the shared ×1 fine-tune"
+    first = jobs[0]
+    assert first.checkpoint == 0 and first.seed == first_member(cfg("swe")).seed and first.make == "train"
+    assert first.recipe == dataclasses.replace(FT, schedule="swe"), "the x1 recipe, its decay held, not annealed"
+    assert first.option("carry_optimizer") is True, "member 1 keeps its momentum for the run to go on"
+    assert first != first_member(cfg("swe")), "not the shared x1 fine-tune, which anneals to 0"
     assert [j.parent for j in jobs] == [None, 1, 2, 3] and all(j.member for j in jobs)
     for j in jobs[1:]:
-        assert j.recipe.schedule == "constant" and j.recipe.lr == pytest.approx(0.01)
+        assert j.recipe.schedule == "constant" and j.recipe.lr == pytest.approx(0.1 * FT.lr), "held where it stopped"
         assert j.recipe.epochs == 5 and j.recipe.warmup_epochs == 0 and j.recipe.warmup_steps == 0
         assert j.option("carry_optimizer") is True and j.make == "train"
+    assert jobs[1:] == get_method("swe").plan(dataclasses.replace(cfg("swe"), lr_mult=4.0))[1:], "no lr_mult"
+    assert get_method("swe").reads == frozenset({"alpha", "freeze", "epoch_mult"})
     # A recipe that warms up every cycle still runs on without a warm-up between snapshots.
     warm = get_method("swe").plan(cfg("swe", recipe=dataclasses.replace(FT, cycle_warmup=True)))
     assert warm[1].recipe.warmup_epochs == 0
+
+
+def test_the_swe_schedule_is_the_warm_cosine_held_at_a_tenth_of_the_peak():
+    from enstune.methods.swe import FLOOR
+    from enstune.schedules import cosine, get_schedule
+
+    swe = get_schedule("swe")
+    assert FLOOR == 0.1, "App. C: the decay from a 0.1 peak stops at 0.01"
+    # 100 steps, 10 of warm-up: the cosine over 90 steps falls below 0.1 between steps 81 (71/90 of the
+    # way, 0.1060) and 82 (72/90, 0.0955), and the lr stays at 0.1 of the peak from there to the end.
+    assert [swe(s, 100, 10) for s in range(82)] == [cosine(s, 100, 10) for s in range(82)]
+    assert cosine(81, 100, 10) == pytest.approx(0.1060, abs=1e-4) and cosine(82, 100, 10) < FLOOR
+    assert [swe(s, 100, 10) for s in range(82, 110)] == [FLOOR] * 28
+    assert swe(0, 100, 20) == 0.05, "the warm-up starts below the floor, as the x1 recipe's does"
+
+
+def test_swe_runs_on_at_the_lr_where_member_one_stopped(ws):
+    """Through the training loop: member 1's last steps and every step of member 2 at 0.1 of the peak."""
+    recipe = dataclasses.replace(SHORT, epochs=4, warmup_epochs=1)
+    first, second = get_method("swe").plan(cfg("swe", members=2, recipe=recipe))
+    lrs: list[list[float]] = [[], []]
+    for job, seen in zip((first, second), lrs):
+        model = ws.checkpoints.backbone(0)
+        train(model, ws.split("train", CPU), job.recipe, seed=0, after_step=lambda _m, lr, seen=seen: seen.append(lr))
+    assert len(lrs[0]) == 16 and len(lrs[1]) == 8  # 4 steps an epoch (99 digits in batches of 32)
+    assert lrs[0][3] == pytest.approx(recipe.lr), "the warm-up's peak"
+    assert lrs[0][-1] == pytest.approx(0.1 * recipe.lr) and min(lrs[0]) == pytest.approx(0.1 * recipe.lr)
+    assert lrs[1] == pytest.approx([0.1 * recipe.lr] * 8)
 
 
 def test_constrained_members_branch_off_one_trunk_at_t():
@@ -101,7 +135,9 @@ def test_the_templates_load_with_the_papers_settings():
     assert load_template("constrained-cifar100").options["t"] == pytest.approx(40 / 190, abs=1e-3)
     assert load_template("distilled-cifar100").options == pytest.approx({"beta": 0.2, "tau": 3.0, "t": 40 / 190},
                                                                         abs=1e-3)
-    assert 0.1 in load_template("swe-cifar100").space["lr_mult"].choices, "App. C: held at 0.01 of a 0.1 peak"
+    assert 1 in load_template("swe-cifar100").space["epoch_mult"].choices, "Table 5: a member every T epochs"
+    with pytest.raises(ConfigError, match="space.lr_mult: method swe never reads it"):
+        load_checked("swe-demo", ["space.lr_mult.choices=[0.1]"])
     load_checked("constrained-demo", ["space.freeze.choices=[0, 1]"])  # momentum is carried by weight name
 
 
