@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -128,6 +129,89 @@ def test_a_file_that_is_not_a_journal_is_left_as_it_is(home):
     with pytest.raises(EnstuneError, match="is not an Optuna journal"):
         open_storage()
     assert journal.read_bytes() == b"name,score\nalice,1\nbob" and not backups(home)
+
+
+def test_a_whole_line_that_is_no_record_is_set_aside_with_one_notice_and_nothing_else_dropped(home, capsys):
+    from enstune.storage import open_storage
+
+    study = optuna.create_study(study_name="kept", storage=open_storage())
+    study.set_user_attr("a", 1)
+    journal = home / "studies.journal"
+    stray = b"this line is no record\n"
+    with journal.open("ab") as f:  # a whole line: Optuna's reader fails every study on it
+        f.write(stray)
+    size = journal.stat().st_size
+    optuna.create_study(study_name="later", storage=open_storage()).set_user_attr("b", 2)
+    assert json.loads(invoke("study", "list", "--json").stdout) is not None
+    storage = open_storage()
+    assert sorted(optuna.get_all_study_names(storage)) == ["kept", "later"]
+    assert optuna.load_study(study_name="kept", storage=storage).user_attrs == {"a": 1}
+    assert optuna.load_study(study_name="later", storage=storage).user_attrs == {"b": 2}
+    (backup,) = backups(home)
+    assert backup.read_bytes() == stray
+    notices = [line for line in capsys.readouterr().err.splitlines() if "no journal records" in line]
+    assert len(notices) == 1 and backup.name in notices[0]
+    # repaired in place, at the same length: plain Optuna reads it again, and no byte moved
+    plain = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    assert sorted(optuna.get_all_study_names(plain)) == ["kept", "later"]
+    repaired = journal.read_bytes()[size - len(stray):size]
+    assert len(repaired) == len(stray) and json.loads(repaired) == {"op_code": 10}
+
+
+def test_a_tail_that_is_not_json_is_set_aside_and_the_next_create_works(home):
+    assert invoke("study", "create", "sse-demo", "--name", "before", *ONE_POINT).exit_code == 0
+    journal = home / "studies.journal"
+    with journal.open("ab") as f:
+        f.write(b"garbage without a newline")
+    created = invoke("study", "create", "sse-demo", "--name", "after", *ONE_POINT)
+    assert created.exit_code == 0, created.output
+    (backup,) = backups(home)
+    assert backup.read_bytes() == b"garbage without a newline"
+    names = sorted(r["name"] for r in json.loads(invoke("study", "list", "--json").stdout))
+    assert names == ["after", "before"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A file system of 1 MiB (a tmpfs), where this process may mount one."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small file system needs privileges")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_line_naming_it_leaves_nothing_torn_and_the_write_goes_through_when_space_returns(
+        small_disk, monkeypatch, caplog):
+    from enstune.storage import journal as module
+    from enstune.storage import open_storage
+
+    monkeypatch.setenv("ENSTUNE_HOME", str(small_disk))
+    storage = open_storage()
+    study = optuna.create_study(study_name="full", storage=storage)
+    filler = small_disk / "filler"
+    with filler.open("wb", buffering=0) as f:  # the rest of the disk, taken by something else
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    journal = small_disk / "studies.journal"
+    before = journal.read_bytes()
+    monkeypatch.setattr(module, "PATIENCE", 2.0)
+    with pytest.raises(EnstuneError) as failed:
+        study.set_user_attr("big", "x" * 65536)
+    assert str(failed.value).startswith(f"cannot write the journal {journal}: No space left on device")
+    assert str(small_disk) in str(failed.value) and len(str(failed.value).splitlines()) == 1
+    assert journal.read_bytes() == before and not backups(small_disk), "nothing torn, no backup per attempt"
+    # space returns while a write waits: it goes through
+    monkeypatch.setattr(module, "PATIENCE", 60.0)
+    caplog.clear()
+    threading.Timer(2.0, filler.unlink).start()
+    study.set_user_attr("big", "x" * 65536)
+    assert optuna.load_study(study_name="full", storage=open_storage()).user_attrs["big"] == "x" * 65536
+    assert not backups(small_disk)
+    assert sum("waiting up to" in r.getMessage() for r in caplog.records) == 1, "one line per incident"
 
 
 # --- 2. passwords with URL-special characters ----------------------------------------------------------------
