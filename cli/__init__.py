@@ -127,6 +127,19 @@ def study_run(
                     reporter_factory=reporter, heartbeat=heartbeat, artifacts=artifacts, per_member=per_member)
         publish(name, storage)  # the pictures and the regime note in optuna-dashboard
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
+    _failed_for_good(st.failed_points(study), name)
+
+
+FAILED_FOR_GOOD = 3  # exit code of `study run` when points of the study failed for good
+
+
+def _failed_for_good(lines: list[str], name: str) -> None:
+    """Say which points failed for good and how to queue them again; exit with FAILED_FOR_GOOD if any did."""
+    for line in lines:
+        err.print(f"error: {line}", markup=False, highlight=False)
+    if lines:
+        err.print(f"re-queue them with: enstune study requeue {name}", markup=False, highlight=False)
+        raise typer.Exit(FAILED_FOR_GOOD)
 
 
 def trials_table(rows: list[dict[str, Any]], title: str = "") -> Table:
@@ -177,6 +190,20 @@ def study_show(name: str, storage: Storage = None, as_json: AsJson = False) -> N
               f"{info['storage']}: {info['n_trials']}/{info['budget']} trials, best val ens acc {best}",
               markup=False, highlight=False)
     out.print(trials_table(info["trials"]))
+    for line in info["failed_for_good"]:
+        out.print(line, markup=False, highlight=False)
+
+
+@study_app.command("requeue")
+@_one_line_errors
+def study_requeue(name: str, storage: Storage = None) -> None:
+    """Queue again the points of a study that failed for good (each with its retries afresh)."""
+    from enstune.worker import requeue_failed
+
+    queued = requeue_failed(name, storage)
+    for failed, again in queued:
+        out.print(f"trial {failed} re-queued as trial {again}", markup=False, highlight=False)
+    out.print(f"{len(queued)} point(s) of study {name} re-queued", markup=False, highlight=False)
 
 
 @study_app.command("delete")

@@ -195,7 +195,7 @@ class Claims:
             seen = self._unmarked.setdefault(claim._trial_id, time.monotonic())
             if time.monotonic() - seen > 2 * (self.heartbeat.get_heartbeat_interval() or 0):
                 return True
-        return claim._trial_id in self.heartbeat._get_stale_trial_ids(self.study_id())
+        return self.heartbeat.is_stale(self.study_id(), claim)
 
     def _end(self, trial_id: int, state: TrialState, seconds: float | None = None) -> None:
         """Finish claim ``trial_id`` as ``state``; one another worker finished first stays as it is."""

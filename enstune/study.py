@@ -124,6 +124,21 @@ def check_name(name: str) -> None:
         raise ConfigError(f"study name is {len(name)} characters; at most {NAME_LIMIT}")
 
 
+def cheapest_first(spec: StudySpec, points: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``points`` by the epochs their plans train, cheapest first (the given order among equals).
+
+    A pruner judges a trial against the best one so far: cheap trials set that bar early, and the
+    dear ones are cut as soon as they cannot reach it.
+    """
+    from enstune.methods import get_method
+
+    def epochs(point: dict[str, Any]) -> int:
+        cfg = trial_config(optuna.trial.FixedTrial(point), spec)
+        return sum(job.recipe.epochs for job in get_method(cfg.method).plan(cfg))
+
+    return sorted(points, key=epochs)
+
+
 def create(template: str, name: str | None = None, storage_url: str | None = None,
            overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
     """Create a study from a template; return (name, created). Same name and spec again: a no-op.
@@ -146,7 +161,7 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
         return name, False
     try:
         if spec.sampler == "grid" and spec.space:
-            for params in grid_points(spec)[:budget(spec)]:
+            for params in cheapest_first(spec, grid_points(spec)[:budget(spec)]):
                 study.enqueue_trial(params)
         study.set_user_attr(SPEC_ATTR, wanted)
     except BaseException:
@@ -216,14 +231,23 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     ]
 
 
+def failed_points(study: optuna.Study) -> list[str]:
+    """One line per point of ``study`` that failed for good: which trial, its parameters, and why."""
+    from enstune.storage import retry
+
+    return [f"trial {t.number} ({', '.join(f'{k}={v}' for k, v in t.params.items())}) failed for good: {retry.why(t)}"
+            for t in retry.failed_for_good(study.get_trials(deepcopy=False))]
+
+
 def show(name: str, storage_url: str | None = None) -> dict[str, Any]:
-    """A study's spec, summary and trials."""
+    """A study's spec, summary and trials, and the points that failed for good."""
     study = _load(name, open_storage(storage_url))
     spec = load_spec(study)
     rows = trial_rows(study)
     best = best_value(study)
     return {"name": name, "storage": mask_url(resolve_url(storage_url)), "spec": to_dict(spec),
-            "n_trials": len(rows), "budget": budget(spec), "best_value": best, "trials": rows}
+            "n_trials": len(rows), "budget": budget(spec), "best_value": best, "trials": rows,
+            "failed_for_good": failed_points(study)}
 
 
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:

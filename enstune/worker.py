@@ -30,7 +30,8 @@ from enstune.objective import Objective, OverBudget
 from enstune.progress import Reporter
 from enstune.pruning import make_pruner, make_sampler
 from enstune.storage import MAX_RETRY, home_dir, open_storage
-from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec, trial_states
+from enstune.storage import retry
+from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec
 
 MAX_HEARTBEAT = 86_400  # seconds: a day between heartbeats is as long as one may be
 log = logging.getLogger("enstune.worker")
@@ -100,21 +101,67 @@ def _deferred_signals() -> Iterator[None]:
 
 
 def requeue(study: optuna.Study, trial_id: int) -> int | None:
-    """Put failed trial ``trial_id``'s parameters back in the queue as Optuna's heartbeat retry does.
+    """Queue failed trial ``trial_id``'s point again (``enstune.storage.retry``); the retry's attempt number.
 
-    Returns the retry's number of attempts so far, or None when the trial did not fail, was over
-    the budget, or has been retried ``MAX_RETRY`` times already.
+    None when the trial did not fail, was over the budget, or its point raised more errors than
+    the retry limit allows (an interruption never counts).
     """
     trial = study._storage.get_trial(trial_id)
-    if trial.state != TrialState.FAIL or trial.user_attrs.get("over_budget"):
+    if trial.state != TrialState.FAIL or trial.user_attrs.get(retry.OVER_BUDGET):
         return None
-    queued = trial_states(study)[TrialState.WAITING]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)(study, trial)
-    if trial_states(study)[TrialState.WAITING] == queued:
-        return None
-    return len(trial.system_attrs.get("retry_history", [])) + 1
+    again = retry.requeue(study, trial)
+    return None if again is None else retry.attempt(again)
+
+
+def requeue_failed(name: str, storage_url: str | None = None) -> list[tuple[int, int]]:
+    """Queue again every point of study ``name`` that failed for good, its count of errors afresh: (trial, retry) numbers."""
+    study = _load(name, open_storage(storage_url))
+    queued = []
+    for trial in retry.failed_for_good(study.get_trials(deepcopy=False)):
+        again = retry.requeue(study, trial, fresh=True)
+        assert again is not None
+        queued.append((trial.number, again.number))
+    return queued
+
+
+class _Recorded:
+    """The objective, with what a trial's own work raised recorded on the trial before Optuna fails it.
+
+    A trial failed without that record was interrupted (a signal, a worker gone, the storage lost),
+    and its retry costs its point nothing (``enstune.storage.retry``).
+    """
+
+    def __init__(self, objective: Objective) -> None:
+        self.objective = objective
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self.objective(trial)
+        except (optuna.TrialPruned, OverBudget):
+            raise
+        except Exception as exc:
+            if not _taken_over(exc) and not _storage_fault(exc):
+                text = str(exc).splitlines()[0] if str(exc) else ""
+                with contextlib.suppress(Exception), _deferred_signals():  # the error, not this write, is reported
+                    trial.study._storage.set_trial_system_attr(trial._trial_id, retry.ERROR_ATTR,
+                                                        f"{type(exc).__name__}: {text}"[:1000])
+            raise
+
+
+def _storage_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the storage being gone or full, not from the trial's work."""
+    from enstune.storage.resilient import caused_by, is_transient
+
+    def storage(e: BaseException) -> bool:
+        if isinstance(e, retry.StorageUnavailable):
+            return True
+        try:
+            import grpc
+        except ImportError:  # pragma: no cover - grpc comes with optuna's proxy
+            return False
+        return isinstance(e, grpc.RpcError)
+
+    return is_transient(exc) or caused_by(exc, storage)
 
 
 def _taken_over(exc: Exception) -> bool:
@@ -221,7 +268,7 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
             objective.seen = counted.states
             try:
                 with _signals_interrupt():
-                    study.optimize(objective, n_trials=1, catch=(OverBudget,), gc_after_trial=False)
+                    study.optimize(_Recorded(objective), n_trials=1, catch=(OverBudget,), gc_after_trial=False)
             except Interrupted as exc:
                 exc.outcome = _outcome(study, objective)
                 raise
@@ -232,9 +279,7 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
                     raise EnstuneError(f"study {study.study_name!r} was deleted while this worker ran it; the "
                                        f"worker stops") from None
                 else:
-                    if objective.trial_id is not None:
-                        requeue(study, objective.trial_id)  # the point is not lost; the error is still reported
-                    raise
+                    raise TrialFailed(_fate(study, objective, exc)) from exc
             else:
                 ended = objective.ended
                 pending = _after_tell(objective.counted, *ended, maximize)
@@ -257,6 +302,31 @@ def _after_tell(counted: Census | None, state: str, value: float | None, maximiz
     return Census(states, best)
 
 
+class TrialFailed(EnstuneError):
+    """A trial's own work raised: the worker stops and says what became of its point."""
+
+
+def _fate(study: optuna.Study, objective: Objective, exc: Exception) -> str:
+    """Re-queue the point of the trial that raised ``exc`` (while its errors allow); say what became of it."""
+    text = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    if objective.trial_id is None:
+        return text
+    try:
+        trial = study._storage.get_trial(objective.trial_id)
+        with _deferred_signals():
+            attempt = requeue(study, objective.trial_id)
+    except Exception:  # noqa: BLE001 - the storage is gone too: the trial is retried as a silent worker's
+        return f"{text} (its trial is retried once its heartbeat goes silent)"
+    if attempt is not None:
+        raised = len(retry.errors(study._storage.get_trial(objective.trial_id)))
+        return f"trial {trial.number} failed ({text}); re-queued (attempt {attempt}, error {raised} of at most " \
+               f"{MAX_RETRY + 1})"
+    if trial.state != TrialState.FAIL:
+        return f"trial {trial.number} failed ({text}); it is retried once its heartbeat goes silent"
+    return f"trial {trial.number} failed for good ({text}): its point raised {len(retry.errors(trial))} errors; " \
+           f"`enstune study requeue {study.study_name}` queues it again"
+
+
 def _outcome(study: optuna.Study, objective: Objective) -> str:
     """Re-queue the trial an interrupt cut short; say what became of it."""
     if objective.trial_id is None:
@@ -268,5 +338,5 @@ def _outcome(study: optuna.Study, objective: Objective) -> str:
         return "no trial was running"
     with _deferred_signals():  # a second Ctrl-C now would leave the point failed and never queued again
         attempt = requeue(study, objective.trial_id)
-    fate = f"re-queued (attempt {attempt + 1})" if attempt is not None else "not re-queued (retry limit reached)"
+    fate = f"re-queued (attempt {attempt})" if attempt is not None else "not re-queued (it failed for good)"
     return f"trial {trial.number} {fate}; its {objective.members_done} finished member(s) stay in the member cache"

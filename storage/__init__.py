@@ -24,7 +24,7 @@ POOL = {"pool_size": 2, "max_overflow": 2, "pool_recycle": 300}
 CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host or storage proxy is an error
 PROXY_PORT = 13000  # Optuna's default for its gRPC storage proxy
 SCHEMA_ATTEMPTS = 8
-MAX_RETRY = 3  # a trial whose worker died is re-queued at most this many times
+MAX_RETRY = 3  # errors a trial's point may raise and still be queued again; interruptions never count
 
 
 def home_dir() -> Path:
@@ -137,6 +137,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
 
     from enstune.storage.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
     from enstune.storage.journal import journal_backend
+    from enstune.storage.retry import Requeue
 
     url = resolve_url(url)
     if heartbeat is not None and heartbeat < 1:
@@ -147,10 +148,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
             path.parent.mkdir(parents=True, exist_ok=True)
             if not heartbeat:
                 return optuna.storages.JournalStorage(journal_backend(path))
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the retry callback
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)
-            return HeartbeatJournalStorage(journal_backend(path), heartbeat, retry)
+            return HeartbeatJournalStorage(journal_backend(path), heartbeat, Requeue())
         except OSError as exc:
             raise EnstuneError(f"cannot keep studies in {path} (set {ENV_HOME} to a writable directory): "
                                f"{exc.strerror or exc}") from None
@@ -178,7 +176,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
         beat = {} if not heartbeat else {
             "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-            "heartbeat_stale_trial_callback": optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)}
+            "heartbeat_stale_trial_callback": Requeue()}
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
             with warnings.catch_warnings():
@@ -217,6 +215,7 @@ def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcS
     import optuna
 
     from enstune.storage.proxy import HeartbeatProxyStorage, ProxyStorage
+    from enstune.storage.retry import Requeue
 
     host, port = proxy_address(url)
     host = f"[{host}]" if ":" in host else host  # an IPv6 address, as gRPC targets write it
@@ -225,8 +224,7 @@ def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcS
         if not heartbeat:
             storage = ProxyStorage(host, port, mask_url(url))
         else:
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(MAX_RETRY)
-            storage = HeartbeatProxyStorage(host, port, mask_url(url), heartbeat, retry)
+            storage = HeartbeatProxyStorage(host, port, mask_url(url), heartbeat, Requeue())
     try:
         storage.wait_server_ready(timeout=CONNECT_TIMEOUT)
     except ConnectionError:

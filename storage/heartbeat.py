@@ -60,6 +60,17 @@ def _gone(owner: dict[str, Any]) -> bool:
     return started is not None and _process_start(int(owner["pid"])) not in (started, None)
 
 
+def _own(beat: Any, trial_id: int) -> bool:  # noqa: ANN401 - a stored attribute
+    """Whether heartbeat attribute ``beat`` was written for ``trial_id`` (a retry copies its predecessor's)."""
+    return isinstance(beat, dict) and beat.get("trial", trial_id) == trial_id
+
+
+def _stale_now(trial: FrozenTrial) -> bool:
+    """Whether ``trial``'s own last beat names a process of this host that is gone: stale at once, whatever its age."""
+    beat = trial.system_attrs.get(HEARTBEAT_ATTR)
+    return _own(beat, trial._trial_id) and _gone(beat)
+
+
 def _owner() -> dict[str, Any]:
     """Who beats: this host and process."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
@@ -142,6 +153,10 @@ class AttributeHeartbeat(BaseHeartbeat):
         self._quiet[study_id] = quiet if not stale else now
         return stale
 
+    def is_stale(self, study_id: int, trial: FrozenTrial) -> bool:
+        """Whether running ``trial`` of the study is stale, judged as the study's trials are, its own beat read afresh."""
+        return _stale_now(trial) or trial._trial_id in self._get_stale_trial_ids(study_id)
+
     def get_heartbeat_interval(self) -> int | None:
         """Seconds between heartbeats."""
         return self._interval
@@ -174,6 +189,7 @@ class HeartbeatRDBStorage(ResilientRDBStorage):
         super().__init__(*args, **kwargs)
         self._me = _owner()
         self._quiet: dict[int, float] = {}  # per study: until when (time.monotonic()) no running trial can turn stale
+        self._owners: dict[int, dict[int, dict[str, Any]]] = {}  # per study: the last read's running trials' beats
         self._named: set[int] = set()  # trials this process has beaten for (and named itself in)
 
     def record_heartbeat(self, trial_id: int) -> None:
@@ -195,14 +211,26 @@ class HeartbeatRDBStorage(ResilientRDBStorage):
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         start = time.monotonic()
         if start < self._quiet.get(study_id, start):
-            return []
+            # No beat can have aged past the grace period yet; a worker of this host may have died since.
+            if not (gone := [trial_id for trial_id, beat in self._owners.get(study_id, {}).items() if _gone(beat)]):
+                return []
+            self._quiet[study_id] = start  # failed (or finished meanwhile): the next check reads again
+            return gone
         assert self.heartbeat_interval is not None
         grace = self.grace_period or 2 * self.heartbeat_interval
-        ages = self.heartbeat_ages(study_id)
-        stale = [trial_id for trial_id, age in ages.items() if age > grace]
+        beats = self.heartbeats(study_id)
+        owners = self._owners[study_id] = {trial_id: owner for trial_id, (_, owner) in beats.items()
+                                           if _own(owner, trial_id)}
+        stale = [trial_id for trial_id, (age, _) in beats.items()
+                 if age > grace or (trial_id in owners and _gone(owners[trial_id]))]
         # A trial that beats after this read turns stale a whole grace period later at the earliest.
-        self._quiet[study_id] = start + grace - max(ages.values(), default=0.0) if not stale else start
+        oldest = max((age for age, _ in beats.values()), default=0.0)
+        self._quiet[study_id] = start + grace - oldest if not stale else start
         return stale
+
+    def is_stale(self, study_id: int, trial: FrozenTrial) -> bool:
+        """Whether running ``trial`` of the study is stale, judged as the study's trials are, its own beat read afresh."""
+        return _stale_now(trial) or trial._trial_id in self._get_stale_trial_ids(study_id)
 
 
 @functools.cache

@@ -33,7 +33,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.storages.journal._file import get_lock_file
 from optuna.storages.journal._storage import JournalOperation
 
-from enstune.errors import EnstuneError
+from enstune.storage.retry import StorageUnavailable
 
 _BLOCK = 1 << 16
 _OPS = frozenset(int(op) for op in JournalOperation)
@@ -80,7 +80,7 @@ class Journal(JournalFileBackend):
             if log_number_from in self._log_number_offset:
                 number, offset = log_number_from, self._log_number_offset[log_number_from]
             if offset > size:  # the records this process has read are gone: replaying would be a lie
-                raise EnstuneError(f"the journal {self._file_path} shrank under this process (from at least "
+                raise StorageUnavailable(f"the journal {self._file_path} shrank under this process (from at least "
                                    f"{offset} to {size} bytes): it was truncated or replaced; the worker stops")
             f.seek(offset)
             records = 0
@@ -113,7 +113,7 @@ class Journal(JournalFileBackend):
                 return
             except OSError as exc:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or time.monotonic() + delay > deadline:
-                    raise EnstuneError(f"cannot write the journal {self._file_path}: {_why(exc, self._path)}") \
+                    raise StorageUnavailable(f"cannot write the journal {self._file_path}: {_why(exc, self._path)}") \
                         from None
                 if not told:
                     log.warning("cannot write the journal %s: %s; waiting up to %.0f min for space", self._file_path,

@@ -32,6 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 from enstune.errors import EnstuneError
 from enstune.storage import bulk
 from enstune.storage.heartbeat import AttributeHeartbeat, check_interval
+from enstune.storage.retry import StorageUnavailable
 
 THREADS = 16  # requests served at once, each with a database connection of its own
 PATIENCE = 600.0  # seconds a worker's call waits for a proxy that is gone (a database's, likewise)
@@ -103,7 +104,7 @@ def _lost(name: str) -> Any:  # noqa: ANN401 - a grpc.UnaryUnaryClientIntercepto
                 outcome = continuation(details, request)
                 code = outcome.code()
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise EnstuneError(f"lost the storage proxy at {name} ({code.name} after waiting up to "
+                raise StorageUnavailable(f"lost the storage proxy at {name} ({code.name} after waiting up to "
                                    f"{PATIENCE:.0f} s): {outcome.details()}")
             return outcome
 

@@ -27,7 +27,7 @@ _RETRIED = (
     "get_study_system_attrs", "get_all_studies", "_create_new_trial", "_set_trial_param",
     "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
     "get_trial_id_from_study_id_trial_number", "get_trial", "_get_trials", "_get_best_trial_id",
-    "record_heartbeat", "_get_stale_trial_ids", "set_trial_attrs", "census", "heartbeat_ages",
+    "record_heartbeat", "_get_stale_trial_ids", "set_trial_attrs", "census", "heartbeats",
     "get_trial_system_attrs",
 )
 
@@ -106,13 +106,16 @@ def _trial_state() -> Any:  # noqa: ANN401 - a SQLAlchemy Select
 
 @functools.cache
 def _running_beats() -> Any:  # noqa: ANN401 - a SQLAlchemy Select
-    """Each running trial of study ``:study_id`` with a row in Optuna's heartbeat table: its last beat, and now."""
+    """Each running trial of study ``:study_id`` with a row in Optuna's heartbeat table: its last beat, now, and the
+    heartbeat attribute that names who beats (NULL where there is none)."""
     import sqlalchemy as sa
     from optuna.storages._rdb import models
 
     trial, beat = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
-    return (sa.select(trial.c.trial_id, beat.c.heartbeat, sa.func.now())
-            .select_from(trial.join(beat, beat.c.trial_id == trial.c.trial_id))
+    attr = models.TrialSystemAttributeModel.__table__
+    return (sa.select(trial.c.trial_id, beat.c.heartbeat, sa.func.now(), attr.c.value_json)
+            .select_from(trial.join(beat, beat.c.trial_id == trial.c.trial_id)
+                         .outerjoin(attr, sa.and_(attr.c.trial_id == trial.c.trial_id, attr.c.key == "heartbeat")))
             .where(trial.c.state == TrialState.RUNNING, trial.c.study_id == sa.bindparam("study_id")))
 
 
@@ -223,12 +226,25 @@ class ResilientRDBStorage(RDBStorage):
 
     def heartbeat_ages(self, study_id: int) -> dict[int, float]:
         """Seconds since the last heartbeat in Optuna's table of each running trial of the study that has one."""
+        return {trial_id: age for trial_id, (age, _) in self.heartbeats(study_id).items()}
+
+    def heartbeats(self, study_id: int) -> dict[int, tuple[float, dict[str, Any] | None]]:
+        """Each running trial of the study with a heartbeat: seconds since it last beat, and who beats (its attribute).
+
+        A trial's row is written by its own beats alone (a retry starts without one), so a trial that
+        has just started is not in it, and never stale by it.
+        """
+        import json
+
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with _create_scoped_session(self.scoped_session) as session:
             rows = session.execute(_running_beats(), {"study_id": study_id}).all()
-        # As Optuna compares them: the database's clock, without its time zone.
-        return {trial_id: (now.replace(tzinfo=None) - at).total_seconds() for trial_id, at, now in rows}
+        out = {}
+        for trial_id, at, now, owner in rows:
+            # As Optuna compares them: the database's clock, without its time zone.
+            out[trial_id] = ((now.replace(tzinfo=None) - at).total_seconds(), json.loads(owner) if owner else None)
+        return out
 
     def _state_is(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         trial_id = args[0] if args else kwargs["trial_id"]

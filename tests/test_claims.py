@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -204,3 +206,46 @@ def test_concurrent_workers_train_member_1_once_and_give_a_single_workers_result
         single = reference[tuple(sorted(t.params.items()))]
         assert t.user_attrs["member_keys"] == single.user_attrs["member_keys"]
         assert t.value == single.value and t.user_attrs["val_ens_acc"] == single.user_attrs["val_ens_acc"]
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_a_killed_holder_on_this_host_is_taken_over_within_one_heartbeat_interval(kind, request, tmp_path):
+    long_beat = 60  # a claim silent for two of these would take two minutes to expire
+    url = url_of(kind, request.getfixturevalue("pg") if kind == "postgresql" else None)
+    name = f"dead-{uuid.uuid4().hex[:8]}"
+    cache = MemberCache(FileSystemArtifactStore(tmp_path))
+    key = content_key(test=name)
+    waiter = Claims(open_storage(url, heartbeat=long_beat), name, poll=0.1)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, url or "", name, key, str(long_beat)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held", holder.stderr.read()
+        with pytest.raises(Held):  # the waiter has read the claims while the holder lived
+            waiter.acquire(key, cache.get, wait=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    start = time.monotonic()
+    lease = within(long_beat, lambda: waiter.acquire(key, cache.get))
+    assert lease.found is None and lease.trial_id is not None
+    assert time.monotonic() - start < long_beat / 2, "taken over by the holder's liveness, not by its silence"
+    dead = [t for t in claim_trials(url, name) if t.system_attrs["owner"].endswith(f":{holder.pid}")]
+    assert [t.state for t in dead] == [TrialState.FAIL]
+
+
+def test_a_trial_whose_worker_on_this_host_died_is_stale_at_once_on_the_database(pg):
+    from enstune.storage.heartbeat import HEARTBEAT_ATTR
+
+    storage = open_storage(pg.url(), heartbeat=60)
+    warnings.simplefilter("ignore", UserWarning)  # Optuna's: heartbeats outside Study.optimize
+    study = optuna.create_study(study_name=f"gone-{uuid.uuid4().hex[:8]}", storage=storage)
+    trial = study.ask()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    assert storage._get_stale_trial_ids(study._study_id) == []
+    storage.record_heartbeat(trial._trial_id)
+    beat = storage.get_trial(trial._trial_id).system_attrs[HEARTBEAT_ATTR]
+    storage.set_trial_system_attr(trial._trial_id, HEARTBEAT_ATTR, {**beat, "pid": dead.pid, "start": None})
+    assert storage.is_stale(study._study_id, storage.get_trial(trial._trial_id))
+    other = open_storage(pg.url(), heartbeat=60)  # another worker's check before its next trial
+    assert other._get_stale_trial_ids(study._study_id) == [trial._trial_id]

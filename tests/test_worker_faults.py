@@ -78,23 +78,46 @@ class Explodes(Reporter):
             raise RuntimeError("a fault mid-member")
 
 
-def test_a_failed_trial_goes_back_to_the_queue_up_to_the_retry_limit(home):
+def test_a_failed_trial_goes_back_to_the_queue_up_to_the_retry_limit_then_is_never_silent(home):
+    from typer.testing import CliRunner
+
+    from enstune.cli import app
     from enstune.storage import MAX_RETRY
+    from enstune.worker import TrialFailed
 
     st.create("starsse-demo", name="boom", overrides=TINY + ["pruner='none'", "n_trials=1",
                                                               "space.lr_mult.choices=[2]",
                                                               "space.epoch_mult.choices=[1]"])
-    for attempt in range(MAX_RETRY + 1):
-        with pytest.raises(RuntimeError, match="a fault mid-member"):
+    for attempt in range(1, MAX_RETRY + 2):
+        with pytest.raises(TrialFailed) as failed:
             run("boom", reporter_factory=lambda budget: Explodes())
         study = optuna.load_study(study_name="boom", storage=_journal(home))
         waiting = study.get_trials(states=(W.WAITING,))
-        if attempt < MAX_RETRY:
+        if attempt <= MAX_RETRY:
             assert len(waiting) == 1 and waiting[0].params == {"lr_mult": 2, "epoch_mult": 1}
+            assert str(failed.value) == (f"trial {attempt - 1} failed (RuntimeError: a fault mid-member); re-queued "
+                                         f"(attempt {attempt + 1}, error {attempt} of at most {MAX_RETRY + 1})")
     assert waiting == [], f"after {MAX_RETRY} retries the point is reported, not queued again"
+    assert str(failed.value).startswith(f"trial {MAX_RETRY} failed for good (RuntimeError: a fault mid-member): "
+                                        f"its point raised {MAX_RETRY + 1} errors; `enstune study requeue boom`")
     assert len(study.get_trials(states=(W.FAIL,))) == MAX_RETRY + 1
-    # Nothing was sampled in place of the lost point: a grid study draws only from its queue.
-    assert run("boom").get_trials(states=(W.COMPLETE,)) == []
+    # Nothing was sampled in place of the lost point (a grid study draws only from its queue), and the next
+    # worker says so: which point, why, how to queue it again, and a non-zero exit code.
+    runner = CliRunner()
+    after = runner.invoke(app, ["study", "run", "boom"])
+    assert after.exit_code == 3, after.output
+    lost = f"trial {MAX_RETRY} (lr_mult=2, epoch_mult=1) failed for good: {MAX_RETRY + 1} errors, the last: " \
+           f"RuntimeError: a fault mid-member"
+    assert f"error: {lost}" in after.stderr and "enstune study requeue boom" in after.stderr, after.stderr
+    shown = runner.invoke(app, ["study", "show", "boom"])
+    assert shown.exit_code == 0 and lost in shown.stdout, shown.output
+    requeued = runner.invoke(app, ["study", "requeue", "boom"])
+    assert requeued.exit_code == 0 and f"trial {MAX_RETRY} re-queued as trial {MAX_RETRY + 1}" in requeued.stdout
+    done = runner.invoke(app, ["study", "run", "boom"])
+    assert done.exit_code == 0, done.output
+    study = optuna.load_study(study_name="boom", storage=_journal(home))
+    assert [t.state for t in study.trials][-1] == W.COMPLETE
+    assert runner.invoke(app, ["study", "requeue", "boom"]).stdout.strip() == "0 point(s) of study boom re-queued"
 
 
 def test_an_artifact_store_that_cannot_be_written_stops_the_worker_before_a_trial(home):
@@ -233,3 +256,24 @@ def test_a_damaged_cache_entry_is_one_warning_line_and_retrained(home):
         f"retraining it")
     trial = optuna.load_study(study_name="second", storage=_journal(home)).trials[0]
     assert trial.user_attrs["cached_members"] == 2, "the two intact members came from the cache, one was retrained"
+
+
+def test_pre_emptions_never_use_up_the_retries_and_attempts_count_one_by_one(home):
+    from enstune.storage import MAX_RETRY
+
+    st.create("starsse-demo", name="pre", overrides=SLOW + ["n_trials=1", "space.lr_mult.choices=[2]",
+                                                             "space.epoch_mult.choices=[1]"])
+    for attempt in range(1, MAX_RETRY + 3):  # more pre-emptions than the retry limit
+        proc = _worker("pre")
+        _wait_for_a_member(home, "pre", proc)
+        proc.send_signal(signal.SIGTERM if attempt % 2 else signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == (143 if attempt % 2 else 130), err
+        assert err.strip().splitlines()[-1].startswith(
+            f"interrupted: trial {attempt - 1} re-queued (attempt {attempt + 1})"), err
+    finish = _worker("pre")
+    out, err = finish.communicate(timeout=600)
+    assert finish.returncode == 0, err
+    study = optuna.load_study(study_name="pre", storage=_journal(home))
+    (done,) = study.get_trials(states=(W.COMPLETE,))
+    assert done.system_attrs["attempt"] == MAX_RETRY + 3 and done.system_attrs["errors"] == []

@@ -1,0 +1,83 @@
+"""A failed trial's point queued again: interruptions never count against the retry limit, a trial's own errors do.
+
+A point's attempts form a chain of trials: each retry is a WAITING trial with the same parameters
+whose system attributes name the first attempt (``failed_trial``, as Optuna's
+``RetryHeartbeatStaleTrialCallback`` writes it), every earlier one (``retry_history``), its own
+number of attempt (``attempt``) and the errors its point has raised so far (``errors``). A worker
+records what its trial raised as the trial's system attribute ``error`` before the trial fails;
+a trial failed without one was interrupted (a signal, a dead or silent worker, a lost storage),
+and its retry costs the point nothing. A point whose trials raised more than ``MAX_RETRY`` errors
+is not queued again: it failed for good, until ``enstune study requeue`` queues it once more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from enstune.errors import EnstuneError
+from enstune.storage import MAX_RETRY
+
+ERROR_ATTR = "error"  # system attribute of a failed trial: what its own work raised (one line)
+ERRORS_ATTR = "errors"  # system attribute of a retry: the errors its point raised so far
+ATTEMPT_ATTR = "attempt"  # system attribute of a retry: its attempt at the point (the first trial is attempt 1)
+OVER_BUDGET = "over_budget"  # user attribute of a trial refused for the budget: no point of its own
+
+
+class StorageUnavailable(EnstuneError):
+    """The storage cannot be read or written now (gone, full): no fault of the trial's."""
+
+
+def attempt(trial: FrozenTrial) -> int:
+    """Which attempt at its point ``trial`` is (1 for the first)."""
+    return int(trial.system_attrs.get(ATTEMPT_ATTR, len(trial.system_attrs.get("retry_history", [])) + 1))
+
+
+def errors(trial: FrozenTrial) -> list[str]:
+    """The errors ``trial``'s point raised in its attempts so far, this trial's own included once it failed."""
+    before = list(trial.system_attrs.get(ERRORS_ATTR, []))
+    own = trial.system_attrs.get(ERROR_ATTR)
+    return before + ([own] if own is not None and trial.state == TrialState.FAIL else [])
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, fresh: bool = False) -> FrozenTrial | None:
+    """Queue failed ``trial``'s point again; the retry, or None when its errors reached the limit.
+
+    ``fresh``: its count of errors starts again (a person asked for it).
+    """
+    raised = [] if fresh else errors(trial)
+    if len(raised) > MAX_RETRY:
+        return None
+    system: dict[str, Any] = {k: v for k, v in trial.system_attrs.items() if k != ERROR_ATTR}
+    system.update({"failed_trial": trial.system_attrs.get("failed_trial", trial.number),
+                   "retry_history": [*trial.system_attrs.get("retry_history", []), trial.number],
+                   ATTEMPT_ATTR: attempt(trial) + 1, ERRORS_ATTR: raised})
+    template = optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
+                                         distributions=trial.distributions, user_attrs=trial.user_attrs,
+                                         system_attrs=system)
+    trial_id = study._storage.create_new_trial(study._study_id, template)
+    return study._storage.get_trial(trial_id)
+
+
+class Requeue:
+    """The storage's stale-trial callback: a silent or dead worker's trial is queued again, at no cost to its point."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        requeue(study, trial)
+
+
+def failed_for_good(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """The failed trials whose point is queued nowhere: no later attempt follows them (over-budget ones aside)."""
+    followed = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    return [t for t in trials if t.state == TrialState.FAIL and t.number not in followed
+            and not t.user_attrs.get(OVER_BUDGET)]
+
+
+def why(trial: FrozenTrial) -> str:
+    """Why failed ``trial``'s point is not queued again, in words."""
+    raised = errors(trial)
+    if len(raised) > MAX_RETRY:
+        return f"{len(raised)} errors, the last: {raised[-1]}"
+    return "interrupted and never queued again" if not raised else f"not queued again after: {raised[-1]}"
