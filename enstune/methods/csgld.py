@@ -3,10 +3,18 @@
 Member 1 is the ×1 fine-tune. Each later cycle runs the cycle recipe's cosine schedule from the previous
 cycle's last sample; its last ``SAMPLES_PER_CYCLE`` epochs are the sampling phase, where every optimizer
 step is followed by Langevin noise, and the weights at the end of each of those epochs are members.
+
+The cycles run plain SGD, as cSGLD's code does (ruqizhang/csgmcmc, experiments/cifar100_csgmcmc.py:
+``optim.SGD(..., momentum=1-args.alpha)`` with ``--alpha`` 1, "1: SGLD"), at the cycle recipe's lr
+(lr × lr_mult): the noise N(0, 2·lr·T/N) after each step then samples the posterior at temperature T.
+Under the recipe's momentum β it would not: the drift grows by up to 1/(1 − β) while the noise stays, a
+posterior up to 1 − β times as hot, ten times colder at 0.9. Without momentum a cycle at lr moves about
+as far as one of momentum 0.9 at lr / 10, so a cSGLD grid reaches SSE's cycles at ten times their lr_mult.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable
@@ -14,10 +22,12 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from enstune.config import TrialConfig
+from enstune.config import StudySpec, TrialConfig
+from enstune.errors import ConfigError
 from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Built, Made, MemberJob, Method, first_member,
                                    member_seed)
 from enstune.methods._registry import flatten_optimizer, register_maker, register_method, unflatten_optimizer
+from enstune.recipe import Recipe
 
 # Samples per cycle: cSGLD's CIFAR code saves the last 3 epochs of every cycle (ruqizhang/csgmcmc,
 # experiments/cifar100_csgmcmc.py: ``if (epoch%50)+1>47: # save 3 models per cycle``), as D.2 keeps.
@@ -44,6 +54,11 @@ def langevin_noise(temperature: float, examples: int, generator: torch.Generator
     return add
 
 
+def sgld_cycle(recipe: Recipe, lr_mult: float, epoch_mult: float) -> Recipe:
+    """cSGLD's cycle recipe: the cycle recipe (lr × lr_mult, epochs × epoch_mult) in plain SGD, momentum 0."""
+    return dataclasses.replace(recipe.cycle(lr_mult, epoch_mult), momentum=0.0)
+
+
 @register_maker("langevin", trains=True)
 def langevin(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
     """Train ``span`` of the recipe's schedule, with Langevin noise (``temperature``) from epoch ``sampling_from``
@@ -63,13 +78,19 @@ def langevin(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | Non
 class CSGLD(Method):
     name = "csgld"
     description = ("member 1 with the ×1 recipe; then cosine cycles of the cycle recipe from the previous sample, "
-                   "each giving the weights after its last 3 epochs, sampled with Langevin noise")
+                   "in plain SGD (csgmcmc's momentum 0), each giving the weights after its last 3 epochs, sampled "
+                   "with Langevin noise")
     shared_members = 1
     reads = LATER_MEMBER_PARAMS | {"lr_mult", "epoch_mult"}
     options = {"temperature": TEMPERATURE}
 
+    def check(self, spec: StudySpec) -> None:
+        """Langevin dynamics here are SGD's: another optimizer has no SGLD step."""
+        if spec.finetune.optimizer != "sgd":
+            raise ConfigError(f"method csgld samples with SGD; finetune.optimizer is {spec.finetune.optimizer!r}")
+
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
-        cycle = cfg.recipe.cycle(cfg.lr_mult, cfg.epoch_mult)
+        cycle = sgld_cycle(cfg.recipe, cfg.lr_mult, cfg.epoch_mult)
         # A cycle shorter than 3 epochs gives one sample per epoch, all of it sampling phase: members stay
         # at epoch ends of the cycle's schedule, and more cycles make up the K members.
         samples = min(SAMPLES_PER_CYCLE, cycle.epochs)
