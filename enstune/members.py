@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -240,8 +241,20 @@ class _Bench:
         """Optimizer steps in one epoch of the training loop under ``recipe`` (as many on every DDP rank)."""
         return epoch_steps(self.split("train", recipe.augmentation), recipe.batch_size)
 
-    def recalibrate(self, model: torch.nn.Module) -> None:
-        """BatchNorm statistics of ``model`` re-estimated on (augmented) training batches, as trained members saw."""
-        batches = (x for x, _ in self.split("train", self.job.recipe.augmentation).training_batches(
-            self.job.recipe.batch_size, torch.Generator().manual_seed(self.job.seed)))
-        torch.optim.swa_utils.update_bn(batches, model, device=self.device)
+    def recalibrate(self, model: torch.nn.Module, images: int) -> None:
+        """BatchNorm statistics of ``model`` re-estimated on at least ``images`` augmented training images, as
+        trained members saw them."""
+        recalibrate_on(self.split("train", self.job.recipe.augmentation), model, self.job.recipe.batch_size, images,
+                       torch.Generator().manual_seed(self.job.seed), self.device)
+
+
+def recalibrate_on(split: Split, model: torch.nn.Module, batch_size: int, images: int, generator: torch.Generator,
+                   device: torch.device) -> None:
+    """BatchNorm statistics of ``model`` averaged (``update_bn``) over whole epochs of ``split``'s training batches,
+    drawn with ``generator``, until at least ``images`` images (at least one epoch)."""
+    if images < 0:
+        raise ValueError(f"images must be >= 0, got {images=}")
+    # A small training set seen once gives noisy statistics; fresh augmented epochs average the noise away.
+    epochs = max(1, math.ceil(images / max(1, len(split))))
+    batches = (x for _ in range(epochs) for x, _ in split.training_batches(batch_size, generator))
+    torch.optim.swa_utils.update_bn(batches, model, device=device)

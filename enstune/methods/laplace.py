@@ -4,17 +4,21 @@ Laplace posterior around member 1, with no further training.
 Member 1 is the ×1 fine-tune, the posterior's mean. A step (not a member) passes the training split once
 through it in evaluation mode with labels drawn from its own predictions, so that the factors are the
 Fisher's (the GGN of a softmax), and keeps for every Linear and Conv2d layer the Kronecker factors of its
-block: Q = E[a aᵀ] of the layer's inputs (a 1 appended for the bias; a convolution's patches averaged
-over positions) and H = E[g gᵀ] of each example's loss gradient at the layer's outputs (summed over
-positions). Other layers (BatchNorm) keep member 1's weights, as in the SWAG repository's ``KFACLaplace``
-that the paper ran; every member's BatchNorm statistics are re-estimated.
+block as the SWAG repository's ``KFACLaplace`` (swag/posteriors/laplace.py, the code the paper ran) takes
+them: Q = E[a aᵀ] of the layer's inputs (a 1 appended for the bias) and H = E[g gᵀ] of each example's loss
+gradient at the layer's outputs, both averaged over examples and over a convolution's P output positions
+(``_compute_covs`` divides both by batch × positions). Other layers (BatchNorm) keep member 1's weights, as
+that ``KFACLaplace`` does by default; every member's BatchNorm statistics are re-estimated.
 
 Members 2..K add to each layer's weights W (bias as a last column) the draw (scale/N) · L_H⁻ᵀ Z L_Q⁻¹, Z
-standard normal, L_H and L_Q the Cholesky factors of H + δI and Q + δI, δ = √prior_precision, N the
-training examples. That is the SWAG repository's sampling scale (``sample *= scale / data_size``), so
-App. C's grid [0.2 .. 1.2] means what it meant there, and it is Ritter et al.'s regularised posterior,
-precision (√N' Q + √τ' I) ⊗ (√N' H + √τ' I), with N' = (N/scale)² pseudo-examples and
-τ'/N' = prior_precision, the weight decay expressing the same Gaussian prior per example.
+standard normal, L_H and L_Q the Cholesky factors of H + δI and Q + δI, N the training examples, and
+δ = √(prior_precision / P) per layer (``_inv_covs``: ``eps = self.eps / num_locations``, each factor damped
+by its square root; P = 1 for a Linear layer). That is the SWAG repository's sampling scale
+(``sample *= scale / data_size``), so App. C's grid [0.2 .. 1.2] means what it meant there, and it is Ritter
+et al.'s regularised posterior, precision (√N' Q + √τ' I) ⊗ (√N' H + √τ' I), with N' = (N/scale)²
+pseudo-examples and τ'/N' = prior_precision / P, the weight decay expressing the same Gaussian prior per
+example. (The repository multiplies its draw by L⁻¹ of the input factor where L⁻ᵀ gives the covariance
+(Q + δI)⁻¹; both have the same total variance, and here the draw has the covariance the posterior says.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from torch import nn
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError, EnstuneError
-from enstune.methods._base import Bench, Built, Made, MemberJob, Method, State, first_member, member_seed
+from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
+                                   recalibrated)
 from enstune.methods._registry import register_maker, register_method
 from enstune.recipe import Recipe
 
@@ -63,8 +68,8 @@ def _grad_rows(layer: nn.Module, g: torch.Tensor) -> torch.Tensor:
 
 def kfac_factors(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                  generator: torch.Generator) -> State:
-    """``Q/<layer>``, ``H/<layer>`` (CPU) of every layer of ``kfac_layers`` and the ``examples`` seen; labels drawn
-    from the model with ``generator``."""
+    """``Q/<layer>``, ``H/<layer>`` (CPU, averaged over examples and positions) and ``positions/<layer>`` of every
+    layer of ``kfac_layers``, and the ``examples`` seen; labels drawn from the model with ``generator``."""
     layers = kfac_layers(model)
     calls: dict[str, list[tuple[torch.Tensor, torch.Tensor, int]]] = {name: [] for name in layers}
 
@@ -74,6 +79,7 @@ def kfac_factors(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
     handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
     q: dict[str, torch.Tensor] = {}
     h: dict[str, torch.Tensor] = {}
+    spots: dict[str, int] = {}  # each layer's positions (a convolution's output pixels, a sequence's tokens)
     examples, training = 0, model.training
     model.eval()
     try:
@@ -95,8 +101,12 @@ def kfac_factors(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
                     continue
                 a, positions = _input_rows(layers[name], inputs)
                 g = _grad_rows(layers[name], grad)
+                # Both averaged over positions, as the SWAG repository's KFACLaplace does (not H summed over
+                # them, the exact Fisher of a convolution under KFAC's independence assumption): App. C's
+                # scales were found with these factors.
                 q[name] = q.get(name, 0) + a.T @ a / positions
-                h[name] = h.get(name, 0) + g.T @ g
+                h[name] = h.get(name, 0) + g.T @ g / positions
+                spots[name] = positions
             examples += len(x)
     finally:
         for handle in handles:
@@ -105,7 +115,14 @@ def kfac_factors(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
     if examples == 0:
         raise EnstuneError("KFAC factors need at least one training example")
     return ({f"Q/{name}": f.cpu() / examples for name, f in q.items()}
-            | {f"H/{name}": f.cpu() / examples for name, f in h.items()} | {"examples": torch.tensor(examples)})
+            | {f"H/{name}": f.cpu() / examples for name, f in h.items()}
+            | {f"positions/{name}": torch.tensor(p) for name, p in spots.items()} | {"examples": torch.tensor(examples)})
+
+
+def damping_of(prior_precision: float, positions: int) -> float:
+    """The δ added to both factors of a layer with ``positions`` positions: √(prior_precision / positions)."""
+    # The SWAG repository's _inv_covs: ``eps = self.eps / num_locations``, then (eps ** 0.5) on each diagonal.
+    return (prior_precision / positions) ** 0.5
 
 
 def _damped_cholesky(factor: torch.Tensor, damping: float) -> torch.Tensor:
@@ -116,7 +133,8 @@ def _damped_cholesky(factor: torch.Tensor, damping: float) -> torch.Tensor:
 @torch.no_grad()
 def laplace_sample(model: nn.Module, factors: State, scale: float, prior_precision: float,
                    generator: torch.Generator) -> None:
-    """Add to each factored layer's weights a draw of covariance (scale/N)² (H + δI)⁻¹ ⊗ (Q + δI)⁻¹."""
+    """Add to each factored layer's weights a draw of covariance (scale/N)² (H + δI)⁻¹ ⊗ (Q + δI)⁻¹,
+    δ = √(prior_precision / positions) per layer."""
     if not prior_precision > 0:
         raise ValueError(f"prior_precision must be > 0, got {prior_precision=}")
     step = scale / float(factors["examples"])
@@ -124,7 +142,8 @@ def laplace_sample(model: nn.Module, factors: State, scale: float, prior_precisi
         if f"Q/{name}" not in factors:
             continue
         device = layer.weight.device
-        lq, lh = (_damped_cholesky(factors[f"{side}/{name}"].to(device, torch.float64), prior_precision ** 0.5)
+        damping = damping_of(prior_precision, int(factors.get(f"positions/{name}", 1)))
+        lq, lh = (_damped_cholesky(factors[f"{side}/{name}"].to(device, torch.float64), damping)
                   for side in ("Q", "H"))
         # Drawn on the CPU: the same seed gives the same member on any device.
         z = torch.randn(len(lh), len(lq), generator=generator, dtype=torch.float64).to(device)
@@ -150,7 +169,7 @@ def sample(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None,
     assert parent is not None, "a Laplace member starts from the step that holds the factors"
     laplace_sample(model, parent.extras, float(job.option("scale", 1.0)),
                    float(job.option("prior_precision", PRIOR_PRECISION)), torch.Generator().manual_seed(job.seed))
-    bench.recalibrate(model)
+    bench.recalibrate(model, int(job.option("bn_images", BN_IMAGES)))
     return Made(0)
 
 
@@ -167,9 +186,12 @@ class KFACLaplace(Method):
         prior = cfg.option("prior_precision", self.options["prior_precision"])
         if not prior > 0:
             raise ConfigError(f"options.prior_precision must be > 0 (it damps the KFAC factors), got {prior}")
-        factors = MemberJob(2, cfg.recipe, member_seed(cfg.seed, 2), parent=1, make="kfac", member=False)
+        # The option names how the factors are averaged, so that factors summed over positions, cached before, are
+        # not read as these.
+        factors = MemberJob(2, cfg.recipe, member_seed(cfg.seed, 2), parent=1, make="kfac",
+                            options=(("positions", "mean"),), member=False)
         return [first_member(cfg), factors] + [
             # From the step (member 1's weights, unchanged): the parent's key is part of a member's.
             MemberJob(k, cfg.recipe, member_seed(cfg.seed, k), parent=2, make="laplace-sample",
-                      options=(("prior_precision", prior), ("scale", cfg.scale)))
+                      options=recalibrated((("prior_precision", prior), ("scale", cfg.scale))))
             for k in range(3, cfg.members + 2)]

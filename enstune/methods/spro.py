@@ -19,7 +19,8 @@ from torch.nn.utils import parametrize
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
-from enstune.methods._base import Bench, Built, Made, MemberJob, Method, State, first_member, member_seed
+from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
+                                   recalibrated)
 from enstune.methods._registry import register_maker, register_method
 
 # Added to the Gram matrix of the edges (squared weight distance): a vertex starts at the centroid of
@@ -144,7 +145,7 @@ def sample_point(bench: Bench, job: MemberJob, model: nn.Module, parent: Built |
     re-estimated; its simplex weights are kept in the extras."""
     weights = simplex_weights(len(refs), torch.Generator().manual_seed(job.seed))
     _place(model, [refs[i].state for i in sorted(refs)], weights)
-    bench.recalibrate(model)
+    bench.recalibrate(model, int(job.option("bn_images", BN_IMAGES)))
     return Made(0, {"simplex_weights": weights})
 
 
@@ -174,6 +175,7 @@ class SPRO(Method):
                               options=(("volume_weight", weight),), member=False) for j in range(2, dim + 2)]
         # The vertices' recipe and settings are in each sample's key, which names its parent, not the vertices it reads.
         samples = [MemberJob(k, cycle, member_seed(cfg.seed, k), parent=1, refs=tuple(range(1, dim + 2)),
-                             make="spro-sample", options=(("simplex_dim", dim), ("volume_weight", weight)))
+                             make="spro-sample",
+                             options=recalibrated((("simplex_dim", dim), ("volume_weight", weight))))
                    for k in range(dim + 2, dim + 1 + cfg.members)]
         return [first, *vertices, *samples]

@@ -25,7 +25,8 @@ from torch.nn.utils import vector_to_parameters
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
-from enstune.methods._base import Bench, Built, Made, MemberJob, Method, State, first_member, member_seed
+from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
+                                   recalibrated)
 from enstune.methods._registry import register_maker, register_method
 
 # SWAG's deviation matrix keeps the last 20 iterates (the repository's ``max_num_models``), all 20 of App. C.
@@ -104,7 +105,7 @@ def sample(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None,
     theta = swag_sample(parent.extras, float(job.option("scale", 1.0)), torch.Generator().manual_seed(job.seed))
     first = next(model.parameters())
     vector_to_parameters(theta.to(first.device, first.dtype), model.parameters())
-    bench.recalibrate(model)
+    bench.recalibrate(model, int(job.option("bn_images", BN_IMAGES)))
     return Made(0)
 
 
@@ -129,5 +130,5 @@ class SWAG(Method):
         return [first, moments] + [
             # From the step, not member 1: the parent's key is part of a member's, so each walk has its own draws.
             MemberJob(k, cfg.recipe, member_seed(cfg.seed, k), parent=2, make="swag-sample",
-                      options=(("scale", cfg.scale),))
+                      options=recalibrated((("scale", cfg.scale),)))
             for k in range(3, cfg.members + 2)]
