@@ -116,7 +116,8 @@ def kfac_factors(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.T
         raise EnstuneError("KFAC factors need at least one training example")
     return ({f"Q/{name}": f.cpu() / examples for name, f in q.items()}
             | {f"H/{name}": f.cpu() / examples for name, f in h.items()}
-            | {f"positions/{name}": torch.tensor(p) for name, p in spots.items()} | {"examples": torch.tensor(examples)})
+            | {f"positions/{name}": torch.tensor(p) for name, p in spots.items()}
+            | {"examples": torch.tensor(examples)})
 
 
 def damping_of(prior_precision: float, positions: int) -> float:
