@@ -229,30 +229,28 @@ def regimes(
     name: str,
     storage: Storage = None,
     as_json: AsJson = False,
-    band: Annotated[float | None, typer.Option("--band", help="Fixed optimal band in accuracy (default: --z paired standard errors).")] = None,  # noqa: E501
-    z: Annotated[float, typer.Option("--z", help="Optimal: within z paired standard errors of the best on validation.")] = 1.0,  # noqa: E501
-    barrier: Annotated[float, typer.Option("--barrier", help="Barrier above which a trial left the basin.")] = 0.05,
+    band: Annotated[float | None, typer.Option("--band", help="Fixed optimal band in accuracy (default: paired tests).")] = None,  # noqa: E501
+    alpha: Annotated[float, typer.Option("--alpha", help="Optimal unless a Holm-corrected McNemar test at this level finds it worse than the best.")] = 0.05,  # noqa: E501
+    barrier: Annotated[float, typer.Option("--barrier", help="Validation barrier above which a trial left the basin.")] = 0.05,  # noqa: E501
     degradation: Annotated[float, typer.Option("--degradation", help="Member degradation above which a trial left the basin.")] = 0.05,  # noqa: E501
 ) -> None:
-    """Label completed trials more-local, optimal or semi-local, with the evidence and a regime map."""
+    """Label every trial that ran more-local, optimal or semi-local, with its evidence, confidence and a regime map."""
     from enstune.publish import study_regimes
     from enstune.regimes import Thresholds, regime_map
 
-    th = Thresholds(band, z, barrier, degradation)
+    th = Thresholds(band, alpha, barrier, degradation)
     labelled, info = study_regimes(name, storage, th)
     if as_json:
-        sys.stdout.write(json.dumps({"study": name, "thresholds": th.__dict__,
+        sys.stdout.write(json.dumps({"study": name, "thresholds": th.__dict__, "rules": th.describe(),
                                      "trials": [g.to_dict() for g in labelled]}, indent=2) + "\n")
         return
-    optimal = f"within {band} of the best" if band is not None else f"within {z} paired SE of the best"
-    out.print(f"thresholds: optimal {optimal} (validation); semi-local: left the basin (barrier > {barrier} or "
-              f"degradation > {degradation}), else more diverse than the optimum", markup=False, highlight=False)
-    table = Table("#", "method", "lr_mult", "epoch_mult", "regime", "val ens", "gain", "degr.", "diversity",
-                  "barrier", "why", title=f"regimes of {name}")
+    out.print(th.describe(), markup=False, highlight=False)
+    table = Table("#", "method", "lr_mult", "epoch_mult", "regime", "conf.", "val ens", "gain", "degr.", "val div.",
+                  "barrier", "why", title=f"regimes of {name} (* partial: labelled from the members it had)")
     for g in labelled:
-        table.add_row(str(g.number), g.method, str(g.lr_mult), str(g.epoch_mult), g.label, f"{g.val_ens_acc:.3f}",
-                      f"{g.gain:+.3f}", f"{g.degradation:+.3f}", _fmt(g.diversity, ".1f"), _fmt(g.barrier, ".3f"),
-                      g.reason)
+        table.add_row(str(g.number), g.method, str(g.lr_mult), str(g.epoch_mult), g.label + ("*" if g.partial else ""),
+                      f"{g.confidence:.2f}", f"{g.val_ens_acc:.3f}", f"{g.gain:+.3f}", f"{g.degradation:+.3f}",
+                      _fmt(g.diversity, ".1f"), _fmt(g.barrier, ".3f"), g.reason)
     out.print(table)
     for method in sorted({g.method for g in labelled}):
         out.print(regime_table(regime_map(labelled, info["trials"], method), method))

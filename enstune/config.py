@@ -86,7 +86,7 @@ class StudySpec:
     n_trials: int = 16
     seed: int = 0
     sampler: str = "tpe"
-    pruner: str = "median"
+    pruner: str = "bound"
     # Completed trials of the same method before the pruner judges anyone.
     prune_startup_trials: int = 4
     # An extra loss term for members 2..K (enstune.regularizers), weighted by the trial's alpha,

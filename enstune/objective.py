@@ -108,6 +108,14 @@ class Objective:
         """Write the trial's result attributes, with the study's census for the worker's next trial in the same trip."""
         self.counted = set_results(trial, attrs)
 
+    @staticmethod
+    def _should_prune(trial: optuna.Trial, attrs: dict[str, Any]) -> bool:
+        """Ask the pruner, which reads the partial ensemble's evidence from the trial (``enstune.forecast``)."""
+        for key in ("val_size", "planned_members", "val_contested"):
+            if trial.user_attrs.get(key) != attrs[key]:  # one write per member after the first
+                trial.set_user_attr(key, attrs[key])
+        return trial.should_prune()
+
     def run(self, trial: optuna.Trial, retry: bool) -> float:
         """The trial's members (a ``retry`` of a failed trial finds its finished ones in the cache) and evaluation."""
         cfg = trial_config(trial, self.spec)
@@ -136,6 +144,8 @@ class Objective:
                 self.members_done += 1
                 attrs.update({"val_ens_acc": val.ensembles, "test_ens_acc": test.ensembles,
                               "val_member_acc": val.members, "test_member_acc": test.members,
+                              "val_contested": val.contested, "planned_members": size,
+                              "val_correct": pack_correct(val.probs(), self.ws.data.val.y),
                               "member_epochs": epochs, "train_seconds": round(seconds, 3), "cached_members": cached,
                               "member_keys": [r.key for r in results],
                               "trained_members": [n for n, r in enumerate(results, 1) if not r.cached]})
@@ -145,9 +155,8 @@ class Objective:
                     attrs["resumed_from_member"] = step if not res.cached else step + 1
                 trial.report(val.ensembles[-1], step=step)
                 self.reporter.member_done(step, val.ensembles[-1], res.cached)
-                if step in judged and self.spec.pruner != "none" and trial.should_prune():
+                if step in judged and self.spec.pruner != "none" and self._should_prune(trial, attrs):
                     raise optuna.TrialPruned(f"pruned at ensemble size {step}")
-            attrs["val_correct"] = pack_correct(val.probs(), self.ws.data.val.y)
             # Bound to every device of the worker, the evaluators run side by side, one per device.
             members = [self.ws.evaluation(results, device, cfg.seed, self.spec, on_model=self.reporter.weight_model_done)
                        for device in dict.fromkeys(self.executor.devices)]

@@ -4,18 +4,25 @@ Intermediate values are ensemble accuracies by ensemble size, so a pruner's reso
 members. Every pruner is wrapped in ``MethodAwarePruner``: a method's first ``shared_members`` steps
 are the same for all its trials (member 1 of SSE and StarSSE is the ×1 fine-tune), so the resource
 of successive halving and Hyperband starts one member above them.
+
+An ensemble's curve over its size is not a learning curve: a diverse trial starts weak and gains
+most, so pruners that compare partial values (median, halving, Hyperband) are biased against the
+settings the StarSSE paper is about. ``bound`` (the templates' default) cuts a trial only when the
+best its K members can still reach is below what the best trial surely has (``enstune.forecast``).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from enstune.config import StudySpec
+from enstune.forecast import Z, trial_bounds
 from enstune.methods import get_method
 from enstune.registry import Registry
 
@@ -85,6 +92,48 @@ def _hyperband(spec: StudySpec, first: int) -> optuna.pruners.BasePruner:
     # Brackets of successive halving starting at first, 2·first…; some trials run to more members before a cut.
     return optuna.pruners.HyperbandPruner(min_resource=first, max_resource=max(spec.members, first),
                                          reduction_factor=2)
+
+
+class EnsembleBoundPruner(optuna.pruners.BasePruner):
+    """Cuts a trial when its ensemble's optimistic K-member accuracy is below every other trial's pessimistic one.
+
+    A trial's bounds come from its partial ensemble (``enstune.forecast``: its validation accuracy,
+    how contested its answers are, how many members are still to come). A completed trial's
+    bounds are its value; a running one's, its own forecast. Nothing is cut before one bound is
+    known, and a trial whose members could still reach the best trial runs on, however weak its
+    partial ensemble looks.
+    """
+
+    def __init__(self, z: float = Z) -> None:
+        if not 0 < z < float("inf"):
+            raise ValueError(f"z must be a finite number > 0, got {z=}")
+        self.z = z
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        """Whether ``trial`` cannot reach what the best of ``study``'s other trials is sure to have."""
+        mine = trial_bounds(trial.user_attrs, z=self.z)
+        floor = self.floor(study, trial.number)
+        return mine is not None and floor is not None and mine.upper < floor
+
+    def floor(self, study: optuna.Study, skip: int | None = None) -> float | None:
+        """The highest pessimistic accuracy among ``study``'s completed and running trials (but ``skip``)."""
+        best = None
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING)):
+            if t.number == skip:
+                continue
+            if t.state == TrialState.COMPLETE:
+                sure = t.value if t.value is not None and math.isfinite(t.value) else None
+            else:
+                b = trial_bounds(t.user_attrs, z=self.z)
+                sure = b.lower if b is not None else None
+            if sure is not None and (best is None or sure > best):
+                best = sure
+        return best
+
+
+@PRUNERS.register("bound")
+def _bound(spec: StudySpec, first: int) -> optuna.pruners.BasePruner:
+    return EnsembleBoundPruner()
 
 
 def _unshared(trial: FrozenTrial, first: int) -> FrozenTrial:

@@ -28,11 +28,11 @@ def publish(name: str, storage_url: str | None = None, out: Path | None = None,
     spec = st.load_spec(study)
     rows = st.trial_rows(study)
     th = thresholds or Thresholds()
-    regimes = classify(rows, spec.method, th)
+    regimes = classify(rows, spec.method, th, spec.members)
     pictures = charts(rows, regimes)
     for chart in pictures:
         optuna_dashboard.save_plotly_graph_object(study, to_plotly(chart), graph_object_id=chart.key)
-    optuna_dashboard.save_note(study, regimes_note(name, regimes, th.__dict__))
+    optuna_dashboard.save_note(study, regimes_note(name, regimes, th.describe()))
     if out is None:
         return []
     return [to_png(chart, out / f"{chart.key}.png") for chart in pictures]
@@ -42,4 +42,4 @@ def study_regimes(name: str, storage_url: str | None = None,
                   thresholds: Thresholds = Thresholds()) -> tuple[list[Regime], dict[str, Any]]:
     """The regimes of study ``name``'s completed trials, and the study as ``study.show`` gives it."""
     info = st.show(name, storage_url)
-    return classify(info["trials"], info["spec"]["method"], thresholds), info
+    return classify(info["trials"], info["spec"]["method"], thresholds, info["spec"]["members"]), info

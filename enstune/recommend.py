@@ -137,8 +137,8 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
         except EnstuneError:  # a study of another enstune version: its evidence cannot be read safely
             continue
         rows = st.trial_rows(optuna.load_study(study_name=summary.study_name, storage=storage))
-        for g in classify(rows, spec.method):
-            if g.label == "optimal" and g.lr_mult is not None and g.epoch_mult is not None:
+        for g in classify(rows, spec.method, members=spec.members):
+            if g.label == "optimal" and not g.partial and g.lr_mult is not None and g.epoch_mult is not None:
                 out.append(Optimum(spec.task.dataset, g.method, float(g.lr_mult), float(g.epoch_mult),
                                    f"study {summary.study_name} ({spec.task.model}, trial {g.number}, "
                                    f"val {g.val_ens_acc:.3f})", g.val_ens_acc))

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enstune.regimes import LABELS, Regime
+from enstune.regimes import LABELS, UNSURE, Regime, cell_text
 
 COLOURS = {"more-local": "#4C72B0", "optimal": "#55A868", "semi-local": "#C44E52"}
 
@@ -80,7 +80,7 @@ def charts(rows: list[dict[str, Any]], regimes: list[Regime]) -> list[Chart]:
         grid = Chart(f"regime_map_{method}", f"Regime map ({method})", "epoch_mult", "lr_mult", kind="grid")
         for g in regimes:
             if g.method == method and g.lr_mult is not None:
-                grid.cells[(g.lr_mult, g.epoch_mult)] = (g.label, f"{g.label}\n{g.val_ens_acc:.3f}")
+                grid.cells[(g.lr_mult, g.epoch_mult)] = (g.label, cell_text(g).replace(" ", "\n", 1))
         for r in rows:
             key = (r["params"].get("lr_mult"), r["params"].get("epoch_mult"))
             if r["state"] != "COMPLETE" and key[0] is not None and key not in grid.cells:
@@ -151,7 +151,9 @@ def to_png(chart: Chart, path: Path) -> Path:
         for i, r in enumerate(rows):
             for j, c in enumerate(cols):
                 lab, text = chart.cells.get((r, c), ("", ""))
-                ax.add_patch(plt.Rectangle((j, i), 1, 1, color=COLOURS.get(lab, "#DDDDDD")))
+                # An uncertain label (marked "?") is drawn faded, so the sure part of the map stands out.
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, color=COLOURS.get(lab, "#DDDDDD"),
+                                           alpha=0.4 if "?" in text.split("\n")[0] else 1.0))
                 ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=8)
         ax.set_xlim(0, len(cols))
         ax.set_ylim(0, len(rows))
@@ -167,12 +169,15 @@ def to_png(chart: Chart, path: Path) -> Path:
     return path
 
 
-def regimes_note(name: str, regimes: list[Regime], thresholds: dict[str, Any]) -> str:
+def regimes_note(name: str, regimes: list[Regime], thresholds: str) -> str:
     """A Markdown summary of the regimes, for the study's note in optuna-dashboard."""
-    lines = [f"# Regimes of {name}", "", f"Thresholds: {thresholds}", "",
-             "| # | method | lr_mult | epoch_mult | regime | val ens | why |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {g.number} | {g.method} | {g.lr_mult} | {g.epoch_mult} | **{g.label}** | {g.val_ens_acc:.3f} | "
-              f"{g.reason} |" for g in regimes]
+    lines = [f"# Regimes of {name}", "", f"Rules: {thresholds}", "",
+             f"Confidence: the share of bootstrap replicates of the validation set that give the same label; "
+             f"below {UNSURE} the map marks it '?'. A label marked * is partial: from the members the trial had.", "",
+             "| # | method | lr_mult | epoch_mult | regime | confidence | val ens | why |",
+             "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {g.number} | {g.method} | {g.lr_mult} | {g.epoch_mult} | **{g.label}**{'*' if g.partial else ''} | "
+              f"{g.confidence:.2f} | {g.val_ens_acc:.3f} | {g.reason} |" for g in regimes]
     counts = {lab: sum(g.label == lab for g in regimes) for lab in LABELS}
     return "\n".join(lines + ["", ", ".join(f"{v} {k}" for k, v in counts.items())])
 

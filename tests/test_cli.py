@@ -76,7 +76,7 @@ def test_create_with_a_different_spec_under_the_same_name_fails():
     (["recommend", "--dataset", "demo", "--method", "local_de"], "--method must be sse or starsse"),
     (["study", "run", "missing", "--timeout", "-5"], "--timeout must be a number of seconds > 0"),
     (["regimes", "missing", "--band", "-0.5"], "--band must be a finite number >= 0"),
-    (["regimes", "missing", "--z", "nan"], "--z must be a finite number >= 0"),
+    (["regimes", "missing", "--alpha", "nan"], "--alpha must be in (0, 1)"),
     (["dashboard", "--port", "99999"], "--port must be in 1..65535"),
     (["study", "run", "missing", "--heartbeat", "0"], "--heartbeat must be at least 1 second"),
     (["recommend", "--dataset", " "], "--dataset must name a dataset"),

@@ -146,3 +146,45 @@ def test_samplers_by_name(name, kind):
         study.optimize(lambda t: t.suggest_categorical("lr_mult", [0.5, 2.0]), n_trials=6)
         assert {t.params["lr_mult"] for t in study.trials} == {0.5, 2.0}
         assert isinstance(study.trials[0].distributions["lr_mult"], CategoricalDistribution)
+
+
+def _bounded(study, method, accs, contested, size=5, n=1000) -> bool:
+    """A running trial of ``method`` with the evidence the objective records after ``len(accs)`` members; pruned?"""
+    study.enqueue_trial({"method": method})
+    trial = study.ask({"method": METHODS})
+    for key, value in {"val_ens_acc": accs, "val_contested": contested, "val_size": n,
+                       "planned_members": size}.items():
+        trial.set_user_attr(key, value)
+    trial.report(accs[-1], len(accs))
+    return trial.should_prune()
+
+
+def test_bound_keeps_a_slow_growing_diverse_trial_while_its_bound_reaches_the_best():
+    # After 2 of 5 members on 1,000 images: spread = sqrt(contested * (1/2 - 1/5) / 1000), bound = acc + 4.5 spreads.
+    study = _study("bound")
+    _complete(study, "starsse", [0.93, 0.95, 0.95, 0.95, 0.95])
+    # The weakest partial ensemble, but 20% of its images contested: 0.94 + 4.5 * 0.00775 = 0.975 >= 0.95.
+    assert _bounded(study, "starsse", [0.93, 0.94], [0.0, 0.2]) is False
+    # As weak, with 1% contested: 0.94 + 4.5 * 0.00173 = 0.9478 < 0.95, it cannot reach the best.
+    assert _bounded(study, "starsse", [0.93, 0.94], [0.0, 0.01]) is True
+    # A better partial ensemble than the median of anything: still cut if it cannot reach the best.
+    assert _bounded(study, "starsse", [0.93, 0.9470], [0.0, 0.001]) is True
+    assert _bounded(study, "starsse", [0.93, 0.9490], [0.0, 0.001]) is False  # 0.949 + 0.0033 >= 0.95
+
+
+def test_bound_judges_against_the_pessimistic_bound_of_running_trials_and_its_own_method():
+    study = _study("bound")
+    assert _bounded(study, "starsse", [0.9, 0.5], [0.0, 0.01]) is False  # nothing to compare with yet
+    # A running trial at 0.96 after 4 of 5 members, 1% contested: surely above 0.96 - 4.5 * 0.00071 = 0.9568.
+    _bounded(study, "starsse", [0.9, 0.95, 0.96, 0.96], [0.0, 0.01, 0.01, 0.01])
+    assert _bounded(study, "starsse", [0.9, 0.95], [0.0, 0.001]) is True  # 0.95 + 0.0033 < 0.9568
+    assert _bounded(study, "sse", [0.9, 0.95], [0.0, 0.001]) is False  # another method: nothing to compare with
+    assert _bounded(study, "starsse", [0.9], [0.0]) is False  # the shared member alone is never judged
+
+
+def test_bound_pruner_refuses_a_bad_z():
+    from enstune.pruning import EnsembleBoundPruner
+
+    for z in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="z must be"):
+            EnsembleBoundPruner(z)

@@ -101,7 +101,7 @@ def test_cycle_search_spans_table_3(row):
             assert lr_mult in lrs and epoch_mult in eps, (prefix, lr_mult, epoch_mult)
         # ordered from the more local end to the more semi-local end, no duplicate
         assert list(lrs) == sorted(set(lrs)) and list(eps) == sorted(set(eps))
-        assert spec.sampler == "tpe" and spec.pruner == "median"
+        assert spec.sampler == "tpe" and spec.pruner == "bound"
         assert 1 <= spec.n_trials <= min(30, len(lrs) * len(eps))
         # every cycle keeps at least one epoch
         assert math.floor(spec.finetune.epochs * min(eps)) >= 1

@@ -18,14 +18,19 @@ class EnsembleCurve:
     def __init__(self, labels: torch.Tensor) -> None:
         self.labels = labels.cpu()
         self._sum: torch.Tensor | None = None
+        self._squares: torch.Tensor | None = None  # sum of squared probabilities: the members' spread
         self.members: list[float] = []
         self.ensembles: list[float] = []
+        self.contested: list[float] = []
 
     def add(self, probs: torch.Tensor) -> float:
         """Add one member's probabilities; return the accuracy of the ensemble so far."""
+        probs = probs.float()
         self._sum = probs.clone() if self._sum is None else self._sum + probs
+        self._squares = probs.square() if self._squares is None else self._squares + probs.square()
         self.members.append(accuracy(probs, self.labels))
         self.ensembles.append(accuracy(self.probs(), self.labels))
+        self.contested.append(self._contested())
         return self.ensembles[-1]
 
     def probs(self) -> torch.Tensor:
@@ -33,6 +38,20 @@ class EnsembleCurve:
         if self._sum is None:
             raise ValueError("no member added yet")
         return self._sum / len(self.members)
+
+    def _contested(self) -> float:
+        """Share of examples whose answer the members' scatter could flip (see ``enstune.forecast``).
+
+        An example is contested when the ensemble's margin between its top two classes is below
+        twice the members' standard deviation (the largest over classes). One member scatters nowhere.
+        """
+        m = len(self.members)
+        if m < 2:
+            return 0.0
+        mean = self.probs()
+        spread = ((self._squares - self._sum * mean) / (m - 1)).clamp(min=0).sqrt().amax(dim=1)
+        top = mean.topk(2, dim=1).values if mean.shape[1] > 1 else torch.cat([mean, torch.zeros_like(mean)], 1)
+        return ((top[:, 0] - top[:, 1]) < 2 * spread).float().mean().item()
 
 
 def pack_correct(probs: torch.Tensor, labels: torch.Tensor) -> str:

@@ -123,7 +123,7 @@ def _connectivity(m: Members) -> dict[str, Any]:
     # Each curve point is a model with recalibrated BN: a seeded subset keeps large sets affordable.
     curve_val = m.val.sample(m.curve_images, m.seed)
     train, val = m.weights.segment(m.states[0], m.states[-1], [m.train, curve_val], m.interp_points)
-    out: dict[str, Any] = {"interp_train_acc": train, "interp_val_acc": val,
+    out: dict[str, Any] = {"curve_images": len(curve_val), "interp_train_acc": train, "interp_val_acc": val,
                            "barrier_train": barrier(train), "barrier_val": barrier(val)}
     if k > 2:
         i, j = sorted(random.Random(m.seed).sample(range(k), 2))
