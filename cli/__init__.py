@@ -107,6 +107,7 @@ def study_run(
     timeout: Annotated[float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")] = None,
     heartbeat: Annotated[int | None, typer.Option("--heartbeat", help="Heartbeat interval in seconds, at least the study's (its spec's heartbeat, default 60): a trial silent for two intervals is retried.")] = None,  # noqa: E501
     artifacts: Artifacts = None,
+    wait_storage: Annotated[float, typer.Option("--wait-storage", help="Seconds to wait for a storage that is down when the worker starts (later calls wait 600).")] = 600.0,  # noqa: E501
 ) -> None:
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
     import contextlib
@@ -124,7 +125,8 @@ def study_run(
     interactive = sys.stderr.isatty()
     with contextlib.nullcontext() if interactive else log_lines(sys.stderr):
         study = run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
-                    reporter_factory=reporter, heartbeat=heartbeat, artifacts=artifacts, per_member=per_member)
+                    reporter_factory=reporter, heartbeat=heartbeat, artifacts=artifacts, per_member=per_member,
+                    wait_storage=wait_storage)
         publish(name, storage)  # the pictures and the regime note in optuna-dashboard
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
     _failed_for_good(st.failed_points(study), name)
@@ -290,7 +292,7 @@ def recommend(
 @_one_line_errors
 def select_members(
     name: str,
-    size: Annotated[int, typer.Option("--size", help="At most this many members (one may be taken several times).")] = 10,  # noqa: E501
+    size: Annotated[int | None, typer.Option("--size", help="At most this many members (one may be taken several times); default: the study's K.")] = None,  # noqa: E501
     soup: Annotated[bool, typer.Option("--soup", help="Also a greedy soup of the chosen members (forward passes on the CPU).")] = False,  # noqa: E501
     storage: Storage = None,
     artifacts: Artifacts = None,
@@ -307,10 +309,15 @@ def select_members(
         sys.stdout.write(json.dumps(sel.to_dict(), indent=2) + "\n")
         return
     table = Table("", "val acc", "val nll", "test acc", "test nll", "test ece", title=f"selection from {name}")
-    m, b, t = sel.metrics, sel.best_member, sel.best_trial
-    table.add_row(f"ensemble of {sum(r['weight'] for r in sel.members)}", f"{m['val_acc']:.4f}", f"{m['val_nll']:.4f}",
-                  f"{m['test_acc']:.4f}", f"{m['test_nll']:.4f}", f"{m['test_ece']:.4f}")
-    table.add_row(f"best trial ({t['trial']})", f"{t['val_acc']:.4f}", "", _fmt(t["test_acc"], ".4f"), "", "")
+    m, b, t, same = sel.metrics, sel.best_member, sel.best_trial, sel.at_trial_size
+    table.add_row(f"selected, {sum(r['weight'] for r in sel.members)} of at most {sel.size}", f"{m['val_acc']:.4f}",
+                  f"{m['val_nll']:.4f}", f"{m['test_acc']:.4f}", f"{m['test_nll']:.4f}", f"{m['test_ece']:.4f}")
+    if same["size"] != sel.size:  # like with like: the selection at the best trial's size
+        table.add_row(f"selected, {sum(r['weight'] for r in same['members'])} of at most {same['size']}",
+                      f"{same['val_acc']:.4f}", f"{same['val_nll']:.4f}", f"{same['test_acc']:.4f}",
+                      f"{same['test_nll']:.4f}", f"{same['test_ece']:.4f}")
+    table.add_row(f"best trial ({t['trial']}, {t['members']} members)", f"{t['val_acc']:.4f}", "",
+                  _fmt(t["test_acc"], ".4f"), "", "")
     table.add_row(f"best member (trial {b['trial']} #{b['index']})", f"{b['val_acc']:.4f}", f"{b['val_nll']:.4f}",
                   f"{b['test_acc']:.4f}", f"{b['test_nll']:.4f}", f"{b['test_ece']:.4f}")
     if sel.soup is not None:

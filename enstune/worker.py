@@ -29,7 +29,7 @@ from enstune.members import Workspace
 from enstune.objective import Objective, OverBudget
 from enstune.progress import Reporter
 from enstune.pruning import make_pruner, make_sampler
-from enstune.storage import MAX_RETRY, home_dir, open_storage
+from enstune.storage import MAX_RETRY, PATIENCE, home_dir, open_storage, open_storage_patiently
 from enstune.storage import retry
 from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec
 
@@ -182,7 +182,7 @@ def _heartbeat(spec: StudySpec, asked: int | None) -> int:
 
 def run(name: str, storage_url: str | None = None, n_trials: int | None = None, devices: str = "cpu",
         timeout: float | None = None, reporter_factory: Any = None, heartbeat: int | None = None,
-        artifacts: str | None = None, per_member: int = 1) -> optuna.Study:
+        artifacts: str | None = None, per_member: int = 1, wait_storage: float = PATIENCE) -> optuna.Study:
     """Work on study ``name`` until ``n_trials`` more trials, the study's budget, or ``timeout``.
 
     The worker records heartbeats (every storage); before each trial, and while others still
@@ -196,9 +196,13 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         raise ConfigError(f"--n-trials must be >= 0, got {n_trials}")
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout must be a number of seconds > 0, got {timeout}")
+    if not wait_storage >= 0:
+        raise ConfigError(f"--wait-storage must be a number of seconds >= 0, got {wait_storage}")
     if heartbeat is not None and not 1 <= heartbeat <= MAX_HEARTBEAT:
         raise ConfigError(f"--heartbeat must be at least 1 second and at most {MAX_HEARTBEAT}, got {heartbeat}")
-    first = open_storage(storage_url)  # the study's spec says the heartbeat the real storage opens with
+    # The study's spec says the heartbeat the real storage opens with. A storage that is down is
+    # waited for, as every later call waits for it: a worker started during a restart is not lost.
+    first = open_storage_patiently(storage_url, patience=wait_storage)
     spec = load_spec(_load(name, first), wait=READY_TIMEOUT)
     # Else its pooled database connection (or its channel to a storage proxy) stays open for the worker's life, unused.
     if isinstance(first, optuna.storages.RDBStorage):
@@ -207,7 +211,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         first.close()
     _check_shares(spec, per_member)
     heartbeat = _heartbeat(spec, heartbeat)
-    storage = open_storage(storage_url, heartbeat=heartbeat)
+    storage = open_storage_patiently(storage_url, heartbeat=heartbeat, patience=wait_storage)
     study = _load(name, storage)
     executor = Executor(slots(devices, per_member, spec.task, home_dir(), artifacts))  # processes start on first use
     todo, running = _open_trials(study, spec)

@@ -27,6 +27,48 @@ SCHEMA_ATTEMPTS = 8
 MAX_RETRY = 3  # errors a trial's point may raise and still be queued again; interruptions never count
 
 
+PATIENCE = 600.0  # seconds a worker waits for a storage that is down when it starts, as each later call does
+
+
+class StorageDown(EnstuneError):
+    """The storage does not answer now (stopped, restarting, unreachable): it may come back."""
+
+
+def open_storage_patiently(url: str | None = None, heartbeat: int | None = None,  # noqa: ANN201 - optuna BaseStorage
+                           patience: float = PATIENCE):
+    """``open_storage``, waiting up to ``patience`` seconds for a storage that is down (said once), as later calls do."""
+    import logging
+
+    deadline, delay, told = time.monotonic() + patience, 0.5, False
+    while True:
+        try:
+            storage = open_storage(url, heartbeat)
+        except StorageDown as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            if not told:
+                logging.getLogger("enstune.storage").warning("%s; waiting up to %.0f min for it", exc, patience / 60)
+                told = True
+            time.sleep(delay)
+            delay = min(2 * delay, 30.0)
+            continue
+        if told:
+            logging.getLogger("enstune.storage").warning("storage %s answers again", mask_url(url))
+        return storage
+
+
+def _down(exc: BaseException) -> bool:
+    """Whether a failure to open a database says it is down (refused, shutting down, starting), not refusing us."""
+    import psycopg
+
+    from enstune.storage.resilient import caused_by
+
+    # SQLSTATE class 08 (connection exception) and 57 (operator intervention: shutdown, starting up);
+    # none at all where no server answered. A wrong password (28) or database (3D) is no outage.
+    return caused_by(exc, lambda e: isinstance(e, psycopg.OperationalError)
+                     and (e.sqlstate is None or e.sqlstate[:2] in ("08", "57")))
+
+
 def home_dir() -> Path:
     """The runs directory (``ENSTUNE_HOME``, default ``./runs``)."""
     return Path(os.environ.get(ENV_HOME) or "runs").resolve()  # an empty ENSTUNE_HOME is unset, not "."
@@ -189,7 +231,8 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
                 time.sleep(0.2 * (attempt + 1))
                 continue
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EnstuneError(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
+            error = StorageDown if scheme == "postgresql" and _down(exc) else EnstuneError
+            raise error(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
     raise AssertionError("unreachable")
 
 
@@ -229,7 +272,7 @@ def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcS
         storage.wait_server_ready(timeout=CONNECT_TIMEOUT)
     except ConnectionError:
         storage.close()
-        raise EnstuneError(f"cannot reach the storage proxy at {mask_url(url)} within {CONNECT_TIMEOUT} s "
+        raise StorageDown(f"cannot reach the storage proxy at {mask_url(url)} within {CONNECT_TIMEOUT} s "
                            f"(is `enstune storage proxy` running there?)") from None
     import grpc
 

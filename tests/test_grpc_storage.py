@@ -283,7 +283,7 @@ def one_line_error(rc: int, stderr: str, *needles: str) -> None:
 
 def test_an_unreachable_proxy_is_a_one_line_error(home):
     url = f"grpc://127.0.0.1:{free_port()}"
-    results = wait_all([cli("study", "run", "x", "--storage", url), cli("study", "create", "starsse-demo",
+    results = wait_all([cli("study", "run", "x", "--storage", url, "--wait-storage", "0"), cli("study", "create", "starsse-demo",
                                                                            "--storage", url)], timeout=120)
     for rc, _, err in results:
         one_line_error(rc, err, f"cannot reach the storage proxy at {url}")

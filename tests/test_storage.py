@@ -400,7 +400,8 @@ def test_bad_storage_urls_are_one_line_without_the_password(kind, request):
         "unreachable": f"postgresql+psycopg://alice:{SECRET}@127.0.0.1:1/enstune",
         "password": request.getfixturevalue("password_url") if kind == "password" else "",
     }[kind]
-    for args in (["study", "list"], ["study", "run", "x"], ["study", "create", "starsse-demo"]):
+    # a worker waits for a storage that is down; not asked to, it says so at once like the others
+    for args in (["study", "list"], ["study", "run", "x", "--wait-storage", "0"], ["study", "create", "starsse-demo"]):
         result = CliRunner().invoke(app, [*args, "--storage", url])
         assert result.exit_code == 1
         assert SECRET not in result.stdout + result.stderr
@@ -422,3 +423,23 @@ def test_masking_hides_every_form_of_password(url):
     secret = "s3@cr3t" if "s3@cr3t" in url else "s3cr3t"
     message = mask_url_text(f"cannot open {url}: the server refused {secret}", url)
     assert "cr3t" not in message and "db.example" in message
+
+
+def test_a_worker_started_while_the_database_is_down_waits_for_it(pg, home):
+    url = pg.url()
+    assert CliRunner().invoke(app, ["study", "create", "starsse-demo", "--name", "late", "--storage", url,
+                                    "--set", "n_trials=1", "--set", "members=2", "--set", "finetune.epochs=2",
+                                    "--set", "space.lr_mult.choices=[2]", "--set", "space.epoch_mult.choices=[1]",
+                                    "--set", 'evaluate=["calibration"]']).exit_code == 0
+    pg.down()
+    try:
+        worker = cli("study", "run", "late", "--storage", url)
+        time.sleep(8)
+        assert worker.poll() is None, worker.communicate()
+    finally:
+        pg.up()
+    out, err = worker.communicate(timeout=600)
+    assert worker.returncode == 0, err
+    assert sum("waiting up to 10 min for it" in line for line in err.splitlines()) == 1, err
+    study = optuna.load_study(study_name="late", storage=url)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
