@@ -308,21 +308,9 @@ def select_members(
     if as_json:
         sys.stdout.write(json.dumps(sel.to_dict(), indent=2) + "\n")
         return
-    table = Table("", "val acc", "val nll", "test acc", "test nll", "test ece", title=f"selection from {name}")
-    m, b, t, same = sel.metrics, sel.best_member, sel.best_trial, sel.at_trial_size
-    table.add_row(f"selected, {sum(r['weight'] for r in sel.members)} of at most {sel.size}", f"{m['val_acc']:.4f}",
-                  f"{m['val_nll']:.4f}", f"{m['test_acc']:.4f}", f"{m['test_nll']:.4f}", f"{m['test_ece']:.4f}")
-    if same["size"] != sel.size:  # like with like: the selection at the best trial's size
-        table.add_row(f"selected, {sum(r['weight'] for r in same['members'])} of at most {same['size']}",
-                      f"{same['val_acc']:.4f}", f"{same['val_nll']:.4f}", f"{same['test_acc']:.4f}",
-                      f"{same['test_nll']:.4f}", f"{same['test_ece']:.4f}")
-    table.add_row(f"best trial ({t['trial']}, {t['members']} members)", f"{t['val_acc']:.4f}", "",
-                  _fmt(t["test_acc"], ".4f"), "", "")
-    table.add_row(f"best member (trial {b['trial']} #{b['index']})", f"{b['val_acc']:.4f}", f"{b['val_nll']:.4f}",
-                  f"{b['test_acc']:.4f}", f"{b['test_nll']:.4f}", f"{b['test_ece']:.4f}")
-    if sel.soup is not None:
-        table.add_row(f"greedy soup of {len(sel.soup['members'])}", f"{sel.soup['val_acc']:.4f}", "",
-                      f"{sel.soup['test_acc']:.4f}", "", "")
+    table = Table("", "size", "val acc", "val nll", "test acc", "test nll", "test ece", title=f"selection from {name}")
+    for row in sel.rows():
+        table.add_row(*row)
     out.print(table)
     taken = ", ".join(f"trial {r['trial']} #{r['index']}" + (f" ×{r['weight']}" if r["weight"] > 1 else "")
                       for r in sel.members)

@@ -43,20 +43,47 @@ class Selection:
     """The chosen ensemble, its metrics, and what it is compared with."""
 
     study: str
-    size: int
+    size: int  # at most this many members (the study's K unless asked otherwise)
+    members_per_trial: int  # the study's K: the best trial's ensemble is compared at this size
     candidates: int  # distinct members read from the cache
     skipped: int  # members whose cache entry is missing or damaged
     members: list[dict[str, Any]]  # {trial, index, key, weight}, in the order first taken
     metrics: dict[str, float]  # val_/test_ acc, nll, ece
     best_trial: dict[str, Any]
     best_member: dict[str, Any]
+    at_trial_size: dict[str, Any]  # the selection of at most K members, K the best trial's ensemble size
     soup: dict[str, Any] | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
-        out = {"study": self.study, "size": self.size, "candidates": self.candidates, "skipped": self.skipped,
-               **self.metrics, "members": self.members, "best_trial": self.best_trial, "best_member": self.best_member}
+        out = {"study": self.study, "size": self.size, "members_per_trial": self.members_per_trial,
+               "candidates": self.candidates, "skipped": self.skipped, **self.metrics, "members": self.members,
+               "best_trial": self.best_trial, "at_trial_size": self.at_trial_size, "best_member": self.best_member}
         return out if self.soup is None else out | {"soup": self.soup}
+
+    def rows(self) -> list[tuple[str, ...]]:
+        """The selection beside what it is compared with: name, size, val acc, val nll, test acc, nll, ece."""
+        def row(name: str, size: int, m: dict[str, Any]) -> tuple[str, ...]:
+            return (name, str(size), *(_fmt(m.get(k)) for k in ("val_acc", "val_nll", "test_acc", "test_nll",
+                                                                 "test_ece")))
+
+        def weight(members: list[dict[str, Any]]) -> int:
+            return sum(r["weight"] for r in members)
+
+        out = [row(f"selected, ≤ {self.size}", weight(self.members), self.metrics)]
+        same = self.at_trial_size
+        if same["size"] != self.size:  # like with like: the selection at the best trial's size
+            out.append(row(f"selected, ≤ {same['size']}", weight(same["members"]), same))
+        t, b = self.best_trial, self.best_member
+        out += [row(f"best trial ({t['trial']})", t["members"], t),
+                row(f"best member ({b['trial']} #{b['index']})", 1, b)]
+        if self.soup is not None:
+            out.append(row("greedy soup", len(self.soup["members"]), self.soup))
+        return out
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
 
 
 def _score(probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -120,7 +147,15 @@ def _best_trial(trials: list[Any]) -> dict[str, Any]:
     """The completed trial with the best objective (its final ensemble), the first of equals."""
     t = max(sorted(trials, key=lambda t: t.number), key=lambda t: t.value)
     test = t.user_attrs.get("test_ens_acc") or [None]
-    return {"trial": t.number, "val_acc": t.value, "test_acc": test[-1]}
+    return {"trial": t.number, "val_acc": t.value, "test_acc": test[-1], "members": len(test)}
+
+
+def _taken(found: list[Candidate], taken: list[int], val_y: torch.Tensor, test_y: torch.Tensor) -> dict[str, Any]:
+    """Members taken (each with its weight, in the order first taken) and the metrics of their average."""
+    weights = collections.Counter(taken)  # insertion order: the order first taken
+    return {"members": [found[i].ref() | {"weight": w} for i, w in weights.items()],
+            "metrics": ensemble_metrics(torch.stack([found[i].val for i in taken]).mean(0), val_y, "val")
+            | ensemble_metrics(torch.stack([found[i].test for i in taken]).mean(0), test_y, "test")}
 
 
 def _soup(spec: StudySpec, ws: Workspace, chosen: list[Candidate]) -> dict[str, Any]:
@@ -139,13 +174,18 @@ def _soup(spec: StudySpec, ws: Workspace, chosen: list[Candidate]) -> dict[str, 
             "uniform_val_acc": attrs["soup_val_acc"], "uniform_test_acc": attrs["soup_test_acc"]}
 
 
-def select(name: str, size: int = 10, storage_url: str | None = None, artifacts: str | None = None,
+def select(name: str, size: int | None = None, storage_url: str | None = None, artifacts: str | None = None,
            soup: bool = False) -> Selection:
-    """The best ensemble of at most ``size`` members of study ``name``'s completed trials, chosen on validation."""
-    if size < 1:
+    """The best ensemble of at most ``size`` (default: the study's K) members of study ``name``'s completed trials.
+
+    Chosen on validation; beside it, the selection of at most as many members as the best trial has,
+    so that the best trial's ensemble is compared with an ensemble of its own size.
+    """
+    if size is not None and size < 1:
         raise EnstuneError(f"--size must be >= 1, got {size}")
     study = st._load(name, open_storage(storage_url))
     spec = st.load_spec(study)
+    size = spec.members if size is None else size
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not trials:
         raise EnstuneError(f"study {name!r} has no completed trial: no member to select from")
@@ -157,13 +197,16 @@ def select(name: str, size: int = 10, storage_url: str | None = None, artifacts:
     if not found:
         raise EnstuneError(f"none of the {total} members of study {name!r} could be read from the member cache "
                            f"(missing or damaged)")
-    taken = greedy_selection([c.val for c in found], val_y, size)
-    weights = collections.Counter(taken)  # insertion order: the order first taken
-    members = [found[i].ref() | {"weight": w} for i, w in weights.items()]
-    metrics = (ensemble_metrics(torch.stack([found[i].val for i in taken]).mean(0), val_y, "val")
-               | ensemble_metrics(torch.stack([found[i].test for i in taken]).mean(0), test_y, "test"))
+    vals = [c.val for c in found]
+    taken = greedy_selection(vals, val_y, size)
+    chosen = _taken(found, taken, val_y, test_y)
+    best = _best_trial(trials)
+    k = best["members"]
+    same = chosen if k == size else _taken(found, greedy_selection(vals, val_y, k), val_y, test_y)
     first = found[taken[0]]  # the first step takes the best single member on validation
     best_member = (first.ref() | ensemble_metrics(first.val, val_y, "val")
                    | ensemble_metrics(first.test, test_y, "test"))
-    return Selection(name, size, len(found), skipped, members, metrics, _best_trial(trials), best_member,
-                     _soup(spec, ws, [found[i] for i in weights]) if ws is not None else None)
+    picked = list(dict.fromkeys(taken))
+    return Selection(name, size, k, len(found), skipped, chosen["members"], chosen["metrics"], best, best_member,
+                     {"size": k, "members": same["members"]} | same["metrics"],
+                     _soup(spec, ws, [found[i] for i in picked]) if ws is not None else None)

@@ -86,18 +86,24 @@ def test_select_builds_an_ensemble_across_trials_and_skips_a_damaged_entry(home)
     keys = {k for t in trials for k in t["user_attrs"]["member_keys"]}
     assert len(keys) == 7  # member 1 is shared by the three trials
 
-    result = runner.invoke(app, ["select", "starsse-demo", "--json", "--soup"])
+    default = json.loads(runner.invoke(app, ["select", "starsse-demo", "--json"]).stdout)
+    assert default["size"] == default["members_per_trial"] == 3  # the study's K: like with like
+    assert sum(m["weight"] for m in default["members"]) <= 3 and default["at_trial_size"]["val_acc"] == default["val_acc"]
+    result = runner.invoke(app, ["select", "starsse-demo", "--json", "--soup", "--size", "10"])
     assert result.exit_code == 0, result.output
     sel = json.loads(result.stdout)
     assert sel["candidates"] == 7 and sel["skipped"] == 0
-    assert len({m["trial"] for m in sel["members"]}) >= 2, sel["members"]
-    assert sum(m["weight"] for m in sel["members"]) <= 10
+    assert sel["members"] and all(m["weight"] >= 1 for m in sel["members"]), sel["members"]
+    assert sum(m["weight"] for m in sel["members"]) <= 10 and sel["at_trial_size"] == default["at_trial_size"]
     for m in sel["members"]:
         assert trials[m["trial"]]["user_attrs"]["member_keys"][m["index"] - 1] == m["key"]
     assert sel["val_acc"] >= max(t["user_attrs"]["val_ens_acc"][-1] for t in trials)
     assert sel["val_acc"] >= sel["best_member"]["val_acc"]
     assert sel["best_trial"]["test_acc"] == max(trials, key=lambda t: t["value"])["user_attrs"]["test_ens_acc"][-1]
     assert 0 < sel["test_acc"] <= 1 and sel["test_nll"] > 0 and 0 <= sel["test_ece"] <= 1
+    wide = runner.invoke(app, ["select", "starsse-demo", "--size", "9"])  # more than K: both sizes shown
+    assert wide.exit_code == 0 and "selected, ≤ 9" in wide.stdout and "selected, ≤ 3" in wide.stdout, wide.stdout
+    assert "best trial" in wide.stdout
     soup = sel["soup"]
     assert {m["key"] for m in soup["members"]} <= {m["key"] for m in sel["members"]}
     assert 0 < soup["val_acc"] <= 1 and 0 < soup["test_acc"] <= 1
