@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -162,6 +162,8 @@ class TaskData:
     pretrain: Any = None  # the Recipe that pre-trains them
     # Out-of-distribution test sets, {family: [severity 1..5]}, made on first use.
     ood: Callable[[], dict[str, list[Split]]] | None = None
+    # What a trial records of the data it ran on, e.g. {"unreadable_images": 3} for files left out.
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
     def digest(self) -> str:
         """A digest of all three splits."""

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset, pil_loader
 from torchvision.datasets.vision import VisionDataset
@@ -30,6 +31,7 @@ from enstune.data._base import MIN_SHARE, Batch, Split, TaskData, carve_validati
 from enstune.data._registry import register_dataset
 from enstune.data.images import check_policy
 from enstune.data.jpeg import Reader, Steps, device_batch, gather, image_steps
+from enstune.data.scan import Unreadable, readable
 from enstune.errors import EnstuneError
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation
@@ -53,8 +55,11 @@ class _Decoded:
     def __init__(self, transform: v2.Compose) -> None:
         self.transform = transform
 
-    def __call__(self, path: str, seed: int | None) -> torch.Tensor:
-        image = pil_loader(path)  # RGB, whatever the file's mode
+    def __call__(self, path: str, seed: int | None) -> torch.Tensor | Unreadable:
+        try:
+            image = pil_loader(path)  # RGB, whatever the file's mode
+        except Exception as exc:  # noqa: BLE001 - any decoder's failure: the main process names the file
+            return Unreadable(path, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200])
         if seed is None:
             return self.transform(image)
         # v2 transforms draw from the global RNG: a private copy seeded per example, so the
@@ -62,6 +67,13 @@ class _Decoded:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)
             return self.transform(image)
+
+
+def _collate(items: list[tuple[torch.Tensor | Unreadable, int]]) -> tuple[Batch | None, list[Unreadable]]:
+    """The PIL path's collate: the batch of the files that were read (None if none was), and those that were not."""
+    bad = [x for x, _ in items if isinstance(x, Unreadable)]
+    good = [(x, y) for x, y in items if not isinstance(x, Unreadable)]
+    return (default_collate(good) if good else None), bad
 
 
 class _Images(VisionDataset):
@@ -143,7 +155,7 @@ class FolderSplit(Split):
             cuts = (order[s:s + batch_size] for s in range(0, len(order), batch_size))
             batching = {"batch_sampler": [share(b, rank, world) for b in cuts if len(b) >= MIN_SHARE * world]}
         # Pinned pages pay for uint8 images; the device path's bytes go to the decoder, which copies them itself.
-        pin = self.device.type == "cuda" and collate is None
+        pin = self.device.type == "cuda" and collate is _collate
         # A generator of its own: without one, the loader draws its workers' base seed from the global RNG.
         return DataLoader(_Images(self.root, self.files, labels, read), **batching, collate_fn=collate,
                           num_workers=self.workers, pin_memory=pin,
@@ -157,11 +169,20 @@ class FolderSplit(Split):
         steps = image_steps(self.preprocess, self.augmentation, train)
         if self.on_device:
             for items, y in self._loader(Reader(steps), sampler, batch_size, seed, self._share, gather):
-                yield self._normalize(device_batch(items, steps, self.device)), y.to(self.device)
+                keep = [i for i, item in enumerate(items) if not isinstance(item, Unreadable)]
+                if len(keep) < len(items):
+                    _unreadable([items[i] for i in range(len(items)) if i not in keep], train)
+                    items, y = [items[i] for i in keep], y[keep]
+                if items:
+                    yield self._normalize(device_batch(items, steps, self.device)), y.to(self.device)
             return
-        for x, y in self._loader(_Decoded(_pil_transform(steps)), sampler, batch_size, seed, self._share):
-            x = x.to(self.device, non_blocking=True)
-            yield self._normalize(x), y.to(self.device, non_blocking=True)
+        for batch, bad in self._loader(_Decoded(_pil_transform(steps)), sampler, batch_size, seed, self._share,
+                                       _collate):
+            if bad:
+                _unreadable(bad, train)
+            if batch is not None:
+                x, y = batch
+                yield self._normalize(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
 
     def subset(self, index: torch.Tensor) -> FolderSplit:
         return self._like([self.files[i] for i in index.tolist()], self.y[index.to(self.y.device)], self.device,
@@ -176,6 +197,16 @@ class FolderSplit(Split):
         for name, label in zip(self.files, self.y.tolist()):
             h.update(f"{name}\t{os.stat(self.root / name).st_size}\t{label}\n".encode())
         return h.hexdigest()
+
+
+def _unreadable(bad: Sequence[Unreadable], train: bool) -> None:
+    """Files the scan found readable that a loader could not read (changed since): left out of training, an error
+    in evaluation, whose predictions must match the split's labels one for one."""
+    if not train:
+        raise EnstuneError(f"cannot read {bad[0].path} ({bad[0].reason}): it changed after the dataset's scan "
+                           f"(delete the runs directory's scans/ to scan again)")
+    for item in bad:
+        warnings.warn(f"left out of this batch: {item.path}, which cannot be read ({item.reason})", stacklevel=3)
 
 
 def _root(task, home: Path) -> Path:  # noqa: ANN001 - enstune.config.Task
@@ -204,25 +235,40 @@ def _folder(directory: Path, class_to_idx: dict[str, int] | None = None) -> tupl
     return files, [label for _, label in samples], classes
 
 
-def _folders(task, root: Path, test_dirs: Sequence[str]) -> TaskData:  # noqa: ANN001 - enstune.config.Task
+def folder_task(task, home: Path, root: Path, train: tuple[Sequence[str], Sequence[int]],  # noqa: ANN001 - Task
+                test: tuple[Sequence[str], Sequence[int]], classes: Sequence[str],
+                test_root: Path | None = None) -> TaskData:
+    """The task of two listings of (files, labels) under ``root`` (the test's under ``test_root`` when given).
+
+    Unreadable files are left out of both (``enstune.data.scan``) and counted in the trial
+    attribute ``unreadable_images``; validation is carved from what is left of the training listing.
+    """
+    splits, lost = [], 0
+    for part, (files, labels), under in (("train", train, root), ("test", test, test_root or root)):
+        files, labels, n = readable(under, files, labels, home=home, name=f"{task.dataset} {part}",
+                                    workers=task.workers)
+        splits.append(FolderSplit(under, files, torch.tensor(labels, dtype=torch.long), task.workers,
+                                  decode=task.decode))
+        lost += n
+    fit, val = carve_validation(splits[0], task.val_fraction, task.split_seed)
+    return TaskData(fit, val, splits[1], num_classes=len(classes), classes=tuple(classes),
+                    attrs={"unreadable_images": lost})
+
+
+def _folders(task, home: Path, root: Path, test_dirs: Sequence[str]) -> TaskData:  # noqa: ANN001 - Task
     """train/ and the first of ``test_dirs`` under ``root``; validation carved from train."""
     files, labels, names = _folder(root / "train")
     test_dir = next((root / d for d in test_dirs if (root / d).is_dir()), None)
     if test_dir is None:
         raise EnstuneError(f"no test images: expected {' or '.join(str(root / d) for d in test_dirs)}")
     test_files, test_labels, _ = _folder(test_dir, {c: i for i, c in enumerate(names)})
-    train = FolderSplit(root / "train", files, torch.tensor(labels, dtype=torch.long), task.workers,
-                        decode=task.decode)
-    test = FolderSplit(test_dir, test_files, torch.tensor(test_labels, dtype=torch.long), task.workers,
-                       decode=task.decode)
-    train, val = carve_validation(train, task.val_fraction, task.split_seed)
-    return TaskData(train, val, test, num_classes=len(names), classes=tuple(names))
+    return folder_task(task, home, root / "train", (files, labels), (test_files, test_labels), names, test_dir)
 
 
 @register_dataset("imagefolder")
 def imagefolder(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     """Class folders under ``task.data_dir``/train and /test (or /val, used when there is no test/); names = folders."""
-    return _folders(task, _root(task, home), ("test", "val"))
+    return _folders(task, home, _root(task, home), ("test", "val"))
 
 
 @register_dataset("imagenet")
@@ -235,11 +281,12 @@ def imagenet(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Tas
     from torchvision.datasets.imagenet import META_FILE, load_meta_file
 
     root = _root(task, home)
-    data = _folders(task, root, ("val",))
+    data = _folders(task, home, root, ("val",))
     if (root / META_FILE).is_file():
         wnid_to_names = load_meta_file(os.fspath(root))[0]
         data = TaskData(data.train, data.val, data.test, data.num_classes,
-                        classes=tuple(wnid_to_names[w][0] if w in wnid_to_names else w for w in data.classes))
+                        classes=tuple(wnid_to_names[w][0] if w in wnid_to_names else w for w in data.classes),
+                        attrs=data.attrs)
     return data
 
 
@@ -256,7 +303,7 @@ def _partition(sun: Path, root: Path, partition: int) -> tuple[Path, Path]:
                        f"{', '.join(str(p) for p in places)}")
 
 
-def _listed(sun: Path, listing: Path, class_to_idx: dict[str, int]) -> tuple[list[str], torch.Tensor]:
+def _listed(sun: Path, listing: Path, class_to_idx: dict[str, int]) -> tuple[list[str], list[int]]:
     """The images a partition file lists (``/a/abbey/sun_x.jpg``) and their labels."""
     files, labels = [], []
     for line in filter(None, map(str.strip, listing.read_text().splitlines())):
@@ -269,7 +316,7 @@ def _listed(sun: Path, listing: Path, class_to_idx: dict[str, int]) -> tuple[lis
     missing = [f for f in files if not (sun / f).is_file()]
     if missing:
         raise EnstuneError(f"{listing} lists {len(missing)} images missing under {sun}, e.g. {missing[0]}")
-    return files, torch.tensor(labels, dtype=torch.long)
+    return files, labels
 
 
 @register_dataset("sun397")
@@ -292,8 +339,5 @@ def sun397(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     training, testing = _partition(sun, root, task.partition)
     train_files, train_y = _listed(sun, training, class_to_idx)
     test_files, test_y = _listed(sun, testing, class_to_idx)
-    train = FolderSplit(sun, train_files, train_y, task.workers, decode=task.decode)
-    train, val = carve_validation(train, task.val_fraction, task.split_seed)
     classes = tuple(k.replace("/", " ").replace("_", " ") for k in keys)  # "apse/indoor" -> "apse indoor"
-    test = FolderSplit(sun, test_files, test_y, task.workers, decode=task.decode)
-    return TaskData(train, val, test, num_classes=len(keys), classes=classes)
+    return folder_task(task, home, sun, (train_files, train_y), (test_files, test_y), classes)

@@ -30,6 +30,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from enstune.data.augment import color_jitters
 from enstune.data.images import eval_resize, interpolation_mode
+from enstune.data.scan import Unreadable
 from enstune.errors import EnstuneError
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation
@@ -87,14 +88,17 @@ class Reader:
         self.crop, self.flip = steps.crop, steps.flip
         self.stream = bool(steps.augment or steps.jitter)
 
-    def __call__(self, path: str, seed: int | None) -> Encoded:
-        data = read_bytes(path)
-        with Image.open(io.BytesIO(data.numpy())) as image:  # parses the header only
-            width, height = image.size
-            # PNG and the like; grey and CMYK JPEGs too, which the GPU decoder may refuse: PIL's
-            # conversion to RGB, the PIL path's own.
-            if image.format != "JPEG" or image.mode != "RGB":
-                data = TF.pil_to_tensor(image.convert("RGB"))
+    def __call__(self, path: str, seed: int | None) -> Encoded | Unreadable:
+        try:
+            data = read_bytes(path)
+            with Image.open(io.BytesIO(data.numpy())) as image:  # parses the header only
+                width, height = image.size
+                # PNG and the like; grey and CMYK JPEGs too, which the GPU decoder may refuse: PIL's
+                # conversion to RGB, the PIL path's own.
+                if image.format != "JPEG" or image.mode != "RGB":
+                    data = TF.pil_to_tensor(image.convert("RGB"))
+        except Exception as exc:  # noqa: BLE001 - any decoder's failure: the main process names the file
+            return Unreadable(path, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200])
         if self.crop is None or seed is None:
             return Encoded(path, data, None, False, None)
         # The PIL path's draws, in its order, from the same per-example seed: the box, then the flip's coin.
@@ -117,7 +121,7 @@ def read_bytes(path: str) -> torch.Tensor:
     return data
 
 
-def gather(items: list[tuple[Encoded, int]]) -> tuple[list[Encoded], torch.Tensor]:
+def gather(items: list[tuple[Encoded | Unreadable, int]]) -> tuple[list[Encoded | Unreadable], torch.Tensor]:
     """A DataLoader's collate for the device path: the examples as a list (their sizes differ), labels as a tensor."""
     return [e for e, _ in items], torch.tensor([label for _, label in items], dtype=torch.long)
 
