@@ -38,54 +38,46 @@ standard error of the best on almost every shuffle, which is what the cheap stra
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import statistics
 import tempfile
 import time
 from typing import Any
 
-TEMPLATE = "starsse-demo"
+LANDSCAPES = ("starsse-demo", "sse-demo")  # the templates whose grids are searched
 UNPRUNED = "grid-unpruned"
+TEMPLATE = "template"  # the template's own strategy, as `enstune study create` makes it
 # name -> overrides of the template: the sampler, the pruner and the study's number of trials
 STRATEGIES: dict[str, list[str]] = {
     UNPRUNED: ['pruner="none"'],
+    TEMPLATE: [],
     "grid-median": ['pruner="median"'],
     "grid-halving": ['pruner="halving"'],
     "grid-hyperband": ['pruner="hyperband"'],
-    # the first 8 or 10 points of the grid's seeded shuffle: random search without repeats
+    # the first 8 points of the grid's seeded shuffle: random search without repeats
     "grid8-halving": ["n_trials=8", 'pruner="halving"'],
-    "grid10-halving": ["n_trials=10", 'pruner="halving"'],
-    "tpe8-median": ['sampler="tpe"', "n_trials=8", 'pruner="median"'],
+    "grid8-bound": ["n_trials=8", 'pruner="bound"'],
     "tpe8-halving": ['sampler="tpe"', "n_trials=8", 'pruner="halving"'],
-    "tpe10-halving": ['sampler="tpe"', "n_trials=10", 'pruner="halving"'],
-    "gp8-unpruned": ['sampler="gp"', "n_trials=8", 'pruner="none"'],
-    "recommend-tpe12-halving": ['sampler="tpe"', "n_trials=12", 'pruner="halving"'],
 }
-# These start from `enstune recommend`'s proposals that the grid's choices admit, queued before the
-# sampler's: the paper's optima on other datasets (the storage's own demo studies would give the answer away).
-RECOMMENDED_FIRST = {"recommend-tpe12-halving"}
 
 
-def _name(strategy: str, seed: int) -> str:
-    return f"half-{strategy}-s{seed}"
+def _name(landscape: str, strategy: str, seed: int) -> str:
+    return f"half-{landscape}-{strategy}-s{seed}"
 
 
-def _run(strategies: list[str], seeds: list[int], extra: list[str]) -> None:
-    from enstune.recommend import enqueue, paper_optima, rank
-    from enstune.study import create, show
+def _run(landscapes: list[str], strategies: list[str], seeds: list[int], extra: list[str]) -> None:
+    from enstune.study import create
     from enstune.worker import run
 
     for seed in seeds:
-        for strategy in [UNPRUNED, *strategies]:  # the unpruned grid first: it trains every member
-            start = time.perf_counter()
-            name = _name(strategy, seed)
-            _, created = create(TEMPLATE, name, overrides=[f"space.seed.choices=[{seed}]", f"seed={seed}",
-                                                           "evaluate=[]", *STRATEGIES[strategy], *extra])
-            if created and strategy in RECOMMENDED_FIRST:
-                spec = show(name)["spec"]
-                enqueue(name, rank(spec["task"]["dataset"], spec["method"], paper_optima())[:5], spec["method"])
-            study = run(name)
-            print(f"{name}: {len(study.trials)} trials in {time.perf_counter() - start:.0f} s", flush=True)
+        for landscape in landscapes:
+            for strategy in [UNPRUNED, *strategies]:  # the unpruned grid first: it trains every member
+                start = time.perf_counter()
+                name = _name(landscape, strategy, seed)
+                create(landscape, name, overrides=[f"space.seed.choices=[{seed}]", f"seed={seed}", "evaluate=[]",
+                                                   *STRATEGIES[strategy], *extra])
+                study = run(name)
+                print(f"{name}: {len(study.trials)} trials in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def _cost(trials: list[dict[str, Any]]) -> int:
@@ -97,37 +89,61 @@ def _best(trials: list[dict[str, Any]]) -> dict[str, Any]:
     return max((t for t in trials if t["state"] == "COMPLETE"), key=lambda t: t["value"])
 
 
-def _outcome(strategy: str, seed: int) -> tuple[int, float, float, dict[str, Any]]:
-    """One strategy on one seed: cost, shortfall from the unpruned grid's best, its paired SE, the best trial."""
+def _outcome(landscape: str, strategy: str, seed: int) -> tuple[float, bool, float, dict[str, Any]]:
+    """One strategy on one seed: cost share, optimum found, shortfall in paired SEs, the best trial."""
     from enstune.evaluation import unpack_correct
     from enstune.regimes import paired_se
     from enstune.study import show
 
-    trials = show(_name(strategy, seed))["trials"]
-    ref, best = _best(show(_name(UNPRUNED, seed))["trials"]), _best(trials)
+    grid, trials = show(_name(landscape, UNPRUNED, seed))["trials"], show(_name(landscape, strategy, seed))["trials"]
+    ref, best = _best(grid), _best(trials)
     se = paired_se(unpack_correct(ref["user_attrs"]["val_correct"]), unpack_correct(best["user_attrs"]["val_correct"]))
-    return _cost(trials), ref["value"] - best["value"], se, best
+    gap = ref["value"] - best["value"]
+    return _cost(trials) / _cost(grid), gap <= se + 1e-12, gap / se if se else 0.0, best
 
 
-def report(strategies: list[str], seeds: list[int]) -> None:
-    """Print one row per strategy: cost share per seed and mean, optimum found, shortfall."""
+def largest_growth(trials: list[dict[str, Any]]) -> float | None:
+    """The largest growth, in ``enstune.forecast`` spreads, from any step of a finished ensemble to its K members."""
+    from enstune.forecast import spread
+
+    out = None
+    for t in trials:
+        a = t["user_attrs"]
+        accs, contested = a.get("val_ens_acc") or [], a.get("val_contested") or []
+        if t["state"] != "COMPLETE" or len(contested) != len(accs):
+            continue
+        for m in range(2, len(accs)):
+            if (s := spread(contested[m - 1], a["val_size"], m, len(accs))) > 0:
+                out = max(out if out is not None else -math.inf, (accs[-1] - accs[m - 1]) / s)
+    return out
+
+
+def report(landscapes: list[str], strategies: list[str], seeds: list[int]) -> None:
+    """Print, per landscape and strategy, each seed's cost share and whether it found the optimum."""
     from enstune.study import show
 
-    grid = {s: show(_name(UNPRUNED, s))["trials"] for s in seeds}
-    print(f"\nUnpruned {TEMPLATE} grid: cycle member-epochs (members 2..K) "
-          + ", ".join(f"seed {s} {_cost(grid[s])}" for s in seeds)
-          + "; best validation " + ", ".join(f"{b['value']:.4f} {_setting(b)}" for b in map(_best, grid.values())))
-    print(f"\n{'strategy':<24} {'cost share per seed':<{9 * len(seeds)}} {'mean':>6}  found  "
-          f"{'shortfall (acc)':>15}  {'in SE':>6}  best found per seed")
-    for strategy in [UNPRUNED, *strategies]:
-        rows = [_outcome(strategy, s) for s in seeds]
-        shares = [row[0] / _cost(grid[s]) for row, s in zip(rows, seeds)]
-        found = sum(gap <= se for _, gap, se, _ in rows)
-        units = [gap / se if se else 0.0 for _, gap, se, _ in rows]
-        marked = "".join(f"{x:.3f}{' ' if gap <= se else '*'}   " for x, (_, gap, se, _) in zip(shares, rows))
-        print(f"{strategy:<24} {marked} {statistics.mean(shares):>6.3f}  "
-              f"{found}/{len(seeds)}    {statistics.mean(row[1] for row in rows):>+15.4f}  "
-              f"{statistics.mean(units):>+6.2f}  {' '.join(_setting(row[3]) for row in rows)}")
+    for landscape in landscapes:
+        grids = {s: show(_name(landscape, UNPRUNED, s))["trials"] for s in seeds}
+        print(f"\n{landscape}: unpruned grid's cycle member-epochs (members 2..K) and best validation setting: "
+              + ", ".join(f"seed {s} {_cost(g)} {_setting(_best(g))} {_best(g)['value']:.4f}" for s, g in grids.items()))
+        print(f"{'strategy':<15} " + " ".join(f"{'seed ' + str(s):>12}" for s in seeds)
+              + "   found   cost share (min-max)   (a star: the optimum missed, with its shortfall in paired SEs)")
+        for strategy in strategies:
+            rows = [_outcome(landscape, strategy, s) for s in seeds]
+            cells = [f"{share:.3f}" + ("" if found else f"*{units:+.1f}") for share, found, units, _ in rows]
+            shares = [r[0] for r in rows]
+            print(f"{strategy:<15} " + " ".join(f"{c:>12}" for c in cells)
+                  + f"   {sum(r[1] for r in rows)}/{len(rows)}     {min(shares):.3f}-{max(shares):.3f}")
+        if TEMPLATE in strategies:
+            growth = [largest_growth(show(_name(landscape, TEMPLATE, s))["trials"]) for s in seeds]
+            print(f"{'largest growth':<15} " + " ".join(f"{'-' if g is None else f'{g:.2f}':>12}" for g in growth)
+                  + f"   in spreads, from any step of the template's finished trials (its bound: z = {_z()})")
+
+
+def _z() -> float:
+    from enstune.forecast import Z
+
+    return Z
 
 
 def _setting(trial: dict[str, Any]) -> str:
@@ -138,20 +154,23 @@ def _setting(trial: dict[str, Any]) -> str:
 def main() -> None:
     """Run the studies (members already in the home's cache are reused), then print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2,3", help="comma-separated seeds")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated seeds")
     parser.add_argument("--home", help="ENSTUNE_HOME to use (default: a fresh temporary directory)")
-    parser.add_argument("--only", help=f"comma-separated strategies (default: all): {', '.join(STRATEGIES)}")
+    parser.add_argument("--landscapes", default=",".join(LANDSCAPES), help="comma-separated templates")
+    parser.add_argument("--only", default=f"{TEMPLATE},grid-median",
+                        help=f"comma-separated strategies: {', '.join(s for s in STRATEGIES if s != UNPRUNED)}")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a template override for every study, as in `enstune study create --set`")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    strategies = [s for s in (args.only.split(",") if args.only else STRATEGIES) if s != UNPRUNED]
+    strategies = [s for s in args.only.split(",") if s != UNPRUNED]
     if unknown := [s for s in strategies if s not in STRATEGIES]:
         parser.error(f"unknown strategies {unknown}; known: {', '.join(STRATEGIES)}")
     os.environ["ENSTUNE_HOME"] = args.home or tempfile.mkdtemp(prefix="enstune-half-")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    _run(strategies, seeds, args.set)
-    report(strategies, seeds)
+    landscapes = args.landscapes.split(",")
+    _run(landscapes, strategies, seeds, args.set)
+    report(landscapes, strategies, seeds)
 
 
 if __name__ == "__main__":

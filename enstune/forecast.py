@@ -52,10 +52,17 @@ def bounds(accuracy: float, contested: float, n: int, members: int, size: int, z
     return Bounds(accuracy, max(0.0, accuracy - s), min(1.0, accuracy + s), members, size)
 
 
-def trial_bounds(attrs: dict[str, Any], z: float = Z) -> Bounds | None:
-    """A trial's bounds from its user attributes (``val_ens_acc``, ``val_contested``, ``val_size``), if it has them."""
-    accs, contested, n = attrs.get("val_ens_acc"), attrs.get("val_contested"), attrs.get("val_size")
-    if not accs or not contested or not n or len(contested) != len(accs) or len(accs) < 2:
-        return None
-    size = int(attrs.get("planned_members") or len(accs))
-    return bounds(accs[-1], contested[-1], int(n), len(accs), size, z)
+def trial_bounds(attrs: dict[str, Any], accuracy: float | None = None, z: float = Z) -> Bounds | None:
+    """A trial's bounds from its user attributes (``val_contested``, ``val_size``, ``planned_members``), if it has them.
+
+    ``accuracy``: its ensemble's accuracy after as many members as ``val_contested`` has entries
+    (a running trial reports it as its last intermediate value), else the last of ``val_ens_acc``.
+    """
+    contested, n = attrs.get("val_contested"), attrs.get("val_size")
+    accs = attrs.get("val_ens_acc") or []
+    if accuracy is None:
+        accuracy = accs[-1] if accs and contested and len(accs) == len(contested) else None
+    if accuracy is None or not contested or not n or len(contested) < 2:
+        return None  # one member scatters nowhere: how diverse the next ones are is unknown
+    size = int(attrs.get("planned_members") or len(contested))
+    return bounds(accuracy, contested[-1], int(n), len(contested), size, z)

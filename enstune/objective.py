@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 import math
 import os
 import socket
@@ -113,7 +114,7 @@ class Objective:
         """Ask the pruner, which reads the partial ensemble's evidence from the trial (``enstune.forecast``)."""
         for key in ("val_size", "planned_members", "val_contested"):
             if trial.user_attrs.get(key) != attrs[key]:  # one write per member after the first
-                trial.set_user_attr(key, attrs[key])
+                trial.set_user_attr(key, copy.copy(attrs[key]))  # a copy: the list grows member by member
         return trial.should_prune()
 
     def run(self, trial: optuna.Trial, retry: bool) -> float:

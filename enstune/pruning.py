@@ -22,7 +22,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from enstune.config import StudySpec
-from enstune.forecast import Z, trial_bounds
+from enstune.forecast import Z, Bounds, trial_bounds
 from enstune.methods import get_method
 from enstune.registry import Registry
 
@@ -111,7 +111,7 @@ class EnsembleBoundPruner(optuna.pruners.BasePruner):
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         """Whether ``trial`` cannot reach what the best of ``study``'s other trials is sure to have."""
-        mine = trial_bounds(trial.user_attrs, z=self.z)
+        mine = _bounds(trial, self.z)
         floor = self.floor(study, trial.number)
         return mine is not None and floor is not None and mine.upper < floor
 
@@ -124,11 +124,18 @@ class EnsembleBoundPruner(optuna.pruners.BasePruner):
             if t.state == TrialState.COMPLETE:
                 sure = t.value if t.value is not None and math.isfinite(t.value) else None
             else:
-                b = trial_bounds(t.user_attrs, z=self.z)
+                b = _bounds(t, self.z)
                 sure = b.lower if b is not None else None
             if sure is not None and (best is None or sure > best):
                 best = sure
         return best
+
+
+def _bounds(trial: FrozenTrial, z: float) -> Bounds | None:
+    """A running trial's bounds: its last reported ensemble accuracy and the evidence recorded with it."""
+    contested = trial.user_attrs.get("val_contested") or []
+    value = trial.intermediate_values.get(len(contested)) if contested else None
+    return trial_bounds(trial.user_attrs, accuracy=value, z=z) if value is not None else None
 
 
 @PRUNERS.register("bound")

@@ -149,13 +149,16 @@ def test_samplers_by_name(name, kind):
 
 
 def _bounded(study, method, accs, contested, size=5, n=1000) -> bool:
-    """A running trial of ``method`` with the evidence the objective records after ``len(accs)`` members; pruned?"""
+    """A running trial of ``method`` with the evidence the objective records after ``len(accs)`` members; pruned?
+
+    As in a running trial, the ensemble's accuracies are only its intermediate values.
+    """
     study.enqueue_trial({"method": method})
     trial = study.ask({"method": METHODS})
-    for key, value in {"val_ens_acc": accs, "val_contested": contested, "val_size": n,
-                       "planned_members": size}.items():
+    for key, value in {"val_contested": contested, "val_size": n, "planned_members": size}.items():
         trial.set_user_attr(key, value)
-    trial.report(accs[-1], len(accs))
+    for step, acc in enumerate(accs, 1):
+        trial.report(acc, step)
     return trial.should_prune()
 
 
