@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus, unquote, unquote_plus, urlsplit
 
 from enstune.errors import EnstuneError
+from enstune.storage.retry import MAX_RETRY  # noqa: F401  (re-exported: the worker and tests read it here)
 
 ENV_STORAGE = "ENSTUNE_STORAGE"
 ENV_HOME = "ENSTUNE_HOME"
@@ -24,7 +25,6 @@ POOL = {"pool_size": 2, "max_overflow": 2, "pool_recycle": 300}
 CONNECT_TIMEOUT = 10  # seconds before an unreachable PostgreSQL host or storage proxy is an error
 PROXY_PORT = 13000  # Optuna's default for its gRPC storage proxy
 SCHEMA_ATTEMPTS = 8
-MAX_RETRY = 3  # errors a trial's point may raise and still be queued again; interruptions never count
 
 
 PATIENCE = 600.0  # seconds a worker waits for a storage that is down when it starts, as each later call does

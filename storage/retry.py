@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
-from enstune.storage import MAX_RETRY
+
+MAX_RETRY = 3  # errors a trial's point may raise and still be queued again; interruptions never count
 
 ERROR_ATTR = "error"  # system attribute of a failed trial: what its own work raised (one line)
 ERRORS_ATTR = "errors"  # system attribute of a retry: the errors its point raised so far
