@@ -39,10 +39,14 @@ ROWS = {
     "cifar10": Row("cifar10", RESNET, "sgd", 51, 2.5e-2, 2e-5, (0.25, 1), (2, 0.25), (2, 0.5), (2, 2)),
     "cifar100": Row("cifar100", RESNET, "sgd", 25, 5e-3, 5e-4, (1, 1), (2, 1), (4, 1), (8, 4)),
     "sun397": Row("sun397", RESNET, "sgd", 256, 5e-4, 5e-4, (0.5, 1), (32, 0.125), (32, 0.125), (32, 1)),
+    "chestx": Row("chestx", RESNET, "sgd", 8, 2.5e-2, 5e-4, (0.25, 1), (4, 2), (2, 2), (8, 4)),  # Appendix N
+    "clipart": Row("clipart", RESNET, "sgd", 19, 2.5e-2, 5e-4, (0.25, 0.5), (1, 0.5), (2, 0.5), (4, 2)),
     # SSL (BYOL) ResNet-50
     "byol-cifar10": Row("cifar10", RESNET, "sgd", 25, 5e-2, 1e-4, (0.5, 1), (1, 1), (2, 1), (4, 4)),
     "byol-cifar100": Row("cifar100", RESNET, "sgd", 25, 5e-2, 1e-4, (0.25, 1), (2, 0.5), (4, 0.5), (4, 4)),
     "byol-sun397": Row("sun397", RESNET, "sgd", 16, 1e-1, 1e-4, (0.5, 1), (1, 1), (2, 1), (4, 8)),
+    "byol-chestx": Row("chestx", RESNET, "sgd", 8, 2e-1, 5e-4, (0.5, 1), (1, 1), (1, 2), (2, 4)),
+    "byol-clipart": Row("clipart", RESNET, "sgd", 19, 1e-1, 2e-5, (0.5, 0.5), (4, 0.5), (4, 0.5), (8, 2)),
     # SV Swin-T
     "swint-cifar100": Row("cifar100", SWIN, "adamw", 102, 1e-4, 2.5e-1, (0.5, 0.25), (2, 0.25), (4, 0.5), (4, 1)),
     "swint-sun397": Row("sun397", SWIN, "adamw", 256, 2.5e-5, 5e-2, (1, 1), (16, 0.125), (16, 0.25), (16, 1)),
@@ -51,7 +55,7 @@ ROWS = {
 }
 CYCLIC = {"starsse": "starsse", "sse": "sse"}  # template prefix -> enstune method
 BASELINES = {"localde": "local_de", "globalde": "global_de"}
-VAL_FRACTION = {"cifar10": 0.1, "cifar100": 0.1, "sun397": 0.2, "imagenet": 0.02}
+VAL_FRACTION = {"cifar10": 0.1, "cifar100": 0.1, "sun397": 0.2, "imagenet": 0.02, "chestx": 0.2, "clipart": 0.2}
 
 
 def methods(row: str) -> dict[str, str]:
