@@ -224,7 +224,12 @@ def test_a_second_ctrl_c_exits_at_once_and_the_point_is_still_queued(home):
     proc = _worker("twice")
     _wait_for_a_member(home, "twice", proc)
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    # The second Ctrl-C once the first has re-queued the point: on a loaded machine, one sent a few
+    # milliseconds later may land before the first has written anything.
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not optuna.load_study(
+            study_name="twice", storage=_journal(home)).get_trials(states=(W.FAIL,)):
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     start = time.monotonic()
     out, err = proc.communicate(timeout=60)
