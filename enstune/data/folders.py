@@ -271,25 +271,6 @@ def imagefolder(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.
     return _folders(task, home, _root(task, home), ("test", "val"))
 
 
-@register_dataset("imagenet")
-def imagenet(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
-    """ImageNet-1k as class folders: ``task.data_dir``/train/n01440764/… and /val/n01440764/… (the test split).
-
-    Read with ``ImageFolder``, not torchvision's ``ImageNet`` (which needs the devkit archive);
-    when torchvision's ``meta.bin`` lies in ``data_dir``, the classes are its readable names.
-    """
-    from torchvision.datasets.imagenet import META_FILE, load_meta_file
-
-    root = _root(task, home)
-    data = _folders(task, home, root, ("val",))
-    if (root / META_FILE).is_file():
-        wnid_to_names = load_meta_file(os.fspath(root))[0]
-        data = TaskData(data.train, data.val, data.test, data.num_classes,
-                        classes=tuple(wnid_to_names[w][0] if w in wnid_to_names else w for w in data.classes),
-                        attrs=data.attrs)
-    return data
-
-
 def _partition(sun: Path, root: Path, partition: int) -> tuple[Path, Path]:
     """The Training_NN.txt and Testing_NN.txt of ``partition``, from wherever the official files were unpacked."""
     if not 1 <= partition <= 10:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -102,6 +104,7 @@ class ClipFamily(Family):
                   optional=(lambda key: not key.startswith("visual.")) if head == "new" else (lambda key: False))
         if head == "zeroshot":
             assert class_names is not None
+            warn_if_codes(class_names)
             weight = _zeroshot_weight(arch, clip, class_names)
             with torch.no_grad():
                 model.head.weight.copy_(weight)
@@ -175,6 +178,24 @@ def _to_open_clip(arch: str, state: dict[str, torch.Tensor], clip: nn.Module,
         raise EnstuneError(f"checkpoint {source} does not fit {PREFIX}:{arch}: open_clip's conversion failed "
                            f"({type(exc).__name__}: {first_line(exc)})") from None
     return state
+
+
+# A WordNet ID (n01440764), or a name with no letters or ending in a long number (001, class_12, c0042).
+_CODE = re.compile(r"n\d{8}|[^A-Za-z]*|[A-Za-z]{0,8}[_\-]?\d{2,}")
+
+
+def looks_like_codes(class_names: Sequence[str]) -> list[str]:
+    """The class names that look like WordNet IDs or folder codes rather than words."""
+    return [name for name in class_names if _CODE.fullmatch(name.strip())]
+
+
+def warn_if_codes(class_names: Sequence[str]) -> None:
+    """One warning when CLIP's prompts would read codes ("a photo of a n01440764.") instead of class names."""
+    codes = looks_like_codes(class_names)
+    if codes:
+        warnings.warn(f"{len(codes)} of {len(class_names)} class names look like WordNet IDs or folder codes "
+                      f"(e.g. {codes[0]!r}): the zero-shot head reads them as words; give the dataset readable "
+                      f"names (for ImageNet, the dataset imagenet names its classes as open_clip does)", stacklevel=2)
 
 
 def _zeroshot_weight(arch: str, clip: nn.Module, class_names: Sequence[str]) -> torch.Tensor:
