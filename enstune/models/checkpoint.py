@@ -125,12 +125,27 @@ def load_body(model: nn.Module, state: dict[str, torch.Tensor], *, source: str, 
             parts.append(f"{len(missing)} missing keys ({_some(missing)})")
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected ({_some(unexpected)})")
+            prefix = _prefix_hint(missing, unexpected)
+            if prefix:
+                parts.append(f"the model's keys are in the file under {prefix + '.'!r}: "
+                             f"set task.checkpoint_prefix = {prefix!r}")
         if reshaped:
             shapes = ", ".join(f"{k}: {_shape(state[k])} in the file, {_shape(own[k])} in the model"
                                for k in reshaped[:SHOWN])
             parts.append(f"{len(reshaped)} of another shape ({shapes}{', …' if len(reshaped) > SHOWN else ''})")
         raise EnstuneError(f"checkpoint {source} does not fit {name}: {', '.join(parts)}")
     model.load_state_dict(state, strict=False)
+
+
+def _prefix_hint(missing: list[str], unexpected: list[str]) -> str:
+    """The first key component under which the file holds every missing key ("backbone" of solo-learn), or ""."""
+    if not missing:
+        return ""
+    found = set(unexpected)
+    for prefix in dict.fromkeys(k.split(".", 1)[0] for k in unexpected if "." in k):
+        if all(f"{prefix}.{k}" in found for k in missing):
+            return prefix
+    return ""
 
 
 def _some(keys: Any) -> str:

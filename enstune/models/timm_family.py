@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ class TimmFamily(Family):
         # the filter its factory hands build_model_with_cfg for pretrained weights; resnet has none.
         import timm
 
+        _warn_default_config(arch)
         module = importlib.import_module(timm.models.model_entrypoint(arch).__module__)
         filter_fn = getattr(module, "checkpoint_filter_fn", None)
         if filter_fn is None:
@@ -49,6 +51,29 @@ class TimmFamily(Family):
         cfg = timm.data.resolve_model_data_config(model)
         return Preprocess(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                           interpolation=cfg["interpolation"], crop_pct=float(cfg["crop_pct"]))
+
+
+def _warn_default_config(arch: str) -> None:
+    """One line when a bare name (``resnet50``) reads a file at timm's default config while torchvision's exists.
+
+    The name picks the input (interpolation, crop) the file is evaluated at: a bare ``resnet50``
+    is timm's ``resnet50.a1_in1k`` (bicubic, crop 0.95), not the bilinear, 0.875 crop that
+    torchvision's weights, the paper's among them, were trained and evaluated at.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    if "." in arch:
+        return
+    tv = timm.list_pretrained(f"{arch}.tv*")
+    cfg = get_pretrained_cfg(arch)
+    if not tv or cfg is None or (cfg.tag or "").startswith("tv"):
+        return
+    suggest = f"{arch}.tv_in1k" if f"{arch}.tv_in1k" in tv else tv[-1]
+    warnings.warn(f"task.model {arch!r} takes timm's default pretrained config {arch}.{cfg.tag} "
+                  f"({cfg.interpolation}, crop {cfg.crop_pct}) for its input; for a torchvision checkpoint name "
+                  f"it {suggest!r} ({get_pretrained_cfg(suggest).interpolation}, crop "
+                  f"{get_pretrained_cfg(suggest).crop_pct})", stacklevel=3)
 
 
 FAMILIES.add("timm", TimmFamily())
