@@ -127,7 +127,9 @@ class Objective:
         val, test = EnsembleCurve(self.ws.data.val.y), EnsembleCurve(self.ws.data.test.y)
         epochs: list[int] = []
         results: list[MemberResult] = []
-        attrs: dict[str, Any] = {"val_size": len(self.ws.data.val), "input_size": self.ws.input_size}
+        # What the data says of itself (e.g. how many unreadable images were left out) goes with every trial.
+        attrs: dict[str, Any] = {**self.ws.data.attrs, "val_size": len(self.ws.data.val),
+                                 "input_size": self.ws.input_size}
         seconds = 0.0
         cached = steps_epochs = 0
         try:

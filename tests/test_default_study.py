@@ -1,61 +1,56 @@
-"""The embedded default study, pinned: its trials, their order, its values and its regimes.
+"""The embedded default study: its grid and order, what its pruner cuts, and the regimes it shows.
 
-The values were measured when the grid's lr_mult axis was widened to reach past the basin's
-edge (×1 to ×64); the earlier grid's values had been reproduced to the last bit across the
-rebuilds of the recipe, data and backbone seams. Floating-point kernels differ between CPUs: rerun with
-MKL and ATen forced to their SSE4.2 kernels, the same code moved single trials by up to 14 of
-the 3,480 validation images (0.0040), the mean of the 16 trials by 0.0003 and the best by 0.0006.
-The bounds below are several times those shifts; a change that moves the study further must say why.
+Floating-point kernels differ between CPUs, and at lr×64 training is chaotic: one trial's value
+moved by up to 0.01 between ATen's native, AVX2 and default kernels and one or two threads
+(measured). So this pins what the study shows, with margins measured across those four settings,
+not one CPU's digits:
+
+    setting        best (setting)          completed  lr×64 after member 2   lr×64 degradation
+    native (AVX-512) 0.9497 (lr×4/ep×0.5)  7          0.913-0.923            0.072-0.122
+    avx2             0.9483 (lr×4/ep×1)    8          0.916-0.925            0.073-0.131
+    default          0.9526 (lr×4/ep×1)    6          0.914-0.927            0.083-0.107
+    native, 1 thread   as native, to the last digit
 """
-
-import pytest
 
 from enstune import study as st
 from enstune.worker import run
 
-PINNED = [
-    ({"lr_mult": 16, "epoch_mult": 1}, 0.935057),
-    ({"lr_mult": 64, "epoch_mult": 1}, 0.925287),
-    ({"lr_mult": 4, "epoch_mult": 0.5}, 0.947701),
-    ({"lr_mult": 1, "epoch_mult": 0.5}, 0.946552),
-    ({"lr_mult": 16, "epoch_mult": 0.5}, 0.929023),
-    ({"lr_mult": 1, "epoch_mult": 1}, 0.947414),
-    ({"lr_mult": 1, "epoch_mult": 2}, 0.946264),
-    ({"lr_mult": 16, "epoch_mult": 2}, 0.924425),
-    ({"lr_mult": 64, "epoch_mult": 0.5}, 0.908333),
-    ({"lr_mult": 4, "epoch_mult": 2}, 0.943103),
-    ({"lr_mult": 16, "epoch_mult": 0.25}, 0.939368),
-    ({"lr_mult": 4, "epoch_mult": 0.25}, 0.944540),
-    ({"lr_mult": 1, "epoch_mult": 0.25}, 0.939655),
-    ({"lr_mult": 4, "epoch_mult": 1}, 0.948851),
-    ({"lr_mult": 64, "epoch_mult": 2}, 0.919253),
-    ({"lr_mult": 64, "epoch_mult": 0.25}, 0.930460),
-]
-TRIAL_TOLERANCE = 0.012  # 3x the largest single-trial shift between CPU kernels
-MEAN_TOLERANCE = 0.002  # ~7x the shift of the mean
-BEST = 0.948851
-BEST_TOLERANCE = 0.004  # ~7x the shift of the best
+# Cheapest first (the epochs of each point's plan), the grid's seeded shuffle among equals.
+ORDER = [(16, 0.25), (4, 0.25), (1, 0.25), (64, 0.25), (4, 0.5), (1, 0.5), (16, 0.5), (64, 0.5),
+         (16, 1), (64, 1), (1, 1), (4, 1), (1, 2), (16, 2), (4, 2), (64, 2)]
 
 
-def test_the_default_study_runs_its_pinned_trials_in_order_and_shows_every_regime():
+def test_the_default_study_cuts_past_the_basin_and_labels_every_setting():
     st.create("starsse-demo")
     study = run("starsse-demo")
     trials = study.get_trials()
-    assert [t.params for t in trials] == [params for params, _ in PINNED], "the grid and its order"
-    values = [t.value for t in trials]
-    assert values == pytest.approx([v for _, v in PINNED], abs=TRIAL_TOLERANCE)
-    assert sum(values) / len(values) == pytest.approx(sum(v for _, v in PINNED) / len(PINNED), abs=MEAN_TOLERANCE)
-    assert study.best_value == pytest.approx(BEST, abs=BEST_TOLERANCE)
+    assert [(t.params["lr_mult"], t.params["epoch_mult"]) for t in trials] == ORDER, "the grid and its order"
     assert all(t.user_attrs["input_size"] == [1, 8, 8] for t in trials)
+    by = {(t.params["lr_mult"], t.params["epoch_mult"]): t for t in trials}
 
-    # Every regime, and the semi-local one by the paper's evidence: it left the basin.
+    # The best is a setting inside the basin (lr x1 or x4), 0.948-0.953 on every setting measured.
+    best = study.best_trial
+    assert best.params["lr_mult"] in (1, 4) and 0.94 < study.best_value < 0.96
+    # The first trial has nothing to be judged against; past the basin (lr x64) every trial is cut
+    # after its second member: its ensemble there is at most 0.927 against a best of at least 0.945
+    # by then, far outside what its contested images allow.
+    assert by[(16, 0.25)].state.name == "COMPLETE"
+    assert all(by[(64, ep)].state.name == "PRUNED" and len(by[(64, ep)].intermediate_values) == 2
+               for ep in (0.25, 0.5, 1, 2))
+    assert 5 <= sum(t.state.name == "COMPLETE" for t in trials) <= 10
+
+    # Every setting is labelled (pruned ones from their evidence, marked partial), and the map
+    # shows all three regimes; lr x64 is semi-local by the paper's evidence: its members fall more
+    # than 0.07 below member 1 on every setting measured (threshold 0.05).
     from enstune.publish import study_regimes
 
     labelled, _ = study_regimes("starsse-demo", None)
     labels = {(g.lr_mult, g.epoch_mult): g for g in labelled}
+    assert set(labels) == set(ORDER)
     assert {g.label for g in labelled} == {"more-local", "optimal", "semi-local"}
-    # lr x64: members 2..K lose 0.076 of validation accuracy and the segment from member 1 to member 5
-    # dips 0.086 below its line (measured); the thresholds are 0.05.
-    far = labels[(64, 1)]
-    assert far.label == "semi-local" and far.rule in ("barrier", "degradation"), far
-    assert far.barrier > 0.065 and far.degradation > 0.06
+    assert labels[(best.params["lr_mult"], best.params["epoch_mult"])].label == "optimal"
+    for ep in (0.25, 0.5, 1, 2):
+        far = labels[(64, ep)]
+        assert far.partial and far.label == "semi-local" and far.rule == "degradation" and far.degradation > 0.06, far
+    assert all(g.partial == (by[(g.lr_mult, g.epoch_mult)].state.name == "PRUNED") for g in labelled)
+    assert all(0 <= g.confidence <= 1 for g in labelled)
