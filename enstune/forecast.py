@@ -22,8 +22,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-# Spreads between a partial ensemble's accuracy and what its K members may reach (see Z's figures
-# in benchmarks/half_cost.py: the largest growth seen on the demo grids was below it by a margin).
+# Spreads between a partial ensemble's accuracy and what its K members may reach. Chosen on the
+# unpruned starsse-demo grids of seeds 0-3, where the largest growth from any step to K members was
+# 3.55 spreads; on grids it was not chosen on (starsse-demo seeds 4-7, sse-demo seeds 0-7) it was at
+# most 4.11 (benchmarks/half_cost.py prints it per seed).
 Z = 4.5
 
 
