@@ -61,13 +61,19 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@app.command()
+templates_app = typer.Typer(help="List study templates (show NAME: one as TOML).", invoke_without_command=True)
+app.add_typer(templates_app, name="templates")
+
+
+@templates_app.callback()
 @_one_line_errors
-def templates() -> None:
-    """List study templates."""
+def templates(ctx: typer.Context) -> None:
+    """List study templates; `templates show NAME` prints one as TOML."""
     from enstune.checks import load_checked
     from enstune.config import list_templates
 
+    if ctx.invoked_subcommand is not None:
+        return
     names = list_templates()
     table = Table("method", "search space", "trials", "description")
     # Whole names at any width, on a pipe too (rich assumes 80 columns there): the other columns wrap.
@@ -79,15 +85,30 @@ def templates() -> None:
     out.print(table)
 
 
+@templates_app.command("show")
+@_one_line_errors
+def templates_show(
+    name: Annotated[str, typer.Argument(help="A template's name or a study file, PATH.toml.")],
+) -> None:
+    """Print a template (or study file) as TOML, its base merged in: a study file to start from."""
+    from enstune.checks import load_checked
+    from enstune.config import resolved_data, to_toml
+
+    load_checked(name)  # a template or file that would not create a study says so here
+    data, template = resolved_data(name)
+    sys.stdout.write(f"# {name}: {template}'s keys with its bases merged; `enstune study create FILE.toml` reads it\n"
+                     + to_toml(data))
+
+
 @study_app.command("create")
 @_one_line_errors
 def study_create(
-    template: str,
+    template: Annotated[str, typer.Argument(help="A template's name (enstune templates) or a study file, PATH.toml.")],
     name: Annotated[str | None, typer.Option("--name", help="Study name (default: the template's).")] = None,
     storage: Storage = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a spec key: key=value.")] = None,
 ) -> None:
-    """Create a study from a template (idempotent)."""
+    """Create a study from a template or a study file (idempotent); the spec is stored, the file is not needed after."""
     from enstune import study as st
     from enstune.storage import mask_url, resolve_url
 
@@ -188,9 +209,12 @@ def study_show(name: str, storage: Storage = None, as_json: AsJson = False) -> N
         return
     spec = info["spec"]
     best = "—" if info["best_value"] is None else f"{info['best_value']:.4f}"
+    failed = f" (and {info['failed']} failed, their points queued again)" if info["failed"] else ""
     out.print(f"study {name} ({spec['template']}, method {spec['method']}, K={spec['members']}) in "
-              f"{info['storage']}: {info['n_trials']}/{info['budget']} trials, best val ens acc {best}",
+              f"{info['storage']}: {info['counted']}/{info['budget']} trials{failed}, best val ens acc {best}",
               markup=False, highlight=False)
+    if spec.get("source"):
+        out.print(f"made from {spec['template']} with {spec['source']}", markup=False, highlight=False)
     out.print(trials_table(info["trials"]))
     for line in info["failed_for_good"]:
         out.print(line, markup=False, highlight=False)

@@ -111,6 +111,8 @@ class StudySpec:
     # intervals is failed and re-queued. A property of the study, so that every worker judges
     # staleness alike; a worker's --heartbeat may only lengthen it.
     heartbeat: int = 60
+    # Where the spec came from beyond its template: the study file and the --set overrides ("": the template as is).
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -480,13 +482,48 @@ def list_templates() -> list[str]:
     return sorted(p.name.removesuffix(".toml") for p in root.iterdir() if p.name.endswith(".toml"))
 
 
+def is_study_file(name: str) -> bool:
+    """Whether ``name`` is a study file's path rather than a template's name (templates hold no ``/`` nor ``.toml``)."""
+    return name.endswith(".toml") or "/" in name or "\\" in name
+
+
 def load_template(name: str, overrides: list[str] | tuple[str, ...] = ()) -> StudySpec:
-    """Read template ``name``, apply ``--set`` overrides and validate the result."""
-    data = apply_overrides(_template_data(name), list(overrides))
-    if data.get("template", name) != name:
-        raise ConfigError(f"template is the name of the template ({name!r}); --set cannot change it")
-    data["template"] = name
+    """Read template ``name`` (or the study file at that path), apply ``--set`` overrides and validate the result."""
+    data, template = resolved_data(name)
+    data = apply_overrides(data, list(overrides))
+    if data.get("template", template) != template:
+        raise ConfigError(f"template is the name of the template ({template!r}); --set cannot change it")
+    data["template"] = template
+    notes = ([f"file {pathlib.Path(name).name}"] if is_study_file(name) else []) + [f"--set {o}" for o in overrides]
+    if notes:  # a spec that is no template as shipped says what made it
+        data["source"] = "; ".join(notes)
     return spec_from_dict(data)
+
+
+def resolved_data(name: str) -> tuple[dict[str, Any], str]:
+    """(raw dict, template name) of template ``name`` or of the study file at path ``name``, its base merged."""
+    if not is_study_file(name):
+        return _template_data(name), name
+    path = pathlib.Path(name)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ConfigError(f"cannot read study file {name}: {why}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"malformed TOML in study file {name}: {exc}") from None
+    if "source" in data:
+        raise ConfigError(f"study file {name}: source is written by enstune (what made the spec), not set")
+    base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"study file {name}: base must name a template, got {_show(base)}")
+    if base:
+        merged = _merge(_template_data(base), data)
+        return merged, data.get("template", base)
+    template = data.get("template", path.stem)
+    return data, template if isinstance(template, str) else path.stem
 
 
 def _template_data(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -501,7 +538,9 @@ def _template_data(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in template {name!r}: {exc}") from None
     base = data.pop("base", None)
-    return _merge(_template_data(base, (*seen, name)), data) if base else data
+    merged = _merge(_template_data(base, (*seen, name)), data) if base else data
+    merged.pop("template", None)  # a base's name is not its heir's
+    return merged
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -512,3 +551,42 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = _deepcopy(value)
     return merged
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """``data`` (TOML's types, None values left out) as a TOML document that ``tomllib`` reads back equal."""
+    lines: list[str] = []
+    _toml_table(data, (), lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key and all(c.isalnum() or c in "-_" for c in key) else _toml_value(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + "".join(c if c.isprintable() and c not in '"\\' else f"\\u{ord(c):04x}" for c in value) + '"'
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    raise ConfigError(f"cannot write {_show(value)} as TOML")
+
+
+def _toml_table(data: dict[str, Any], path: tuple[str, ...], lines: list[str]) -> None:
+    """Scalars of table ``path`` under its header, then its sub-tables (the empty ones too: a header says they exist)."""
+    scalars = {k: v for k, v in data.items() if v is not None and not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append("")
+        lines.append("[" + ".".join(map(_toml_key, path)) + "]")
+    lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in scalars.items())
+    for key, table in tables.items():
+        _toml_table(table, (*path, key), lines)

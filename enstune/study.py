@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import pathlib
 import random
 import time
 import unicodedata
@@ -17,7 +18,7 @@ from optuna.trial import TrialState
 
 from enstune.checks import check_spec, load_checked, read_params
 from enstune.claims import NAME_LIMIT, SUFFIX, claims_owner, companion_name, companions
-from enstune.config import Param, StudySpec, TrialConfig, spec_from_dict, to_dict
+from enstune.config import Param, StudySpec, TrialConfig, is_study_file, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
 from enstune.storage import bulk, mask_url, open_storage, resolve_url
 
@@ -98,6 +99,11 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
     return points
 
 
+def _unsourced(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec dict without its ``source`` note: the same spec made from a file or by --set is the same study."""
+    return {k: v for k, v in data.items() if k != "source"}
+
+
 def _wait_ready(study: optuna.Study, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
     """The stored spec dict; a study being created by another process gets ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -141,7 +147,9 @@ def cheapest_first(spec: StudySpec, points: list[dict[str, Any]]) -> list[dict[s
 
 def create(template: str, name: str | None = None, storage_url: str | None = None,
            overrides: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
-    """Create a study from a template; return (name, created). Same name and spec again: a no-op.
+    """Create a study from a template or a study file (its content stored, never its path); return (name, created).
+
+    Same name and spec again: a no-op. A study file's study is named after the file by default.
 
     Safe under races: of many concurrent creators exactly one creates the study and queues
     its grid; the spec is stored last, and is what marks the study ready for workers.
@@ -149,14 +157,14 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     spec = load_checked(template, overrides)  # checked before anything touches the storage
     if name is not None and not name.strip():
         raise ConfigError("--name must not be empty")
-    name = name or template
+    name = name or (pathlib.Path(template).stem if is_study_file(template) else template)
     check_name(name)
     storage = open_storage(storage_url)
     wanted = to_dict(spec)
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        if _same_spec_dict(_wait_ready(_load(name, storage))) != wanted:
+        if _unsourced(_same_spec_dict(_wait_ready(_load(name, storage)))) != _unsourced(wanted):
             raise EnstuneError(f"study {name!r} already exists with a different spec") from None
         return name, False
     try:
@@ -245,9 +253,11 @@ def show(name: str, storage_url: str | None = None) -> dict[str, Any]:
     spec = load_spec(study)
     rows = trial_rows(study)
     best = best_value(study)
+    failed = sum(r["state"] == TrialState.FAIL.name for r in rows)
+    # A failed trial's point is queued again as a new trial: only the others count against the budget.
     return {"name": name, "storage": mask_url(resolve_url(storage_url)), "spec": to_dict(spec),
-            "n_trials": len(rows), "budget": budget(spec), "best_value": best, "trials": rows,
-            "failed_for_good": failed_points(study)}
+            "n_trials": len(rows), "counted": len(rows) - failed, "failed": failed, "budget": budget(spec),
+            "best_value": best, "trials": rows, "failed_for_good": failed_points(study)}
 
 
 def list_studies(storage_url: str | None = None) -> list[dict[str, Any]]:
