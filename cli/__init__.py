@@ -293,12 +293,16 @@ def recommend(
     as_json: AsJson = False,
 ) -> None:
     """Propose (lr_mult, epoch_mult) for a dataset from finished studies and the paper's Table 3."""
-    from enstune.recommend import enqueue, propose
+    from enstune.recommend import enqueue, known_datasets, knows, propose
 
     proposals = propose(dataset, method, top, storage)
     queued = enqueue(enqueue_into, proposals, method, storage) if enqueue_into else []
+    if not knows(proposals):  # a new dataset: what it gets is the other datasets' pooled optima
+        err.print(f"note: nothing is known of dataset {dataset!r} (no finished study of it, not in the paper's "
+                  f"Table 3; known: {', '.join(known_datasets(storage))}): the proposals pool the other datasets' "
+                  f"optima", markup=False, highlight=False)
     if as_json:
-        sys.stdout.write(json.dumps({"dataset": dataset, "method": method,
+        sys.stdout.write(json.dumps({"dataset": dataset, "method": method, "known": knows(proposals),
                                      "proposals": [p.to_dict() for p in proposals],
                                      "enqueued": [p.to_dict() for p in queued]}, indent=2) + "\n")
         return

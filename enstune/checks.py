@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+import math
+from pathlib import Path
+
 from enstune.config import (LATER_MEMBER_AXES, SHARED_PARAMS, TRIAL_PARAMS, StudySpec, TrialConfig, load_template,
                             study_methods)
-from enstune.data import list_datasets
+from enstune.data import list_datasets, reads_files
 from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
 from enstune.methods import get_method
@@ -75,3 +79,55 @@ def unread(spec: StudySpec, method: str, name: str) -> str | None:
     if spec.members == 1 and name in LATER_MEMBER_AXES:
         return "it acts on members 2..K and members is 1"
     return None if name in get_method(method).reads else f"method {method} never reads it"
+
+
+def check_new(spec: StudySpec, home: Path) -> list[str]:
+    """What a study is checked for when it is created, beyond what its workers check on load.
+
+    A warm-up longer than the training it warms up is refused; the paths it reads that are not
+    found here come back as one-line warnings (a cluster's paths may be mounted only where its
+    workers run, so they are not refused).
+    """
+    check_warmup(spec)
+    return missing_paths(spec, home)
+
+
+def check_warmup(spec: StudySpec) -> None:
+    """Refuse a warm-up in epochs longer than the ×1 training, or, warming up every cycle, than the shortest cycle."""
+    f = spec.finetune
+    if f.warmup_steps > 0 or f.warmup_epochs == 0:  # steps: their length in epochs depends on the data's size
+        return
+    epochs = _axis(spec, "epochs", f.epochs)
+    shortest = min(epochs)
+    if f.warmup_epochs > shortest:
+        raise ConfigError(f"finetune.warmup_epochs is {f.warmup_epochs:g}, longer than the {shortest:g} epochs it "
+                          f"warms up: at most finetune.epochs")
+    if not f.cycle_warmup or spec.members == 1:
+        return
+    mults = _axis(spec, "epoch_mult", 1.0)
+    for e, m in itertools.product(epochs, mults):
+        if f.warmup_epochs > (cycle := max(1, math.floor(e * m))):
+            raise ConfigError(f"finetune.warmup_epochs is {f.warmup_epochs:g} and cycle_warmup warms up every cycle, "
+                              f"but a cycle of {e:g} x {m:g} trains {cycle} epoch(s)")
+
+
+def _axis(spec: StudySpec, name: str, default: float) -> tuple[float, ...]:
+    """The values axis ``name`` takes (a range: its low end, the shortest training), else ``default``."""
+    if name not in spec.space:
+        return (default,)
+    p = spec.space[name]
+    return tuple(p.choices) or (p.low,)
+
+
+def missing_paths(spec: StudySpec, home: Path) -> list[str]:
+    """One line for the data directory and one for the checkpoint files of ``spec`` that do not exist under ``home``."""
+    task, out = spec.task, []
+    if reads_files(task.dataset) and not Path(task.data_dir.format(home=home)).exists():
+        out.append(f"task.data_dir {task.data_dir.format(home=home)} does not exist here; workers must find "
+                   f"{task.dataset} there")
+    missing = [c.format(home=home) for c in task.checkpoints if not Path(c.format(home=home)).is_file()]
+    if missing:
+        n = len(task.checkpoints)
+        out.append(f"task.checkpoints: {len(missing)} of {n} file{'s' * (n != 1)} not found here, e.g. {missing[0]}; "
+                   f"workers must find them")
+    return out

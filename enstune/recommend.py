@@ -5,7 +5,8 @@ Ranking, for a method:
 2. the paper's optima for that dataset (Table 3, one per pre-training);
 3. every other known optimum of the method, pooled: a setting optimal in more places ranks
    higher, ties broken towards the middle of the known optima (log scale).
-Each proposal lists where it came from.
+Each proposal lists where it came from. A study's dataset is its task's dataset, or, for a tree of
+class folders (``imagefolder``), the last component of its data_dir: pets and cars are two datasets.
 """
 
 from __future__ import annotations
@@ -82,6 +83,16 @@ def propose(dataset: str, method: str = "starsse", top: int = 5, storage_url: st
     return rank(dataset.lower(), method, study_optima(storage_url) + paper_optima())[:top]
 
 
+def known_datasets(storage_url: str | None = None) -> list[str]:
+    """The datasets some evidence is about: the paper's and those of the storage's studies (folders by their name)."""
+    return sorted({o.dataset for o in study_optima(storage_url) + paper_optima()})
+
+
+def knows(proposals: list[Proposal]) -> bool:
+    """Whether any proposal comes from the dataset itself (its own studies or the paper), not only from others."""
+    return any(p.tier.startswith("this dataset") for p in proposals)
+
+
 def rank(dataset: str, method: str, known: list[Optimum]) -> list[Proposal]:
     """Proposals for ``dataset`` and ``method`` from ``known`` optima (studies first, then the paper)."""
     same = [o for o in known if o.method == method]
@@ -122,6 +133,7 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
 
     from enstune import study as st
     from enstune.config import spec_from_dict
+    from enstune.data import dataset_label
     from enstune.errors import EnstuneError
     from enstune.regimes import classify
     from enstune.storage import open_storage
@@ -139,7 +151,7 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
         rows = st.trial_rows(optuna.load_study(study_name=summary.study_name, storage=storage))
         for g in classify(rows, spec.method, members=spec.members):
             if g.label == "optimal" and not g.partial and g.lr_mult is not None and g.epoch_mult is not None:
-                out.append(Optimum(spec.task.dataset, g.method, float(g.lr_mult), float(g.epoch_mult),
+                out.append(Optimum(dataset_label(spec.task), g.method, float(g.lr_mult), float(g.epoch_mult),
                                    f"study {summary.study_name} ({spec.task.model}, trial {g.number}, "
                                    f"val {g.val_ens_acc:.3f})", g.val_ens_acc))
     return out

@@ -11,16 +11,17 @@ import pathlib
 import random
 import time
 import unicodedata
+import warnings
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
-from enstune.checks import check_spec, load_checked, read_params
+from enstune.checks import check_new, check_spec, load_checked, read_params
 from enstune.claims import NAME_LIMIT, SUFFIX, claims_owner, companion_name, companions
 from enstune.config import Param, StudySpec, TrialConfig, is_study_file, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
-from enstune.storage import bulk, mask_url, open_storage, resolve_url
+from enstune.storage import bulk, home_dir, mask_url, open_storage, resolve_url
 
 SPEC_ATTR = "spec"
 RECIPE_PARAMS = ("epochs", "lr", "weight_decay")
@@ -155,6 +156,8 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     its grid; the spec is stored last, and is what marks the study ready for workers.
     """
     spec = load_checked(template, overrides)  # checked before anything touches the storage
+    for line in check_new(spec, home_dir()):
+        warnings.warn(line, stacklevel=2)
     if name is not None and not name.strip():
         raise ConfigError("--name must not be empty")
     name = name or (pathlib.Path(template).stem if is_study_file(template) else template)

@@ -71,3 +71,32 @@ def test_recommend_command_uses_finished_studies(home):
     first = json.loads(result.stdout)["proposals"][0]
     assert first["tier"] == "this dataset, own studies" and "study done" in first["sources"][0]
     assert runner.invoke(app, ["recommend", "--dataset", "demo", "--method", "nope"]).exit_code == 1
+
+
+def test_folder_datasets_are_told_apart_by_their_folder_and_an_unknown_one_says_so(home):
+    from enstune.config import load_template, to_dict
+    from enstune.data import dataset_label
+    from enstune.storage import open_storage
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["study", "create", "starsse-demo", "--name", "done", *TINY_SET]).exit_code == 0
+    assert runner.invoke(app, ["study", "run", "done"]).exit_code == 0
+    storage = open_storage(None)
+    finished = optuna.load_study(study_name="done", storage=storage).get_trials()
+    for folder in ("pets", "cars"):  # the same evidence, as two studies on two trees of class folders
+        spec = load_template("starsse-demo", [*TINY, "task.dataset=imagefolder", f"task.data_dir=/data/{folder}/"])
+        assert dataset_label(spec.task) == folder
+        study = optuna.create_study(study_name=folder, storage=storage, direction="maximize")
+        study.add_trials(finished)
+        study.set_user_attr("spec", to_dict(spec))
+    pets = json.loads(runner.invoke(app, ["recommend", "--dataset", "pets", "--json"]).stdout)
+    assert pets["known"] and pets["proposals"][0]["tier"] == "this dataset, own studies"
+    assert pets["proposals"][0]["sources"][0].startswith("study pets")
+    from enstune.recommend import study_optima
+    assert {o.dataset for o in study_optima()} == {"demo", "pets", "cars"}
+    nope = runner.invoke(app, ["recommend", "--dataset", "nope", "--json"])
+    assert nope.exit_code == 0 and not json.loads(nope.stdout)["known"]
+    (line,) = nope.stderr.strip().splitlines()
+    assert line.startswith("note: nothing is known of dataset 'nope'") and "cars" in line and "pets" in line
+    known = runner.invoke(app, ["recommend", "--dataset", "cifar100"])
+    assert "nothing is known" not in known.stderr

@@ -96,3 +96,39 @@ def test_show_counts_a_failed_trial_apart_from_the_budget(home):
     assert "1/1 trials (and 1 failed, their points queued again)" in shown.stdout, shown.stdout
     info = json.loads(invoke("study", "show", "starsse-demo", "--json").stdout)
     assert (info["n_trials"], info["counted"], info["failed"]) == (2, 1, 1)
+
+
+def test_paths_not_found_here_warn_in_one_line_each_and_the_study_is_made(home, tmp_path):
+    import warnings
+
+    from enstune import study as st
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        name, created = st.create("starsse-cifar100", overrides=["task.data_dir=/cluster/only/cifar"])
+    lines = [str(w.message) for w in caught]
+    assert created and len(lines) == 2, lines
+    assert lines[0].startswith("task.data_dir /cluster/only/cifar does not exist here")
+    assert lines[1].startswith("task.checkpoints: 5 of 5 files not found here, e.g. " + str(home / "checkpoints"))
+    assert all("\n" not in line for line in lines)
+    (tmp_path / "cifar").mkdir()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        st.create("starsse-cifar100", name="found", overrides=[f"task.data_dir={tmp_path / 'cifar'}",
+                                                                 "task.checkpoints=[]"])
+    assert [str(w.message) for w in caught] == []
+    with warnings.catch_warnings(record=True) as caught:  # the demo reads no data directory
+        warnings.simplefilter("always")
+        st.create("starsse-demo")
+    assert [str(w.message) for w in caught] == []
+
+
+def test_a_warm_up_longer_than_training_is_refused_in_one_line():
+    one_line_error(invoke("study", "create", "starsse-demo", "--set", "finetune.warmup_epochs=200"),
+                   "finetune.warmup_epochs is 200, longer than the 160 epochs it warms up")
+    one_line_error(invoke("study", "create", "finetune-demo", "--set", "finetune.warmup_epochs=30"),
+                   "longer than the")  # the shortest epochs of the grid
+    cycles = ["--set", "finetune.cycle_warmup=true", "--set", "finetune.warmup_epochs=50"]
+    one_line_error(invoke("study", "create", "starsse-demo", *cycles),
+                   "cycle_warmup warms up every cycle, but a cycle of 160 x 0.25 trains 40 epoch(s)")
+    assert optuna.get_all_study_names(open_storage(None)) == []

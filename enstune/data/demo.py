@@ -84,7 +84,7 @@ def _captures(x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor, n: int) -> 
     return _split((x + NOISE_STD * noise[:n]).clamp_(0, 1).flatten(0, 1), y.repeat(n))
 
 
-@register_dataset("demo")
+@register_dataset("demo", files=False)
 def demo(task, home: Path) -> TaskData:  # noqa: ANN001
     """The demo target task; validation is carved from its training digits with ``task.split_seed``."""
     x, y = _digits()

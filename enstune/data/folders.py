@@ -265,7 +265,7 @@ def _folders(task, home: Path, root: Path, test_dirs: Sequence[str]) -> TaskData
     return folder_task(task, home, root / "train", (files, labels), (test_files, test_labels), names, test_dir)
 
 
-@register_dataset("imagefolder")
+@register_dataset("imagefolder", named_by_folder=True)
 def imagefolder(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     """Class folders under ``task.data_dir``/train and /test (or /val, used when there is no test/); names = folders."""
     return _folders(task, home, _root(task, home), ("test", "val"))
