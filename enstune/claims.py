@@ -28,11 +28,12 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat, get_heartbeat_thread, is_heartbeat_enabled
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import Deferred, EnstuneError
+from enstune.storage.heartbeat import beats_for
 
 OWNER_ATTR = "claims_of"  # study system attribute of a companion: the study whose members it claims
 MEMBER, OWNER, BEATING = "member", "owner", "beating"  # claim system attributes
@@ -86,7 +87,7 @@ class Lease:
 
     def __enter__(self) -> Lease:
         assert self.trial_id is not None, "a member found in the cache is not trained"
-        self._beats = get_heartbeat_thread(self.trial_id, self.claims.storage)
+        self._beats = beats_for(self.trial_id, self.claims.storage)
         self._beats.start()
         return self
 
@@ -139,9 +140,14 @@ class Claims:
     def acquire(self, key: str, lookup: Callable[[str], Any], wait: bool = True) -> Lease:
         """Hold the claim on member ``key``, or find the member ``lookup(key)`` once its holder completes.
 
-        Without ``wait``, a claim another live worker holds raises ``Held`` at once.
+        Without ``wait``, a claim another live worker holds raises ``Held`` at once. A stop check in
+        force (``enstune.training.stop_when``: the trial it is for was failed elsewhere) raises before
+        any claim is opened, so no member is claimed for a trial that is no longer this worker's.
         """
+        from enstune.training import check_stop
+
         while True:
+            check_stop()
             mine = self._open(key)
             holder = self._holder(key)
             if holder is not None and holder._trial_id == mine:
@@ -161,12 +167,15 @@ class Claims:
 
     def _settled(self, holder: FrozenTrial, key: str, wait: bool) -> FrozenTrial:
         """Claim ``holder`` once it has ended: COMPLETE, FAIL, or failed here as stale."""
+        from enstune.training import check_stop
+
         while holder.state == TrialState.RUNNING:
             if self._stale(holder):
                 self._end(holder._trial_id, TrialState.FAIL)
                 return self.storage.get_trial(holder._trial_id)  # it may have completed first
             if not wait:
                 raise Held(key, holder.system_attrs.get(OWNER, "another worker"))
+            check_stop()
             time.sleep(self.poll)
             holder = self.storage.get_trial(holder._trial_id)
         return holder

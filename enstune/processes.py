@@ -29,6 +29,7 @@ from enstune.config import Task
 from enstune.errors import EnstuneError
 from enstune.executor import Slot, parse_devices
 from enstune.methods import MemberJob
+from enstune.training import check_stop
 
 POLL = 1.0  # seconds between checks that the other side of a queue is still alive
 
@@ -104,6 +105,11 @@ class Group:
                 try:
                     kind, rank, payload = self._outbox.get(timeout=POLL)
                 except queue.Empty:
+                    try:
+                        check_stop()
+                    except BaseException:
+                        self.close()  # the ranks train on otherwise: start afresh for the next member
+                        raise
                     dead = [p for p in self._procs if not p.is_alive()]
                     if dead:
                         self.close()

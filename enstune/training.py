@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,29 @@ from enstune.schedules import get_schedule
 EpochCallback = Callable[[int, int, float], None]
 # extra(model, x, y, head input features, logits) -> a weighted loss term added to the cross-entropy
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_STOP: list[Callable[[], None]] = []  # checks in force (``stop_when``), run before every step of this process
+
+
+@contextlib.contextmanager
+def stop_when(check: Callable[[], None]) -> Iterator[None]:
+    """Within: ``check()`` runs before every training step of this process (and at ``check_stop``) and may raise.
+
+    The worker's check raises once its trial was failed elsewhere, so the member in progress stops
+    within a step rather than training on for nothing.
+    """
+    _STOP.append(check)
+    try:
+        yield
+    finally:
+        _STOP.remove(check)
+
+
+def check_stop() -> None:
+    """Run the checks in force (``stop_when``); whatever one raises stops the work in progress."""
+    for check in tuple(_STOP):
+        check()
 
 
 @dataclass(frozen=True)
@@ -222,6 +245,8 @@ def _epoch(data: Split, recipe: Recipe, generator: torch.Generator, step: _Step)
     loss_sum: torch.Tensor | float = 0.0
     step.taken = 0
     for x, y in data.training_batches(recipe.batch_size, generator):
+        if _STOP:
+            check_stop()
         loss_sum = loss_sum + step(x, y)
     if step.world > 1:  # every rank sees the same mean, and so diverges or not together
         loss_sum = torch.as_tensor(loss_sum, dtype=torch.float32, device=step.device)

@@ -31,6 +31,7 @@ from enstune.progress import Reporter
 from enstune.pruning import make_pruner, make_sampler
 from enstune.storage import MAX_RETRY, PATIENCE, home_dir, open_storage, open_storage_patiently
 from enstune.storage import retry
+from enstune.storage.heartbeat import TakenOver, beating, beats_for, fenced
 from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec
 
 MAX_HEARTBEAT = 86_400  # seconds: a day between heartbeats is as long as one may be
@@ -65,7 +66,13 @@ def _interrupt(signum: int, _frame: Any) -> None:
     # not be cut hold the signal until they end (_deferred_signals).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Interrupted(signum)
+    _SIGNALLED.append(Interrupted(signum))
+    raise _SIGNALLED[-1]
+
+
+# The signal raised during the trial in progress: Optuna may lose it on the way out (its trial found failed
+# elsewhere makes its own error), and the worker must still stop.
+_SIGNALLED: list[Interrupted] = []
 
 
 @contextlib.contextmanager
@@ -135,12 +142,21 @@ class _Recorded:
         self.objective = objective
 
     def __call__(self, trial: optuna.Trial) -> float:
+        from enstune.training import stop_when
+
+        beats = beating(trial._trial_id)
         try:
-            return self.objective(trial)
+            # Once another worker failed the trial (its heartbeats looked silent), training stops within a step.
+            with stop_when(beats.check) if beats is not None else contextlib.nullcontext():
+                return self.objective(trial)
         except (optuna.TrialPruned, OverBudget):
+            if fenced(trial._trial_id, trial.study._storage):
+                _LEFT.add(trial.number)
             raise
         except Exception as exc:
-            if not _taken_over(exc) and not _storage_fault(exc):
+            if _taken_over(exc) or fenced(trial._trial_id, trial.study._storage):
+                _LEFT.add(trial.number)
+            elif not _storage_fault(exc):
                 text = str(exc).splitlines()[0] if str(exc) else ""
                 with contextlib.suppress(Exception), _deferred_signals():  # the error, not this write, is reported
                     trial.study._storage.set_trial_system_attr(trial._trial_id, retry.ERROR_ATTR,
@@ -164,10 +180,51 @@ def _storage_fault(exc: BaseException) -> bool:
     return is_transient(exc) or caused_by(exc, storage)
 
 
-def _taken_over(exc: Exception) -> bool:
+def _taken_over(exc: BaseException) -> bool:
     """Whether ``exc`` says this worker's trial was failed by another one (a long storage outage)."""
-    return isinstance(exc, optuna.exceptions.UpdateFinishedTrialError) or (
-        isinstance(exc, ValueError) and str(exc).startswith("Cannot tell a"))
+    from enstune.storage.resilient import caused_by
+
+    # Anywhere in the chain: a trial that completed here after it was failed elsewhere ends in Optuna's
+    # "Should not reach" assertion, raised over its "Cannot tell a FAIL trial".
+    return caused_by(exc, lambda e: isinstance(e, (optuna.exceptions.UpdateFinishedTrialError, TakenOver)) or (
+        isinstance(e, ValueError) and str(e).startswith("Cannot tell a")))
+
+
+_LEFT: set[int] = set()  # numbers of trials this worker left because another one had failed them
+
+
+class _QuietLeft(logging.Filter):
+    """Drops Optuna's lines on a trial this worker left (failed elsewhere): the worker says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(message.startswith(f"Trial {n} failed") for n in _LEFT)
+
+
+@contextlib.contextmanager
+def _own_heartbeats() -> Iterator[None]:
+    """Within: ``study.optimize`` beats with enstune's heartbeat thread (``enstune.storage.heartbeat.Beats``).
+
+    Optuna's own thread waits out a lost database with back-off longer than an interval, and
+    dies when a call fails for good; enstune's beats again within seconds of the storage's return
+    and says when another worker failed the trial, which then stops here.
+    """
+    from optuna.study import _optimize
+
+    before, quiet = _optimize.get_heartbeat_thread, _QuietLeft()
+    _optimize.get_heartbeat_thread = beats_for
+    logging.getLogger(_optimize.__name__).addFilter(quiet)
+    try:
+        yield
+    finally:
+        _optimize.get_heartbeat_thread = before
+        logging.getLogger(_optimize.__name__).removeFilter(quiet)
+
+
+def _interrupted_too() -> Interrupted | None:
+    """The signal that cut short the trial in progress, if one did (Optuna raises another error over it when the
+    trial was failed elsewhere meanwhile)."""
+    return _SIGNALLED[-1] if _SIGNALLED else None
 
 
 def _heartbeat(spec: StudySpec, asked: int | None) -> int:
@@ -255,7 +312,7 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
     beats = optuna.storages.fail_stale_trials if is_heartbeat_enabled(storage) else None
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ran, ended, pending = 0, None, None
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _own_heartbeats():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # fail_stale_trials
         while (n_trials is None or ran < n_trials) and (deadline is None or time.monotonic() < deadline):
             counted, pending = pending or census(study), None
@@ -270,6 +327,7 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
                 beats(study)
                 continue
             objective.seen = counted.states
+            _SIGNALLED.clear()
             try:
                 with _signals_interrupt():
                     study.optimize(_Recorded(objective), n_trials=1, catch=(OverBudget,), gc_after_trial=False)
@@ -278,7 +336,10 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
                 raise
             except Exception as exc:
                 if _taken_over(exc):
-                    log.warning("a trial of this worker was retried elsewhere after a storage outage; carrying on")
+                    if (signal_ := _interrupted_too()) is not None:
+                        signal_.outcome = _left(study, objective)
+                        raise signal_ from None
+                    log.warning("%s; carrying on", _left(study, objective))
                 elif study.study_name not in optuna.get_all_study_names(storage):
                     raise EnstuneError(f"study {study.study_name!r} was deleted while this worker ran it; the "
                                        f"worker stops") from None
@@ -329,6 +390,18 @@ def _fate(study: optuna.Study, objective: Objective, exc: Exception) -> str:
         return f"trial {trial.number} failed ({text}); it is retried once its heartbeat goes silent"
     return f"trial {trial.number} failed for good ({text}): its point raised {len(retry.errors(trial))} errors; " \
            f"`enstune study requeue {study.study_name}` queues it again"
+
+
+def _left(study: optuna.Study, objective: Objective) -> str:
+    """What became of the trial another worker failed while this one ran it (it judged its heartbeats silent)."""
+    try:
+        number = f"trial {study._storage.get_trial(objective.trial_id).number}" if objective.trial_id is not None \
+            else "a trial"
+    except Exception:  # noqa: BLE001 - the storage is away: its id names it
+        number = f"trial id {objective.trial_id}"
+    return (f"{number} of this worker was failed by another worker (its heartbeats had not reached the storage "
+            f"for two intervals) and is retried there; this worker left it after {objective.members_done} "
+            f"member(s), which stay in the member cache")
 
 
 def _outcome(study: optuna.Study, objective: Objective) -> str:

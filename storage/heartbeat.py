@@ -17,22 +17,32 @@ from, so that the two kinds of worker may share a study.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages import BaseStorage, JournalStorage
+from optuna.storages._heartbeat import BaseHeartbeat, BaseHeartbeatThread, NullHeartbeatThread, is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from enstune.storage.bulk import set_trial_attrs
-from enstune.storage.resilient import ResilientRDBStorage, dialect_upsert
+from enstune.errors import EnstuneError
+from enstune.storage.bulk import native, set_trial_attrs
+from enstune.storage.resilient import ResilientRDBStorage, dialect_upsert, one_try
 
 HEARTBEAT_ATTR = "heartbeat"
 WORKER_ATTR = "worker"  # user attribute: host:pid of the process that runs the trial, written with its first beat
+# The most seconds a heartbeat thread waits before trying a lost storage again: a beat lands within
+# this of the storage's return (and never later than an interval), well before any judge's grace.
+RETRY_CAP = 5.0
+# A trial's writes once this process found it failed by another one (see ``Beats``).
+_WRITES = ("set_trial_param", "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+           "set_trial_system_attr", "set_trial_attrs")
+log = logging.getLogger("enstune.storage")
 
 
 def _process_start(pid: int) -> str | None:
@@ -76,8 +86,11 @@ def _owner() -> dict[str, Any]:
     return {"host": socket.gethostname(), "pid": os.getpid(), "start": _process_start(os.getpid())}
 
 
-def _beat(storage: optuna.storages.BaseStorage, trial_id: int, owner: dict[str, Any], named: set[int]) -> None:
-    """Record on ``storage`` that ``owner`` still runs ``trial_id``; the first beat also names the worker."""
+def _beat(storage: optuna.storages.BaseStorage, trial_id: int, owner: dict[str, Any], named: set[int]) -> bool:
+    """Record on ``storage`` that ``owner`` still runs ``trial_id``; the first beat also names the worker.
+
+    False, and nothing written, when the trial has ended (another worker failed it as stale).
+    """
     # The worker's name is a user attribute, so that users see who runs a trial (the dashboard
     # shows those); it rides with the first beat rather than costing a write of its own.
     user = {} if trial_id in named else {WORKER_ATTR: f"{owner['host']}:{owner['pid']}"}
@@ -85,8 +98,9 @@ def _beat(storage: optuna.storages.BaseStorage, trial_id: int, owner: dict[str, 
         set_trial_attrs(storage, trial_id, user=user, system={HEARTBEAT_ATTR: {"time": time.time(), "trial": trial_id,
                                                                                  **owner}})
     except optuna.exceptions.UpdateFinishedTrialError:
-        return  # another worker failed it meanwhile (this one looked dead): nothing left to beat for
+        return False  # another worker failed it meanwhile (this one looked dead): nothing left to beat for
     named.add(trial_id)
+    return True
 
 
 def check_interval(interval: Any) -> None:  # noqa: ANN401 - whatever a caller passed
@@ -117,7 +131,11 @@ class AttributeHeartbeat(BaseHeartbeat):
 
     def record_heartbeat(self, trial_id: int) -> None:
         """Record that this process still runs ``trial_id``."""
-        _beat(self, trial_id, self._me, self._named)
+        self.beat_once(trial_id)
+
+    def beat_once(self, trial_id: int) -> bool:
+        """One heartbeat of ``trial_id`` now; False when the trial has ended (another worker failed it)."""
+        return _beat(self, trial_id, self._me, self._named)
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         now = time.time()
@@ -196,6 +214,11 @@ class HeartbeatRDBStorage(ResilientRDBStorage):
         """Record that this process still runs ``trial_id`` (table and attribute)."""
         _beat(self, trial_id, self._me, self._named)
 
+    def beat_once(self, trial_id: int) -> bool:
+        """One heartbeat of ``trial_id``, a lost database raised at once; False when the trial has ended."""
+        with one_try():
+            return _beat(self, trial_id, self._me, self._named)
+
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         """Optuna's; a heartbeat attribute is also recorded in the heartbeat table."""
         if key == HEARTBEAT_ATTR:
@@ -259,3 +282,134 @@ def _beat_row(session: Any, trial_id: int, dialect: str) -> None:
         session.add(model(trial_id=trial_id))
     else:
         row.heartbeat = session.execute(sqlalchemy.func.now()).scalar()
+
+
+class TakenOver(EnstuneError):
+    """This worker's trial was failed by another worker, which judged it silent: it is retried there, and left here."""
+
+    def __init__(self, trial_id: int) -> None:
+        super().__init__(f"trial id {trial_id} was failed by another worker (its heartbeats had not reached the "
+                         f"storage for two intervals) and is retried there")
+        self.trial_id = trial_id
+
+
+def fence(storage: BaseStorage, trial_id: int) -> None:
+    """From now on this process writes nothing more of ``trial_id`` (another worker failed it): each write raises."""
+    served = native(storage)
+    served.__dict__.setdefault("_ended_elsewhere", set()).add(trial_id)
+
+
+def fenced(trial_id: int, storage: BaseStorage) -> bool:
+    """Whether ``trial_id`` was found failed by another worker (``fence``)."""
+    return trial_id in native(storage).__dict__.get("_ended_elsewhere", ())
+
+
+def _fenced_write(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: Any, trial_id: int, *args: Any, **kwargs: Any) -> Any:  # noqa: ANN401 - whatever it returns
+        if trial_id in self.__dict__.get("_ended_elsewhere", ()):
+            raise optuna.exceptions.UpdateFinishedTrialError(
+                f"trial id {trial_id} was failed by another worker; this one writes nothing more of it")
+        return method(self, trial_id, *args, **kwargs)
+
+    return call
+
+
+def fence_writes(cls: type) -> type:
+    """``cls`` with every write of a trial refused once ``fence`` named it: a trial retried elsewhere is never
+    written over by the worker that lost it (its results, an error, its end)."""
+    for name in _WRITES:
+        if hasattr(cls, name):
+            setattr(cls, name, _fenced_write(getattr(cls, name)))
+    return cls
+
+
+fence_writes(HeartbeatJournalStorage)
+fence_writes(HeartbeatRDBStorage)
+
+_LIVE: dict[int, Beats] = {}  # trial id -> the heartbeat thread of this process that beats for it
+
+
+class Beats(BaseHeartbeatThread):
+    """enstune's heartbeat thread of one trial (or claim): Optuna's, but a lost storage never silences it for long.
+
+    Optuna's thread calls the storage's ``record_heartbeat``, which waits out a lost database with
+    back-off up to 30 s (and dies with it after 10 minutes), so a trial's beats may lag behind a
+    restart by more than the interval. Here each beat is one try; a failed one is tried again after
+    0.5 s, doubling up to ``RETRY_CAP`` seconds (never more than the interval), so the first beat
+    lands within seconds of the storage's return; any failure is logged once per outage and never
+    ends the thread. A beat that finds the trial ended (another worker failed it as stale) sets
+    ``ended``, fences the trial's writes (``fence``) and stops: ``check`` then raises ``TakenOver``.
+    """
+
+    def __init__(self, trial_id: int, storage: BaseStorage) -> None:
+        self.trial_id, self.storage = trial_id, storage
+        interval = storage.get_heartbeat_interval()
+        assert interval is not None
+        self.interval = float(interval)
+        self.ended = threading.Event()  # another worker failed the trial
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Beat now, then every interval, in a thread of its own."""
+        self._stop.clear()
+        _LIVE[self.trial_id] = self
+        self._thread = threading.Thread(target=self._run, name=f"enstune-heartbeat-{self.trial_id}", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        """Stop beating (at once, even while the storage is away)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        _LIVE.pop(self.trial_id, None)
+
+    def check(self) -> None:
+        """Raise ``TakenOver`` once the trial was found failed by another worker."""
+        if self.ended.is_set():
+            raise TakenOver(self.trial_id)
+
+    def _beat(self) -> bool:
+        served = native(self.storage)
+        if hasattr(served, "beat_once"):
+            return served.beat_once(self.trial_id)
+        self.storage.record_heartbeat(self.trial_id)
+        return True
+
+    def _run(self) -> None:
+        delay, lost_since = 0.5, None
+        cap = min(RETRY_CAP, self.interval)
+        while not self._stop.is_set():
+            try:
+                alive = self._beat()
+            except KeyError:  # the trial is gone with its study: the worker's next call says so
+                return
+            except Exception as exc:  # noqa: BLE001 - a lost storage, or anything else: beat again soon
+                if lost_since is None:
+                    lost_since = time.monotonic()
+                    reason = str(exc).splitlines()[0] if str(exc) else ""
+                    log.warning("heartbeat of trial id %d not recorded (%s: %s); trying again every %.1f s at most",
+                                self.trial_id, type(exc).__name__, reason[:200], cap)
+                self._stop.wait(delay)
+                delay = min(2 * delay, cap)
+                continue
+            if lost_since is not None:
+                log.warning("heartbeats of trial id %d recorded again after %.0f s", self.trial_id,
+                            time.monotonic() - lost_since)
+            delay, lost_since = 0.5, None
+            if not alive:
+                fence(self.storage, self.trial_id)
+                self.ended.set()
+                return
+            self._stop.wait(self.interval)
+
+
+def beats_for(trial_id: int, storage: BaseStorage) -> BaseHeartbeatThread:
+    """The heartbeat thread of ``trial_id`` on ``storage`` (none where it records no heartbeats)."""
+    return Beats(trial_id, storage) if is_heartbeat_enabled(storage) else NullHeartbeatThread()
+
+
+def beating(trial_id: int) -> Beats | None:
+    """The heartbeat thread of this process that beats for ``trial_id`` now, if any."""
+    return _LIVE.get(trial_id)

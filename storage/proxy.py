@@ -31,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
 from enstune.storage import bulk
-from enstune.storage.heartbeat import AttributeHeartbeat, check_interval
+from enstune.storage.heartbeat import AttributeHeartbeat, check_interval, fence_writes
 from enstune.storage.retry import StorageUnavailable
 
 THREADS = 16  # requests served at once, each with a database connection of its own
@@ -184,6 +184,7 @@ class ProxyStorage(GrpcStorageProxy):
         return _tally(reply)
 
 
+@fence_writes
 class HeartbeatProxyStorage(AttributeHeartbeat, ProxyStorage):
     """A storage proxy client whose running trials record heartbeats every ``interval`` seconds."""
 

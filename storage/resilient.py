@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from typing import Any
 
 import optuna
@@ -30,6 +32,20 @@ _RETRIED = (
     "record_heartbeat", "_get_stale_trial_ids", "set_trial_attrs", "census", "heartbeats",
     "get_trial_system_attrs",
 )
+
+
+_ONE_TRY = threading.local()  # per thread: whether a lost connection is raised at once rather than waited out
+
+
+@contextlib.contextmanager
+def one_try() -> Iterator[None]:
+    """Within, on this thread: a storage call that loses its connection raises at once (the caller keeps its own pace)."""
+    before = getattr(_ONE_TRY, "on", False)
+    _ONE_TRY.on = True
+    try:
+        yield
+    finally:
+        _ONE_TRY.on = before
 
 
 def caused_by(exc: BaseException, match: Callable[[BaseException], bool]) -> bool:
@@ -133,7 +149,7 @@ def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
                     return True
                 raise
             except Exception as exc:
-                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                if not is_transient(exc) or getattr(_ONE_TRY, "on", False) or time.monotonic() + delay > deadline:
                     raise
                 failed = True
                 log.warning("storage unreachable (%s); retrying %s in %.1f s", type(exc).__name__, name, delay)
@@ -232,18 +248,26 @@ class ResilientRDBStorage(RDBStorage):
         """Each running trial of the study with a heartbeat: seconds since it last beat, and who beats (its attribute).
 
         A trial's row is written by its own beats alone (a retry starts without one), so a trial that
-        has just started is not in it, and never stale by it.
+        has just started is not in it, and never stale by it. No trial can beat while the database is
+        down: on PostgreSQL a trial's silence counts from the server's start when that came later
+        than its last beat, so that a restart fails no live worker's trial.
         """
         import json
 
+        import sqlalchemy as sa
         from optuna.storages._rdb.storage import _create_scoped_session
 
         with _create_scoped_session(self.scoped_session) as session:
             rows = session.execute(_running_beats(), {"study_id": study_id}).all()
+            up = None
+            if rows and self.engine.name == "postgresql":
+                now, started = session.execute(sa.select(sa.func.now(), sa.func.pg_postmaster_start_time())).one()
+                up = (now - started).total_seconds()
         out = {}
         for trial_id, at, now, owner in rows:
             # As Optuna compares them: the database's clock, without its time zone.
-            out[trial_id] = ((now.replace(tzinfo=None) - at).total_seconds(), json.loads(owner) if owner else None)
+            age = (now.replace(tzinfo=None) - at).total_seconds()
+            out[trial_id] = (age if up is None else min(age, up), json.loads(owner) if owner else None)
         return out
 
     def _state_is(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
