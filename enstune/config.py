@@ -102,8 +102,8 @@ class StudySpec:
     evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
     interp_points: int = 11  # points on each interpolation segment, end points included
     # The evaluators' cost: every point in weight space (soups, segments, joint connectivity)
-    # recalibrates BN on ``bn_images`` training images and is tested on ``curve_images`` validation
-    # images; each OOD test set is cut to ``ood_images`` (0: whole), run through every member and soup.
+    # recalibrates BN on ``bn_images`` training images (the whole set, once, when it is smaller) and is
+    # tested on ``curve_images`` validation images; each OOD test set is cut to ``ood_images`` (0: whole), run through every member and soup.
     bn_images: int = 1024
     curve_images: int = 1024
     ood_images: int = 0

@@ -135,15 +135,20 @@ class Workspace:
     def evaluation(self, results: list[MemberResult], device: torch.device, seed: int, spec: StudySpec,
                    on_model: Callable[[], None] | None = None) -> Members:
         """A trial's members, ready for the evaluators, on ``device``, at the spec's evaluation sizes."""
+        # BN statistics from one augmented pass over at most bn_images training images: a smaller training
+        # set passed again adds only new augmentations of the same images, at the cost of another pass.
         train = self.split("train", device).sample(spec.bn_images, seed)
+        # The reporter that hears of each finished model (``on_model``, its weight_model_done) hears of a long one's pass.
+        progress = getattr(getattr(on_model, "__self__", None), "weight_model_progress", None)
 
         def bn_batches() -> Iterator[torch.Tensor]:
-            # Training-mode inputs (augmented, as BN saw them in training), bn_images of them even
-            # when the labelled set is smaller, the same on every call.
-            generator = torch.Generator().manual_seed(seed)
-            for _ in range(-(-spec.bn_images // len(train))):
-                for x, _ in train.training_batches(256, generator):
-                    yield x
+            # Training-mode inputs (augmented, as BN saw them in training), the same on every call.
+            generator, seen = torch.Generator().manual_seed(seed), 0
+            for x, _ in train.training_batches(256, generator):
+                yield x
+                seen += len(x)
+                if progress is not None:  # a model's BN pass can take minutes: its progress, as training's
+                    progress(seen, len(train))
 
         if self._ood is None and self.data.ood is not None:
             self._ood = self.data.ood()
@@ -151,6 +156,20 @@ class Workspace:
                        train, self.split("val", device), self.split("test", device),
                        WeightSpace(lambda state: self.model_from(state, device), bn_batches, on_model), seed, spec.interp_points,
                        spec.curve_images, spec.ood_images, self._ood, lambda split: self.bind(split, device))
+
+    def evaluation_cost(self, spec: StudySpec) -> str:
+        """One line: the forward passes (images through a network) the spec's evaluators take per trial, on this data."""
+        from enstune.evaluation.evaluators import forward_passes
+
+        sizes = {"train": min(spec.bn_images, len(self.data.train)), "val": len(self.data.val),
+                 "test": len(self.data.test), "curve": min(spec.curve_images, len(self.data.val))}
+        cost = forward_passes(spec.evaluate, spec.members, spec.interp_points, **sizes)
+        models = sum(m for m, _ in cost.values())
+        parts = ", ".join(f"{name} {images:,} ({m} models)" for name, (m, images) in cost.items() if m or images)
+        ood = " + the OOD sets, K + 1 passes over each" if "ood" in spec.evaluate and self.data.ood is not None else ""
+        return (f"evaluation per trial: ~{sum(i for _, i in cost.values()):,} forward passes over {models} weight-space "
+                f"models, BN recalibrated on {sizes['train']:,} training images each"
+                + (f" ({parts})" if parts else "") + ood)
 
     def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:
         """Content key of a job (``enstune.member_keys``): where it starts, how it trains, what it reads."""

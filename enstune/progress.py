@@ -43,6 +43,12 @@ class Reporter:
     def weight_model_done(self) -> None:
         """One more weight-space model (a soup, a point on a segment) was built and its BN recalibrated."""
 
+    def weight_model_progress(self, images: int, total: int) -> None:
+        """The weight-space model being built has had ``images`` of its ``total`` BN images so far."""
+
+    def evaluation_planned(self, line: str) -> None:
+        """What the evaluation of each trial will cost (``Workspace.evaluation_cost``), said once as work starts."""
+
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         """The trial ended in ``state``."""
 
@@ -94,9 +100,16 @@ class RichReporter(Reporter):
         self._progress.update(self._member, description=f"  evaluating {name}", total=steps, completed=step - 1,
                               visible=True)
 
+    def weight_model_progress(self, images: int, total: int) -> None:
+        self._progress.update(self._member, description=f"  evaluating {self._evaluator} · model "
+                                                        f"{self._models + 1}: BN {images}/{total} images")
+
     def weight_model_done(self) -> None:
         self._models += 1
         self._progress.update(self._member, description=f"  evaluating {self._evaluator} · {self._models} models")
+
+    def evaluation_planned(self, line: str) -> None:
+        self._progress.console.print(line, markup=False, highlight=False)
 
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         self._best = best
@@ -137,6 +150,8 @@ class LogReporter(Reporter):
         self._evaluator: tuple[str, int, int, float] | None = None  # name, step, steps, start
         self._models, self._models_said = 0, -math.inf
         self._ended = 0
+        self._planned = ""  # the evaluation's cost per trial, said with the first line
+        self._model_began = 0.0  # when the weight-space model being built began
 
     def _say(self, text: str) -> None:
         with self._lock:
@@ -147,7 +162,7 @@ class LogReporter(Reporter):
         return "trial ?" if self._trial is None else f"trial {self._trial}"
 
     def __enter__(self) -> LogReporter:
-        self._say(f"worker: up to {self._budget} trial(s)")
+        self._say(f"worker: up to {self._budget} trial(s)" + (f"; {self._planned}" if self._planned else ""))
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
@@ -202,16 +217,30 @@ class LogReporter(Reporter):
     def evaluating(self, name: str, step: int, steps: int) -> None:
         self._evaluated()
         self._evaluator = (name, step, steps, self._clock())
+        self._model_began = self._clock()
         self._say(f"{self._where()} evaluating {name} ({step}/{steps})")
 
     def weight_model_done(self) -> None:
         self._models += 1
+        self._model_began = self._clock()
+        self._model_line(f"{self._models} weight-space model(s) so far")
+
+    def weight_model_progress(self, images: int, total: int) -> None:
+        # Inside one model that has taken an interval already: how far its BN pass is, at most once an interval,
+        # as epochs do; a quick model says nothing of its pass.
+        if self._clock() - self._model_began >= self._interval:
+            self._model_line(f"model {self._models + 1}, BN {images}/{total} images")
+
+    def _model_line(self, text: str) -> None:
         now = self._clock()
         if now - self._models_said < self._interval:
             return
         self._models_said = now
         name = self._evaluator[0] if self._evaluator else "evaluation"
-        self._say(f"{self._where()} evaluating {name}: {self._models} weight-space model(s) so far")
+        self._say(f"{self._where()} evaluating {name}: {text}")
+
+    def evaluation_planned(self, line: str) -> None:
+        self._planned = line
 
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         self._evaluated()

@@ -36,3 +36,44 @@ def test_ensemble_can_beat_every_member():
     curve = EnsembleCurve(labels)
     curve.add(a)
     assert curve.add(b) == 1.0 and curve.members == [0.5, 0.5]
+
+
+def test_forward_passes_count_each_evaluators_models_and_images():
+    from enstune.evaluation.evaluators import JOINT_SAMPLES, forward_passes
+
+    cost = forward_passes(["calibration", "diversity", "soups", "connectivity", "ood"], 5, 11,
+                          train=54, val=100, test=200, curve=100)
+    assert cost["calibration"] == cost["diversity"] == (0, 0)
+    # uniform soup (BN, val, test), 5 greedy candidates (BN, val), the greedy soup (BN, test)
+    assert cost["soups"] == (7, 7 * 54 + 100 + 200 + 5 * 100 + 200)
+    models = 2 * 11 + 5 + JOINT_SAMPLES  # two segments, K singles, the Dirichlet mixtures
+    assert cost["connectivity"] == (models, models * 54 + 2 * 11 * (54 + 100) + (5 + JOINT_SAMPLES) * 100)
+    assert forward_passes(["connectivity"], 1, 11, train=1, val=1, test=1, curve=1) == {"connectivity": (0, 0)}
+
+
+def test_bn_recalibration_draws_at_most_the_training_set_once(home):
+    import torch
+
+    from enstune.config import load_template
+    from enstune.members import Workspace
+
+    spec = load_template("starsse-demo", ["bn_images=1024"])
+    ws = Workspace(spec.task, home)
+    n = len(ws.data.train)
+    assert n < 1024
+    done = []
+
+    class Owner:  # a reporter: weight_model_done hears of models, weight_model_progress of one's BN pass
+        def weight_model_done(self):
+            done.append("model")
+
+        def weight_model_progress(self, images, total):
+            done.append((images, total))
+
+    members = ws.evaluation([], torch.device("cpu"), 0, spec, on_model=Owner().weight_model_done)
+    seen = sum(len(x) for x in members.weights.bn_batches())
+    assert seen == n and len(members.train) == n  # one pass over the training set, not 1024 images of it cycled
+    assert done[-1] == (n, n)
+    assert f"BN recalibrated on {n:,} training images each" in ws.evaluation_cost(spec)
+    few = load_template("starsse-demo", ["bn_images=16"])
+    assert sum(len(x) for x in ws.evaluation([], torch.device("cpu"), 0, few).weights.bn_batches()) == 16

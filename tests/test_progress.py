@@ -168,8 +168,12 @@ def test_a_worker_logging_to_a_file_writes_each_step_as_it_happens(home, tmp_pat
     epochs = events.count("trial 0 member 2/2 epoch")
     models = [e for e in events if "so far" in e]
     assert models and models[0] == "trial 0 evaluating soups: 1 weight-space model(s) so far"
-    assert [e for e in events if "so far" not in e] == [
-        "worker: up to 1 trial(s)",
+    # The first line says what each trial's evaluation costs (here soups only, on the demo's training images).
+    assert re.fullmatch(r"worker: up to 1 trial\(s\); evaluation per trial: ~[\d,]+ forward passes over 4 "
+                        r"weight-space models, BN recalibrated on \d+ training images each \(soups [\d,]+ "
+                        r"\(4 models\)\)", events[0]), events[0]
+    assert [e for e in events if "so far" not in e and not re.search(r" BN \d", e)] == [
+        events[0],
         "trial 0 started: lr_mult=2 epoch_mult=20, 2 member(s)",
         "trial 0 member 1/2 started: 3 epoch(s)",
         "trial 0 member 1/2 done: 3 epoch(s), val ens acc F, cached in F s",
@@ -190,3 +194,24 @@ def test_a_worker_logging_to_a_file_writes_each_step_as_it_happens(home, tmp_pat
     assert 2 <= epochs <= 2 + seconds / 30
     evaluated = float(re.search(r"evaluated soups .* in ([\d.]+) s", text).group(1))
     assert 1 <= len(models) <= 1 + evaluated / 30
+
+
+def test_a_long_weight_space_model_reports_its_bn_pass_at_the_bounded_rate_and_the_cost_comes_first():
+    clock, log = Clock(), io.StringIO()
+    reporter = LogReporter(log, budget=1, interval=30, clock=clock)
+    reporter.evaluation_planned("evaluation per trial: ~100 forward passes")
+    with reporter:
+        reporter.trial_started(2, {}, 2)
+        reporter.evaluating("soups", 1, 1)
+        reporter.weight_model_done()
+        for seen in range(8, 1025, 8):  # one model's BN pass, a second a batch of 8
+            clock.now += 1
+            reporter.weight_model_progress(seen, 1024)
+        reporter.weight_model_done()
+        reporter.trial_done("COMPLETE", 0.5, 0.5)
+    lines = [rest for _, rest in parse(log.getvalue())]
+    assert lines[0] == "worker: up to 1 trial(s); evaluation per trial: ~100 forward passes"
+    passes = [line for line in lines if " BN " in line]
+    assert passes[0] == "trial 2 evaluating soups: model 2, BN 240/1024 images"  # 30 s after the first model's line
+    assert len(passes) == 4 and all(" model 2, " in line for line in passes)
+    assert "trial 2 evaluated soups (1/1): 2 weight-space model(s) in 128.0 s" in lines

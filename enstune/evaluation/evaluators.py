@@ -52,6 +52,29 @@ EVALUATORS: Registry[Evaluator] = Registry("evaluator")
 register_evaluator = EVALUATORS.register
 
 
+JOINT_SAMPLES = 50  # Dirichlet draws of joint connectivity
+
+
+def forward_passes(names: Sequence[str], k: int, points: int, *, train: int, val: int, test: int,
+                   curve: int) -> dict[str, tuple[int, int]]:
+    """{evaluator: (weight-space models, images through a network)} for ``k`` members, ``points`` per segment,
+    ``train`` BN images per model and the split sizes; OOD sets not counted (they are made on first use)."""
+    out: dict[str, tuple[int, int]] = {}
+    for name in names:
+        if name == "soups":  # uniform soup (val, test), a model per greedy candidate (val), the greedy soup (test)
+            models, images = k + 2, 2 * (val + test) + k * val - val
+        elif name == "connectivity" and k >= 2:
+            segments = 1 + (k > 2)  # first to last, and a random pair
+            models = segments * points + k + JOINT_SAMPLES
+            images = segments * points * (train + curve) + (k + JOINT_SAMPLES) * curve
+        elif name == "ood":
+            models, images = 1, 0  # the uniform soup; its passes over the OOD sets are not counted here
+        else:  # cached predictions only
+            models, images = 0, 0
+        out[name] = (models, images + models * train)
+    return out
+
+
 def list_evaluators() -> list[str]:
     """Names of the registered evaluators."""
     return EVALUATORS.names()
@@ -129,7 +152,8 @@ def _connectivity(m: Members) -> dict[str, Any]:
         i, j = sorted(random.Random(m.seed).sample(range(k), 2))
         train, val = m.weights.segment(m.states[i], m.states[j], [m.train, curve_val], m.interp_points)
         out.update({"pair": [i + 1, j + 1], "barrier_train_pair": barrier(train), "barrier_val_pair": barrier(val)})
-    out["joint_connectivity"] = m.weights.joint_connectivity(m.states, curve_val, seed=m.seed)
+    out["joint_connectivity"] = m.weights.joint_connectivity(m.states, curve_val, JOINT_SAMPLES, seed=m.seed)
+    out["bn_images"] = len(m.train)
     return out
 
 
