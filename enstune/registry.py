@@ -18,7 +18,9 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
-        """Register ``entry`` under ``name``; return it."""
+        """Register ``entry`` under ``name``; return it. A name is registered once: a second would silently replace it."""
+        if name in self._entries:
+            raise ValueError(f"{self.what} {name!r} is already registered ({self._entries[name]!r})")
         self._entries[name] = entry
         return entry
 
