@@ -12,6 +12,7 @@ from enstune.data import list_datasets, reads_files
 from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
 from enstune.methods import get_method
+from enstune.models import check_drop_path
 from enstune.optim import OPTIMIZERS
 from enstune.pruning import PRUNERS, SAMPLERS
 from enstune.regularizers import get_regularizer
@@ -30,6 +31,10 @@ def check_spec(spec: StudySpec) -> StudySpec:
         EVALUATORS.get(name)
     if spec.regularizer != "none":
         get_regularizer(spec.regularizer)
+    if spec.task.drop_path_rate is not None:
+        check_drop_path(spec.task.model)
+    if spec.finetune.auto_augment:
+        check_auto_augment(spec.finetune.augment, spec.finetune.auto_augment)
     methods = study_methods(spec)
     known = sorted(set().union(*(get_method(m).options for m in methods)))
     for name in spec.options:
@@ -45,6 +50,16 @@ def check_spec(spec: StudySpec) -> StudySpec:
             why = reasons[0] if len(set(reasons)) == 1 else f"none of the methods {', '.join(methods)} reads it"
             raise ConfigError(f"space.{name}: {why}, so its values would repeat the same trial")
     return spec
+
+
+def check_auto_augment(policy: str, config: str) -> None:
+    """timm's auto-augment ``config`` is one timm builds, on a policy that augments and has no RandAugment of its own."""
+    from enstune.data.augment import timm_augment
+
+    if policy != "default":
+        raise ConfigError(f"finetune.auto_augment takes augment = \"default\" (the crop and flip it follows), got "
+                          f"augment = {policy!r}: {'one RandAugment, not two' if policy == 'randaugment' else 'none'}")
+    timm_augment(config, 224, (0.485, 0.456, 0.406), "bicubic")
 
 
 def _check_checkpoints(spec: StudySpec, method: str) -> None:

@@ -38,6 +38,10 @@ class Task:
     decode: str = "auto"
     checkpoint_prefix: str = ""  # a key prefix to strip from the checkpoints' state dicts
     head: str = "new"  # "new": a random head; "zeroshot": CLIP's zero-shot classifier from the class names
+    # timm's stochastic depth while training (None: the network's own default, 0.1 for timm's Swin, 0 for ResNets).
+    drop_path_rate: float | None = None
+    # Evaluation: resize to size / crop_pct, then centre-crop (None: the backbone's own, e.g. 0.9 for Swin-T's tag).
+    crop_pct: float | None = None
 
 
 @dataclass(frozen=True)
@@ -317,6 +321,11 @@ def _validate_task(task: Task) -> None:
         raise ConfigError(f"task.decode must be workers, device or auto, got {task.decode!r}")
     if task.head not in ("new", "zeroshot"):
         raise ConfigError(f"task.head must be new or zeroshot, got {task.head!r}")
+    if task.drop_path_rate is not None and not 0.0 <= task.drop_path_rate < 1.0:
+        raise ConfigError(f"task.drop_path_rate must be in [0, 1) (or absent: the network's default), "
+                          f"got {task.drop_path_rate}")
+    if task.crop_pct is not None and not 0.0 < task.crop_pct <= 1.0:
+        raise ConfigError(f"task.crop_pct must be in (0, 1] (or absent: the backbone's), got {task.crop_pct}")
     if not task.dataset or not task.model:
         raise ConfigError(f"task.dataset and task.model must be names, got {task.dataset!r}, {task.model!r}")
     for key, path in [("task.data_dir", task.data_dir)] + [

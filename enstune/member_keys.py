@@ -10,13 +10,15 @@ from enstune.methods import MemberJob
 from enstune.recipe import keyed_fields
 
 
-
 def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJob, ref_keys: list[str]) -> str:
     """The key of ``job``: the task and its data, where it starts (a checkpoint's digest or the parent's key),
     its recipe and seed, frozen stages, its maker and settings, and its regularizer with the keys of the members it reads."""
     task_part = {"dataset": task.dataset, "model": task.model, "val_fraction": task.val_fraction,
                  "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
                  "head": task.head}
+    # Settings added later: absent at their defaults, so members cached before them keep their keys.
+    task_part |= {key: value for key, value in (("drop_path_rate", task.drop_path_rate), ("crop_pct", task.crop_pct))
+                  if value is not None}
     parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": keyed_fields(job.recipe),
                              "seed": job.seed}
     if job.freeze:

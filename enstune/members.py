@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import time
@@ -110,7 +111,10 @@ class Workspace:
     @functools.cached_property
     def preprocess(self) -> Preprocess | None:
         """The input the task's backbone expects (None for the demo nets)."""
-        return preprocess(create_model(self.task.model, self.data.num_classes))
+        found = preprocess(create_model(self.task.model, self.data.num_classes))
+        if found is not None and self.task.crop_pct is not None:  # the spec's evaluation crop over the backbone's
+            found = dataclasses.replace(found, crop_pct=self.task.crop_pct)
+        return found
 
     def split(self, name: str, device: torch.device, augmentation: Augmentation = Augmentation()) -> Split:
         """Split ``name`` bound to ``device`` at the backbone's input, once per augmentation."""
@@ -128,7 +132,7 @@ class Workspace:
 
     def model_from(self, state: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
         """The task's network with weights ``state``, on ``device``."""
-        model = create_model(self.task.model, self.data.num_classes)
+        model = create_model(self.task.model, self.data.num_classes, self.task.drop_path_rate)
         model.load_state_dict(state)
         return model.to(device)
 
@@ -219,6 +223,8 @@ class Workspace:
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
             model = self.checkpoints.backbone(job.checkpoint).to(device)
+            if self.task.drop_path_rate is not None:  # the same weights in the network with the spec's stochastic depth
+                model = self.model_from(model.state_dict(), device)
         else:
             assert parent is not None
             model = self.model_from(parent.state, device)

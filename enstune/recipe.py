@@ -37,6 +37,9 @@ class Augmentation:
     contrast: tuple[float, float] = NO_FACTOR
     saturation: tuple[float, float] = NO_FACTOR
     hue: float = 0.0
+    # timm's auto-augment config string ("rand-m9-mstd0.5-inc1", "augmix-m5-w3", "original"; "": none), applied
+    # after the crop and flip as timm's create_transform does, in place of the policy's RandAugment.
+    auto_augment: str = ""
 
     @property
     def color(self) -> bool:
@@ -66,6 +69,8 @@ class Recipe:
     augment: str = "default"  # Augmentation.policy
     randaugment_ops: int = 2
     randaugment_magnitude: int = 9
+    # timm's auto-augment config string (Augmentation.auto_augment), e.g. "rand-m9-mstd0.5-inc1"; "": none.
+    auto_augment: str = ""
     # Colour jitter on top of the policy (Augmentation's brightness, contrast, saturation, hue); off at the defaults.
     color_brightness: tuple[float, float] = NO_FACTOR
     color_contrast: tuple[float, float] = NO_FACTOR
@@ -79,7 +84,7 @@ class Recipe:
     def augmentation(self) -> Augmentation:
         """The training augmentation of this recipe."""
         return Augmentation(self.augment, self.randaugment_ops, self.randaugment_magnitude, self.color_brightness,
-                            self.color_contrast, self.color_saturation, self.color_hue)
+                            self.color_contrast, self.color_saturation, self.color_hue, self.auto_augment)
 
     def warmup(self, steps_per_epoch: int) -> int:
         """Warm-up length in optimizer steps."""
@@ -145,7 +150,7 @@ def draw_color(recipe: Recipe, seed: int) -> Recipe:
 # Fields that do not change what a member computes (bar rounding) or were added after members were
 # cached: left out of content keys at their defaults, so that earlier members and checkpoints keep theirs.
 _KEYLESS_DEFAULTS = {"precision": "auto", "compile": False, "channels_last": True, "color_brightness": NO_FACTOR,
-                     "color_contrast": NO_FACTOR, "color_saturation": NO_FACTOR, "color_hue": 0.0}
+                     "color_contrast": NO_FACTOR, "color_saturation": NO_FACTOR, "color_hue": 0.0, "auto_augment": ""}
 
 
 def keyed_fields(recipe: Recipe) -> dict[str, Any]:

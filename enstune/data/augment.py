@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import functools
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
@@ -11,6 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 # The public adjust_hue shifts a whole batch by one amount; a shift per image needs its HSV conversions.
 from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
 
+from enstune.errors import ConfigError
 from enstune.recipe import Augmentation
 
 COLOR_P = 0.5  # each colour jitter reaches an image with this probability (StarSSE paper, Appendix K)
@@ -102,3 +108,65 @@ def random_color(x: torch.Tensor, generator: torch.Generator, augmentation: Augm
         factor = torch.empty(n).uniform_(*limits, generator=generator).to(x.device, x.dtype)
         x = torch.where(apply[:, None, None, None], adjust(x, torch.where(apply, factor, identity)), x)
     return x
+
+
+@functools.lru_cache(maxsize=16)
+def timm_augment(config: str, size: int, mean: tuple[float, ...], interpolation: str) -> Callable[[Any], Any]:
+    """timm's auto-augment of PIL images at ``size`` pixels, as ``timm.data.create_transform`` builds it for training.
+
+    The secondary stage of timm's ``transforms_imagenet_train`` (its translations scaled to ``size``,
+    its fill the mean pixel), without the colour jitter timm turns off under auto-augment; the crop
+    and flip before it and the conversion after it are the caller's.
+    """
+    from timm.data.transforms_factory import transforms_imagenet_train
+
+    try:
+        _, secondary, _ = transforms_imagenet_train(size, interpolation=interpolation, mean=mean, color_jitter=None,
+                                                    auto_augment=config, separate=True)
+    except (AssertionError, ValueError, KeyError, IndexError) as exc:
+        raise ConfigError(f"finetune.auto_augment {config!r} is no timm auto-augment config (e.g. "
+                          f"rand-m9-mstd0.5-inc1, augmix-m5-w3, original): {exc}") from None
+    for step in secondary.transforms:
+        for op in getattr(step, "ops", ()):
+            if op.aug_fn.__name__ == "posterize":
+                op.aug_fn = _posterize
+    return secondary
+
+
+def _posterize(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """timm's posterize; at 0 bits (its increasing posterize at magnitude 10) black, as PIL gave before it refused 0."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    return ImageOps.posterize(img, bits_to_keep) if bits_to_keep >= 1 else Image.new(img.mode, img.size)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Within: torch's CPU generator, Python's ``random`` and numpy's global generator seeded from ``seed`` (timm's
+    augmentations draw from all three); the caller's states are put back after."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def timm_batch(x: torch.Tensor, generator: torch.Generator, augmentation: Augmentation,
+               mean: tuple[float, ...], interpolation: str) -> torch.Tensor:
+    """timm's auto-augment of each uint8 image of ``x`` (N, C, h, w) at its own size, drawn from a seed of ``generator``.
+
+    timm's operations are PIL's: each image goes to PIL and back, on the CPU, and returns to ``x``'s device.
+    """
+    augment = timm_augment(augmentation.auto_augment, x.shape[-1], tuple(mean), interpolation)
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    images = x.cpu()
+    with seeded(seed):
+        out = [TF.pil_to_tensor(augment(TF.to_pil_image(image))) for image in images]
+    return torch.stack(out).to(x.device)

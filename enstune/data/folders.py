@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 
 from enstune.data._base import MIN_SHARE, Batch, Split, TaskData, carve_validation, share
 from enstune.data._registry import register_dataset
+from enstune.data.augment import seeded
 from enstune.data.images import check_policy
 from enstune.data.jpeg import Reader, Steps, device_batch, gather, image_steps
 from enstune.data.scan import Unreadable, readable
@@ -62,10 +63,9 @@ class _Decoded:
             return Unreadable(path, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:200])
         if seed is None:
             return self.transform(image)
-        # v2 transforms draw from the global RNG: a private copy seeded per example, so the
-        # draws depend on neither the worker that decodes it nor the caller's RNG.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
+        # v2 transforms draw from torch's global RNG, timm's auto-augment from Python's and numpy's: private
+        # copies seeded per example, so the draws depend on neither the worker that decodes it nor the caller's RNG.
+        with seeded(seed):
             return self.transform(image)
 
 
@@ -135,7 +135,10 @@ class FolderSplit(Split):
 
     @property
     def on_device(self) -> bool:
-        """Whether the batches' JPEGs are decoded on the split's device rather than in the workers."""
+        """Whether the batches' JPEGs are decoded on the split's device rather than in the workers (not under timm's
+        auto-augment, whose operations are PIL's)."""
+        if self.augmentation.auto_augment:
+            return False
         return self.decode == "device" or (self.decode == "auto" and self.device.type == "cuda")
 
     def shard(self, rank: int, world: int) -> FolderSplit:

@@ -4,6 +4,13 @@ Training: RandomResizedCrop and a horizontal flip, every image its own box, done
 ``grid_sample`` of the batch (no library crops a batch per image); evaluation: torchvision's
 Resize + CenterCrop + Normalize, applied to the batch. Only a batch is ever a float tensor at
 the backbone's input size, never the split.
+
+Augmentation runs at the images' native size, before the batched crop: timm's auto-augment
+(``finetune.auto_augment``, PIL operations image by image on the CPU) or the ``randaugment``
+policy's torchvision RandAugment. timm's order puts it after the crop, at the input size, where
+the same operations on 224-pixel PIL images would cost every batch a CPU round trip several
+times dearer (measured on one core: ~220 images/s at 224 against ~2,000 at 32); the
+operations are the same, their translations scaled to the size they act on.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import torch.nn.functional as F
 from torchvision.transforms import InterpolationMode, v2
 
 from enstune.data._base import EvalTransform, TrainTransform
-from enstune.data.augment import crop_flip, random_color
+from enstune.data.augment import crop_flip, random_color, timm_batch
 from enstune.errors import EnstuneError
 from enstune.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from enstune.recipe import POLICIES, Augmentation
@@ -102,10 +109,19 @@ def _randaugment(x: torch.Tensor, generator: torch.Generator, augmentation: Augm
         return torch.stack([augment(image) for image in x])
 
 
+def _augment(x: torch.Tensor, generator: torch.Generator, augmentation: Augmentation, mean: tuple[float, ...],
+             interpolation: str) -> torch.Tensor:
+    """The augmentation before the batched crop: timm's auto-augment, or the policy's RandAugment, at native size."""
+    if augmentation.auto_augment:
+        return timm_batch(x, generator, augmentation, mean, interpolation)
+    if augmentation.policy == "randaugment":
+        return _randaugment(x, generator, augmentation)
+    return x
+
+
 def _train(x: torch.Tensor, generator: torch.Generator, preprocess: Preprocess, augmentation: Augmentation,
            normalize: v2.Normalize) -> torch.Tensor:
-    if augmentation.policy == "randaugment":
-        x = _randaugment(x, generator, augmentation)
+    x = _augment(x, generator, augmentation, preprocess.mean, preprocess.interpolation)
     boxes = crop_boxes(len(x), x.shape[-2], x.shape[-1], generator)
     flip = torch.rand(len(x), generator=generator) < 0.5
     out = resized_crops(_unit(x), boxes, flip, preprocess.size, preprocess.interpolation)
@@ -114,8 +130,7 @@ def _train(x: torch.Tensor, generator: torch.Generator, preprocess: Preprocess, 
 
 def _native_train(x: torch.Tensor, generator: torch.Generator, augmentation: Augmentation,
                   normalize: v2.Normalize) -> torch.Tensor:
-    if augmentation.policy == "randaugment":
-        x = _randaugment(x, generator, augmentation)
+    x = _augment(x, generator, augmentation, tuple(normalize.mean), "bicubic")
     return normalize(random_color(crop_flip(_unit(x), generator), generator, augmentation))
 
 

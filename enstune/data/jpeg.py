@@ -28,7 +28,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from enstune.data.augment import color_jitters
+from enstune.data.augment import color_jitters, timm_augment
 from enstune.data.images import eval_resize, interpolation_mode
 from enstune.data.scan import Unreadable
 from enstune.errors import EnstuneError
@@ -50,14 +50,19 @@ class Steps:
 
 
 def image_steps(preprocess: Preprocess, augmentation: Augmentation, train: bool) -> Steps:
-    """timm's per-image transforms: RandomResizedCrop, flip (+ RandAugment, jitter); or Resize, CenterCrop."""
+    """timm's per-image transforms: RandomResizedCrop, flip (+ timm's auto-augment or RandAugment, jitter); or Resize,
+    CenterCrop. The crop and flip are torchvision's, the draws of timm's own, from torch's generator so that
+    both decoding paths draw alike."""
     mode = interpolation_mode(preprocess.interpolation)
     size = list(preprocess.size)
     evaluate = (v2.Resize(eval_resize(preprocess), interpolation=mode, antialias=True), v2.CenterCrop(size))
     if not train or augmentation.policy == "none":
         return Steps(None, None, (), (), evaluate)
-    augment = ()
-    if augmentation.policy == "randaugment" and augmentation.ops > 0:
+    augment: tuple[Any, ...] = ()
+    if augmentation.auto_augment:  # timm's create_transform: crop, flip, then its auto-augment on the PIL image
+        augment = (timm_augment(augmentation.auto_augment, min(size), tuple(preprocess.mean),
+                                preprocess.interpolation),)
+    elif augmentation.policy == "randaugment" and augmentation.ops > 0:
         augment = (v2.RandAugment(num_ops=augmentation.ops, magnitude=augmentation.magnitude),)
     return Steps(v2.RandomResizedCrop(size, interpolation=mode, antialias=True), v2.RandomHorizontalFlip(),
                  augment, tuple(color_jitters(augmentation)), evaluate)

@@ -24,6 +24,7 @@ class Family:
     """Builds, loads and describes one library's networks; ``arch`` is the name without ``family:``."""
 
     heads: tuple[str, ...] = ("new",)  # the heads ``load`` can start from
+    drop_path: bool = False  # whether ``create`` takes drop_path_rate (stochastic depth)
 
     def has(self, arch: str) -> bool:
         """Whether ``arch`` names a network of this family."""

@@ -20,10 +20,21 @@ def list_models() -> list[str]:
     return sorted(name for key in FAMILIES for name in FAMILIES.get(key).names())
 
 
-def create_model(name: str, num_classes: int) -> nn.Module:
-    """A freshly initialised network with a ``num_classes`` head."""
+def create_model(name: str, num_classes: int, drop_path_rate: float | None = None) -> nn.Module:
+    """A freshly initialised network with a ``num_classes`` head; ``drop_path_rate``: its stochastic depth (None:
+    the network's own default)."""
     family, arch = resolve(name)
-    return family.create(arch, num_classes)
+    if drop_path_rate is None:
+        return family.create(arch, num_classes)
+    check_drop_path(name)
+    return family.create(arch, num_classes, drop_path_rate=drop_path_rate)
+
+
+def check_drop_path(name: str) -> None:
+    """Refuse a stochastic-depth rate for a network whose family takes none (timm's take one)."""
+    family, _ = resolve(name)
+    if not family.drop_path:
+        raise EnstuneError(f"task.drop_path_rate needs a timm network (stochastic depth); {name} takes none")
 
 
 def from_pretrained(name: str, path: Path, num_classes: int, *, prefix: str = "", head: str = "new",

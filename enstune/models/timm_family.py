@@ -22,10 +22,14 @@ class TimmFamily(Family):
 
         return timm.is_model(arch)
 
-    def create(self, arch: str, num_classes: int) -> nn.Module:
+    drop_path = True
+
+    def create(self, arch: str, num_classes: int, drop_path_rate: float | None = None) -> nn.Module:
         import timm
 
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        # Stochastic depth only where set: a network's own default (0.1 for Swin) is its entry function's.
+        extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
 
     def convert(self, arch: str, state: dict[str, torch.Tensor], model: nn.Module,
                 source: str) -> dict[str, torch.Tensor]:
