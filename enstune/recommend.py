@@ -12,6 +12,7 @@ class folders (``imagefolder``), the last component of its data_dir: pets and ca
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -132,7 +133,6 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
     import optuna
 
     from enstune import study as st
-    from enstune.config import spec_from_dict
     from enstune.data import dataset_label
     from enstune.errors import EnstuneError
     from enstune.regimes import classify
@@ -145,8 +145,10 @@ def study_optima(storage_url: str | None = None) -> list[Optimum]:
         if data is None:
             continue
         try:
-            spec = spec_from_dict(data)
-        except EnstuneError:  # a study of another enstune version: its evidence cannot be read safely
+            with warnings.catch_warnings():  # an earlier enstune's study counts as evidence all the same
+                warnings.simplefilter("ignore")
+                spec = st.stored_spec(data, summary.study_name)
+        except EnstuneError:  # keys or types no longer fit: its evidence cannot be read safely
             continue
         rows = st.trial_rows(optuna.load_study(study_name=summary.study_name, storage=storage))
         for g in classify(rows, spec.method, members=spec.members):

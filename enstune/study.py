@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from enstune.checks import check_new, check_spec, load_checked, read_params
 from enstune.claims import NAME_LIMIT, SUFFIX, claims_owner, companion_name, companions
-from enstune.config import Param, StudySpec, TrialConfig, is_study_file, spec_from_dict, to_dict
+from enstune.config import Param, StudySpec, TrialConfig, build, is_study_file, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
 from enstune.storage import bulk, home_dir, mask_url, open_storage, resolve_url
 
@@ -65,7 +65,26 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
 
 def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:
     """The StudySpec stored with ``study``, waiting up to ``wait`` seconds for a creator to store it."""
-    return check_spec(spec_from_dict(_wait_ready(study, wait)))
+    return stored_spec(_wait_ready(study, wait), study.study_name)
+
+
+def stored_spec(data: dict[str, Any], name: str) -> StudySpec:
+    """A stored spec as a StudySpec; one an earlier enstune stored that today's checks refuse is read as stored.
+
+    Checks grow stricter between versions (a range narrowed, a combination refused at create): a
+    study created before them is the users' data, so it is still shown and run, with one warning
+    naming what today's checks say. A spec whose keys or types no longer fit is refused.
+    """
+    try:
+        return check_spec(spec_from_dict(data))
+    except EnstuneError as exc:
+        try:
+            spec = build(StudySpec, data)  # the stored types, without today's ranges and cross-checks
+        except EnstuneError:
+            raise exc from None
+        warnings.warn(f"study {name!r} was created by an earlier enstune and today's checks refuse its spec ({exc}); "
+                      f"it is read as stored", stacklevel=2)
+        return spec
 
 
 def _load(name: str, storage: Any) -> optuna.Study:
