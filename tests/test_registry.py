@@ -33,3 +33,33 @@ def test_every_registry_keeps_its_entries(registry):
     assert registry.get(name) is entry
     with pytest.raises(ConfigError, match=f"unknown {registry.what} 'nope'; known: "):
         registry.get("nope")
+
+
+def test_a_backbone_family_that_leaves_out_part_of_its_contract_cannot_register():
+    from enstune.models._registry import Family
+
+    class NoPreprocess(Family):
+        def has(self, arch):
+            return arch == "x"
+
+        def create(self, arch, num_classes):
+            raise AssertionError("never built")
+
+    with pytest.raises(TypeError, match="preprocess"):
+        FAMILIES.add("incomplete", NoPreprocess())
+    assert "incomplete" not in FAMILIES
+
+
+@pytest.mark.parametrize("name", ["demo_mlp", "test_resnet.r160_in1k", "test_vit.r160_in1k"])
+def test_every_family_builds_networks_with_the_head_interface_and_says_their_input(name):
+    from enstune.models import create_model, preprocess
+
+    model = create_model(name, 3)
+    assert model.get_classifier().out_features == 3
+    model.reset_classifier(5)
+    assert model.get_classifier().out_features == 5
+    assert model.pretrained_cfg["classifier"]
+    pre = preprocess(model)
+    assert (pre is None) == (name == "demo_mlp")  # only the demo's feature vectors have no resolution
+    if pre is not None:
+        assert len(pre.input_size) == 3 and len(pre.mean) == 3

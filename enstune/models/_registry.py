@@ -6,6 +6,7 @@ for registration without a cycle (timm's ``_registry`` pattern).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import torch
@@ -20,23 +21,29 @@ from enstune.registry import Registry
 BARE_NAME_ORDER = ("enstune", "timm")
 
 
-class Family:
-    """Builds, loads and describes one library's networks; ``arch`` is the name without ``family:``."""
+class Family(ABC):
+    """Builds, loads and describes one library's networks; ``arch`` is the name without ``family:``.
+
+    The contract: ``has``, ``create`` and ``preprocess`` are the family's own (a family that leaves
+    one out cannot be instantiated, so it fails where it registers); the networks it creates have
+    timm's head interface (``get_classifier``, ``reset_classifier``, ``forward_features``,
+    ``forward_head``, ``pretrained_cfg["classifier"]``) and, where stages can be frozen, ``feature_info``.
+    """
 
     heads: tuple[str, ...] = ("new",)  # the heads ``load`` can start from
     drop_path: bool = False  # whether ``create`` takes drop_path_rate (stochastic depth)
 
+    @abstractmethod
     def has(self, arch: str) -> bool:
         """Whether ``arch`` names a network of this family."""
-        raise NotImplementedError
 
     def names(self) -> list[str]:
         """The names worth listing (only enstune's own nets: libraries list theirs)."""
         return []
 
+    @abstractmethod
     def create(self, arch: str, num_classes: int) -> nn.Module:
         """A freshly initialised network with a ``num_classes`` head."""
-        raise NotImplementedError
 
     def convert(self, arch: str, state: dict[str, torch.Tensor], model: nn.Module,
                 source: str) -> dict[str, torch.Tensor]:
@@ -50,9 +57,9 @@ class Family:
         load_body(model, self.convert(arch, state, model, source), source=source, name=arch)
         return model
 
+    @abstractmethod
     def preprocess(self, model: nn.Module) -> Preprocess | None:
-        """The input ``model`` expects, from its own configuration; None when it does not read images."""
-        return None
+        """The input ``model`` expects, from its own configuration; None only for nets that do not read images."""
 
 
 FAMILIES: Registry[Family] = Registry("model family")

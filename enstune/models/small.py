@@ -75,5 +75,9 @@ class SmallFamily(Family):
         model.pretrained_cfg = {**getattr(model, "pretrained_cfg", {}), "architecture": arch}
         return model
 
+    def preprocess(self, model: nn.Module) -> None:
+        """None: these nets read feature vectors, not images at a resolution."""
+        return None
+
 
 FAMILIES.add("enstune", SmallFamily())
