@@ -44,12 +44,33 @@ def check_spec(spec: StudySpec) -> StudySpec:
     for method in methods:
         get_method(method).check(spec)
         _check_checkpoints(spec, method)
+    _check_option_axes(spec, methods, known)
     for name in spec.space:
         reasons = [unread(spec, m, name) for m in methods]
         if all(reasons):
             why = reasons[0] if len(set(reasons)) == 1 else f"none of the methods {', '.join(methods)} reads it"
             raise ConfigError(f"space.{name}: {why}, so its values would repeat the same trial")
     return spec
+
+
+def _check_option_axes(spec: StudySpec, methods: list[str], known: list[str]) -> None:
+    """A search axis that is no trial parameter is an option of the study's methods (the axis sets it, over
+    ``options``); each of its values one its methods accept."""
+    for name, p in spec.space.items():
+        if name in TRIAL_PARAMS:
+            continue
+        if name not in known:
+            raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}"
+                              + (f" or an option of this study's methods: {', '.join(known)}" if known else ""))
+        for method in (m for m in methods if name in get_method(m).options):
+            for value in p.choices or (p.low, p.high):
+                options = tuple(sorted({**spec.options, name: value}.items()))
+                cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members,
+                                  options=options)
+                try:  # a method checks its options as it plans
+                    get_method(method).plan(cfg)
+                except ConfigError as exc:
+                    raise ConfigError(f"space.{name} = {value}: {exc}") from None
 
 
 def check_auto_augment(policy: str, config: str) -> None:
@@ -81,8 +102,9 @@ def load_checked(template: str, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def read_params(spec: StudySpec, method: str) -> frozenset[str]:
-    """The search parameters a trial of ``method`` reads under ``spec``."""
-    return frozenset(name for name in TRIAL_PARAMS if unread(spec, method, name) is None)
+    """The search parameters a trial of ``method`` reads under ``spec``: trial parameters and its options."""
+    names = (*TRIAL_PARAMS, *get_method(method).options)
+    return frozenset(name for name in names if unread(spec, method, name) is None)
 
 
 def unread(spec: StudySpec, method: str, name: str) -> str | None:
@@ -93,7 +115,8 @@ def unread(spec: StudySpec, method: str, name: str) -> str | None:
         return "alpha weights a regularizer and the spec has none (set regularizer)"
     if spec.members == 1 and name in LATER_MEMBER_AXES:
         return "it acts on members 2..K and members is 1"
-    return None if name in get_method(method).reads else f"method {method} never reads it"
+    method_ = get_method(method)
+    return None if name in method_.reads or name in method_.options else f"method {method} never reads it"
 
 
 def check_new(spec: StudySpec, home: Path) -> list[str]:

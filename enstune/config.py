@@ -389,6 +389,8 @@ def _axis_rule(name: str) -> tuple[type, Any, str]:
         kind = typing.get_type_hints(Recipe)[name]
         ok, rule = RECIPE_RULES[name]
         return kind, ok, f"{'whole numbers' if kind is int else 'finite numbers'} {rule}"
+    if name not in TRIAL_PARAMS:  # a method's option (checked against the methods where a study is created)
+        return float, lambda v: True, "finite numbers"
     return {
         "lr_mult": (float, lambda v: 0 < v <= MAX_LR_MULT, f"numbers > 0 and <= {MAX_LR_MULT}"),
         "epoch_mult": (float, lambda v: 0 < v <= MAX_EPOCH_MULT,
@@ -413,8 +415,9 @@ def _validate_space(spec: StudySpec) -> None:
 
 def _validate_axis(name: str, p: Param, sampler: str) -> None:
     """One axis: choices or a range, and every value it can take against the rule of its parameter."""
-    if name not in TRIAL_PARAMS:
-        raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}")
+    if name not in TRIAL_PARAMS and not name.isidentifier():
+        raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)} "
+                          f"or a method's option")
     kind, ok, wanted = _axis_rule(name)
     values = _axis_values(name, p, sampler, kind)
     shown = _show(list(values))

@@ -21,6 +21,7 @@ from enstune.checks import check_new, check_spec, load_checked, read_params
 from enstune.claims import NAME_LIMIT, SUFFIX, claims_owner, companion_name, companions
 from enstune.config import Param, StudySpec, TrialConfig, build, is_study_file, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
+from enstune.methods import get_method
 from enstune.storage import bulk, home_dir, mask_url, open_storage, resolve_url
 
 SPEC_ATTR = "spec"
@@ -58,9 +59,11 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
     read = read_params(spec, method)
     values = {name: _suggest(trial, name, p) for name, p in spec.space.items() if name in read and name != "method"}
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
+    # An axis named as one of the method's options sets that option for the trial.
+    options = spec.options | {k: values.pop(k) for k in list(values) if k in get_method(method).options}
     return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members,
                        regularizer=spec.regularizer, tap=spec.tap, subsample=spec.subsample,
-                       options=tuple(sorted(spec.options.items())), **values)
+                       options=tuple(sorted(options.items())), **values)
 
 
 def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:
@@ -156,7 +159,6 @@ def cheapest_first(spec: StudySpec, points: list[dict[str, Any]]) -> list[dict[s
     A pruner judges a trial against the best one so far: cheap trials set that bar early, and the
     dear ones are cut as soon as they cannot reach it.
     """
-    from enstune.methods import get_method
 
     def epochs(point: dict[str, Any]) -> int:
         cfg = trial_config(optuna.trial.FixedTrial(point), spec)

@@ -291,3 +291,30 @@ def test_a_whole_number_range_by_hand_samples_whole_numbers():
     spec = validate(_by_hand({"space": {"epochs": Param(low=1, high=5)}}, (TPE, "method=finetune", "members=1")))
     cfg = trial_config(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), spec)
     assert isinstance(cfg.recipe.epochs, int) and 1 <= cfg.recipe.epochs <= 5
+
+
+def test_a_methods_option_is_a_search_axis():
+    import optuna
+
+    from enstune.study import grid_points, trial_config
+
+    spec = load_checked("distilled-demo", ["space.beta.choices=[0.2, 0.6]"])
+    points = grid_points(spec)
+    assert sorted({p["beta"] for p in points}) == [0.2, 0.6] and len(points) == 4  # x 2 seeds
+    # The axis sets the option for its trial, over the template's options.beta = 0.2.
+    options = [dict(trial_config(optuna.trial.FixedTrial(p), spec).options) for p in points]
+    assert sorted(o["beta"] for o in options) == [0.2, 0.2, 0.6, 0.6] and {o["tau"] for o in options} == {3.0}
+
+
+@pytest.mark.parametrize("template, overrides, message", [
+    ("distilled-demo", ["space.beta.choices=[0.2, 1.6]"], "space.beta = 1.6: options.beta must be in [0, 1]"),
+    ("starsse-demo", ["space.beta.choices=[0.2]"], "unknown search parameter 'beta'; expected one of: method, "
+                                                   "lr_mult, epoch_mult, alpha, freeze, scale, seed, epochs, lr, "
+                                                   "weight_decay or an option of this study's methods: div_color"),
+    ("distilled-demo", ["space.tau.choices=[1, 0]"], "space.tau = 0: options.beta must be in [0, 1] and options.tau > 0"),
+    ("distilled-demo", ['space.tau.choices=["x"]'], "space.tau must be finite numbers"),
+    ("distilled-demo", ["space.2x.choices=[1]"], "unknown search parameter '2x'"),
+])
+def test_an_option_axis_is_checked_where_the_study_is_created(template, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_checked(template, overrides)
