@@ -98,4 +98,6 @@ def test_low_modules_import_nothing_above_them():
     graph = _graph()
     assert graph["enstune.errors"] == set()
     assert graph["enstune.recipe"] <= {"enstune.errors"}
-    assert graph["enstune.config"] <= {"enstune.errors", "enstune.recipe"}
+    assert graph["enstune.spec"] <= {"enstune.errors", "enstune.recipe"}
+    assert graph["enstune.spec_rules"] <= {"enstune.errors", "enstune.recipe", "enstune.spec"}
+    assert graph["enstune.config"] <= {"enstune.errors", "enstune.recipe", "enstune.spec", "enstune.spec_rules"}
