@@ -121,3 +121,28 @@ def test_preflight_refuses_a_checkpoint_of_another_network_before_taking_a_trial
     assert ran.exit_code == 1 and "does not fit test_resnet" in ran.output and "missing keys (" in ran.output
     states = {t.state for t in optuna.load_study(study_name="starsse-demo", storage=storage).trials}
     assert states == {optuna.trial.TrialState.WAITING}, "no trial was taken"
+
+
+def test_an_unreadable_image_is_named_counted_and_never_fails_the_trial(tmp_path, home):
+    # 120 images a class, one of them a JPEG cut short: under the 1% a split may lose.
+    classes = ["ant", "bee"]
+    _tree(tmp_path / "data" / "train", classes, 120)
+    _tree(tmp_path / "data" / "test", classes, 3, seed=50)
+    whole = (tmp_path / "data" / "train" / "ant").iterdir().__next__().read_bytes()
+    (tmp_path / "data" / "train" / "ant" / "cut.jpg").write_bytes(whole[: len(whole) // 3])
+    _checkpoint(tmp_path / "resnet.pth", "test_resnet", "bare")
+    storage = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    sets = ["task.dataset=imagefolder", "task.model=test_resnet", "task.workers=0", "task.val_fraction=0.25",
+            f"task.data_dir={str(tmp_path / 'data')!r}", f"task.checkpoints=[{str(tmp_path / 'resnet.pth')!r}]",
+            "members=2", "n_trials=1", "space.lr_mult.choices=[2]", "space.epoch_mult.choices=[1]",
+            "finetune.epochs=1", "finetune.batch_size=16", 'evaluate=["calibration"]']
+    args = [a for s in sets for a in ("--set", s)]
+    runner = CliRunner()
+    assert runner.invoke(app, ["study", "create", "starsse-demo", "--name", "dirty", "--storage", storage,
+                               *args]).exit_code == 0
+    ran = runner.invoke(app, ["study", "run", "dirty", "--storage", storage])
+    assert ran.exit_code == 0, ran.output
+    named = [line for line in ran.output.splitlines() if "cut.jpg" in line]
+    assert len(named) == 1, ran.output
+    (trial,) = json.loads(runner.invoke(app, ["study", "show", "dirty", "--storage", storage, "--json"]).stdout)["trials"]
+    assert trial["state"] == "COMPLETE" and trial["user_attrs"]["unreadable_images"] == 1, trial["user_attrs"]
