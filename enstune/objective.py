@@ -10,7 +10,6 @@ import socket
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from enstune.config import StudySpec
@@ -23,6 +22,7 @@ from enstune.methods import TRAINING_MAKERS, MemberJob, get_method, regularize
 from enstune.progress import Reporter
 from enstune.report import attach_trial_pictures
 from enstune.storage.heartbeat import WORKER_ATTR
+from enstune.storage.optuna_private import as_asked, is_heartbeat_enabled, storage_of, trial_id
 from enstune.study import Census, budget, set_results, trial_config, trial_states
 
 
@@ -61,7 +61,7 @@ def _admit(trial: optuna.Trial, spec: StudySpec, seen: collections.Counter[Trial
     while even all of them live would leave room in the budget, the trial is admitted uncounted.
     """
     # As Optuna read the trial when it was asked for (it reads the queue's fixed parameters there).
-    system = trial._cached_frozen_trial.system_attrs
+    system = as_asked(trial).system_attrs
     if "fixed_params" not in system and "failed_trial" not in system:  # not queued: sampled here
         if spec.sampler == "grid" and spec.space:  # another worker took the last queued point first
             trial.set_user_attr("over_budget", True)
@@ -76,7 +76,7 @@ def _admit(trial: optuna.Trial, spec: StudySpec, seen: collections.Counter[Trial
 
 def _pruned_value(trial: optuna.Trial) -> float | None:
     """The value Optuna gives a pruned trial: its last intermediate value, unless NaN."""
-    values = trial._cached_frozen_trial.intermediate_values
+    values = as_asked(trial).intermediate_values
     last = values[max(values)] if values else None
     return None if last is None or math.isnan(last) else last
 
@@ -94,9 +94,9 @@ class Objective:
         reporter.evaluation_planned(ws.evaluation_cost(spec))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        self.trial_id, self.members_done, self.ended, self.counted = trial._trial_id, 0, ("FAIL", None), None
+        self.trial_id, self.members_done, self.ended, self.counted = trial_id(trial), 0, ("FAIL", None), None
         retry = "failed_trial" in _admit(trial, self.spec, self.seen)
-        if not is_heartbeat_enabled(trial.study._storage):  # else its first heartbeat names the worker
+        if not is_heartbeat_enabled(storage_of(trial.study)):  # else its first heartbeat names the worker
             trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}:{os.getpid()}")
         try:
             value = self.run(trial, retry)

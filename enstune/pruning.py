@@ -25,6 +25,7 @@ from enstune.config import StudySpec
 from enstune.forecast import Z, Bounds, trial_bounds
 from enstune.methods import get_method
 from enstune.registry import Registry
+from enstune.storage.optuna_private import storage_of, study_id
 
 # name -> sampler of a study; name -> (spec, the first step a method may be judged at) -> pruner of one method
 SAMPLERS: Registry[Callable[[StudySpec], optuna.samplers.BaseSampler]] = Registry("sampler")
@@ -173,11 +174,11 @@ class _SameMethod:
 
     def __init__(self, study: optuna.Study, keep: Callable[[FrozenTrial], bool], first: int) -> None:
         self._study = study
-        self._storage = _OneMethodStorage(study._storage, keep, first)
+        self._storage = _OneMethodStorage(storage_of(study), keep, first)
 
     def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
         """The method's trials."""
-        return self._storage.get_all_trials(self._study._study_id, deepcopy=deepcopy, states=states)
+        return self._storage.get_all_trials(study_id(self._study), deepcopy=deepcopy, states=states)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)

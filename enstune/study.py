@@ -23,6 +23,7 @@ from enstune.config import Param, StudySpec, TrialConfig, build, is_study_file, 
 from enstune.errors import ConfigError, EnstuneError
 from enstune.methods import get_method
 from enstune.storage import bulk, home_dir, mask_url, open_storage, resolve_url
+from enstune.storage.optuna_private import storage_of, study_id, trial_id
 
 SPEC_ATTR = "spec"
 RECIPE_PARAMS = ("epochs", "lr", "weight_decay")
@@ -95,7 +96,7 @@ def _load(name: str, storage: Any) -> optuna.Study:
         study = optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         raise EnstuneError(f"no study named {name!r} in this storage") from None
-    if (owner := claims_owner(study._storage.get_study_system_attrs(study._study_id))) is not None:
+    if (owner := claims_owner(storage_of(study).get_study_system_attrs(study_id(study)))) is not None:
         raise EnstuneError(f"{name!r} holds the member claims of study {owner!r}; it is not a study of its own")
     return study
 
@@ -220,7 +221,7 @@ def census(study: optuna.Study, below: int | None = None) -> Census:
 
     One query on a database, one request through the storage proxy; other storages read the trials.
     """
-    return Census.of(bulk.census(study._storage, study._study_id, below,
+    return Census.of(bulk.census(storage_of(study), study_id(study), below,
                                  study.direction == optuna.study.StudyDirection.MAXIMIZE))
 
 
@@ -231,7 +232,7 @@ def trial_states(study: optuna.Study, below: int | None = None) -> collections.C
 
 def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
     """Set ``attrs`` on ``trial``: in one transaction (or request) where the storage can, else one by one."""
-    bulk.set_trial_attrs(trial.study._storage, trial._trial_id, user=attrs)
+    bulk.set_trial_attrs(storage_of(trial.study), trial_id(trial), user=attrs)
 
 
 def set_results(trial: optuna.Trial, attrs: dict[str, Any]) -> Census | None:
@@ -242,7 +243,8 @@ def set_results(trial: optuna.Trial, attrs: dict[str, Any]) -> Census | None:
     """
     study = trial.study
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    counted = bulk.set_trial_attrs(study._storage, trial._trial_id, user=attrs, census_of=(study._study_id, maximize))
+    counted = bulk.set_trial_attrs(storage_of(study), trial_id(trial), user=attrs,
+                                  census_of=(study_id(study), maximize))
     return None if counted is None else Census.of(counted)
 
 
