@@ -241,8 +241,8 @@ def _regime(r: dict[str, Any], ev: dict[str, Any], method: str, label: str, conf
         if barrier is not None and barrier > th.barrier:
             rule, reason = "barrier", f"left the basin: validation barrier {barrier:.3f} > {th.barrier}"
         else:
-            rule, reason = "degradation", (f"left the basin: members 2..{len(ev['members'])} {degradation:.3f} below "
-                                           f"member 1 > {th.degradation}")
+            later = "member 2" if len(ev["members"]) == 2 else f"members 2..{len(ev['members'])}"
+            rule, reason = "degradation", f"left the basin: {later} {degradation:.3f} below member 1 > {th.degradation}"
     else:
         rule = "in-basin"
         reason = (f"at most {ev['upper']:.3f} with all its members, below the best {best:.3f}" if ev["partial"] else
