@@ -121,7 +121,7 @@ def requeue(study: optuna.Study, trial_id: int) -> int | None:
 
 
 def requeue_failed(name: str, storage_url: str | None = None) -> list[tuple[int, int]]:
-    """Queue again every point of study ``name`` that failed for good, its count of errors afresh: (trial, retry) numbers."""
+    """Queue again every point of study ``name`` that failed for good, its counts afresh: (trial, retry) numbers."""
     study = _load(name, open_storage(storage_url))
     queued = []
     for trial in retry.failed_for_good(study.get_trials(deepcopy=False)):
@@ -209,16 +209,15 @@ def _own_heartbeats() -> Iterator[None]:
     dies when a call fails for good; enstune's beats again within seconds of the storage's return
     and says when another worker failed the trial, which then stops here.
     """
-    from optuna.study import _optimize
+    from enstune.storage.optuna_private import heartbeat_threads, optimize_logger
 
-    before, quiet = _optimize.get_heartbeat_thread, _QuietLeft()
-    _optimize.get_heartbeat_thread = beats_for
-    logging.getLogger(_optimize.__name__).addFilter(quiet)
+    quiet = _QuietLeft()
+    logging.getLogger(optimize_logger()).addFilter(quiet)
     try:
-        yield
+        with heartbeat_threads(beats_for):
+            yield
     finally:
-        _optimize.get_heartbeat_thread = before
-        logging.getLogger(_optimize.__name__).removeFilter(quiet)
+        logging.getLogger(optimize_logger()).removeFilter(quiet)
 
 
 def _interrupted_too() -> Interrupted | None:

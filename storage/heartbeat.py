@@ -27,11 +27,12 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat, BaseHeartbeatThread, NullHeartbeatThread, is_heartbeat_enabled
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
 from enstune.storage.bulk import native, set_trial_attrs
+from enstune.storage.optuna_private import BaseHeartbeatThread, NullHeartbeatThread, is_heartbeat_enabled
 from enstune.storage.resilient import ResilientRDBStorage, dialect_upsert, one_try
 
 HEARTBEAT_ATTR = "heartbeat"

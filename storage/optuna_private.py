@@ -77,3 +77,32 @@ def grpc_server_factory() -> Any:
     from optuna.storages._grpc.server import make_server
 
     return make_server
+
+
+def optimize_logger() -> str:
+    """The name of the logger of Optuna's optimize loop (which writes a failed trial's lines)."""
+    from optuna.study import _optimize
+
+    return _optimize.__name__
+
+
+def heartbeat_threads(factory: Any) -> Any:  # noqa: ANN401 - a context manager
+    """Within: ``study.optimize`` starts each trial's heartbeat thread as ``factory(trial_id, storage)``.
+
+    Optuna's loop looks up ``optuna.study._optimize.get_heartbeat_thread`` for every trial; it is
+    put back on the way out.
+    """
+    import contextlib
+
+    from optuna.study import _optimize
+
+    @contextlib.contextmanager
+    def within() -> Any:  # noqa: ANN401 - a generator
+        before = _optimize.get_heartbeat_thread
+        _optimize.get_heartbeat_thread = factory
+        try:
+            yield
+        finally:
+            _optimize.get_heartbeat_thread = before
+
+    return within()

@@ -39,7 +39,7 @@ _ONE_TRY = threading.local()  # per thread: whether a lost connection is raised 
 
 @contextlib.contextmanager
 def one_try() -> Iterator[None]:
-    """Within, on this thread: a storage call that loses its connection raises at once (the caller keeps its own pace)."""
+    """Within, on this thread: a call that loses its connection raises at once (the caller keeps its own pace)."""
     before = getattr(_ONE_TRY, "on", False)
     _ONE_TRY.on = True
     try:

@@ -212,3 +212,17 @@ def test_workers_keep_their_trials_through_a_long_database_restart(pg, home):
     assert any("recorded again" in err for _, err in results), "the heartbeats saw the database go and come back"
     trials = optuna.load_study(study_name="long-restart", storage=url).get_trials()
     assert [t.state for t in trials] == [W.COMPLETE, W.COMPLETE], "no live worker's trial was failed"
+
+
+def test_the_worker_beats_with_enstunes_thread_inside_optimize(home):
+    from enstune.storage.heartbeat import beating, beats_for
+    from enstune.storage.optuna_private import heartbeat_threads
+
+    storage = open_storage(None, heartbeat=1)
+    study = optuna.create_study(study_name="own-thread", storage=storage, direction="maximize")
+    seen = []
+    with heartbeat_threads(beats_for):
+        study.optimize(lambda t: seen.append(beating(t._trial_id)) or 1.0, n_trials=1)
+    assert isinstance(seen[0], Beats) and beating(study.trials[0]._trial_id) is None
+    study.optimize(lambda t: seen.append(beating(t._trial_id)) or 1.0, n_trials=1)
+    assert seen[1] is None, "Optuna's own thread again outside"
