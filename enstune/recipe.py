@@ -147,12 +147,17 @@ def draw_color(recipe: Recipe, seed: int) -> Recipe:
                    color_hue=float(rng.uniform(*COLOR_HUE_MAX)))
 
 
-# Fields that do not change what a member computes (bar rounding) or were added after members were
-# cached: left out of content keys at their defaults, so that earlier members and checkpoints keep theirs.
-_KEYLESS_DEFAULTS = {"precision": "auto", "compile": False, "channels_last": True, "color_brightness": NO_FACTOR,
-                     "color_contrast": NO_FACTOR, "color_saturation": NO_FACTOR, "color_hue": 0.0, "auto_augment": ""}
+# Member keys, version 1: the recipe fields every key holds, whatever their value. Any other field
+# (one that does not change what a member computes bar rounding, such as precision, or one added
+# since) enters a key only away from its default, so members cached before it keep their keys; a
+# field added later needs a default that trains as before, and nothing else.
+KEY_FIELDS = frozenset({
+    "augment", "batch_size", "betas", "cycle_warmup", "decay_norm_and_bias", "epochs", "grad_clip", "label_smoothing",
+    "lr", "momentum", "optimizer", "randaugment_magnitude", "randaugment_ops", "schedule", "warmup_epochs",
+    "warmup_steps", "weight_decay"})
 
 
 def keyed_fields(recipe: Recipe) -> dict[str, Any]:
-    """The recipe's fields for a content key: those of ``_KEYLESS_DEFAULTS`` left out at their defaults."""
-    return {k: v for k, v in dataclasses.asdict(recipe).items() if _KEYLESS_DEFAULTS.get(k, ...) != v}
+    """The recipe's fields for a content key: ``KEY_FIELDS`` always, any other only away from its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(recipe)}
+    return {k: v for k, v in dataclasses.asdict(recipe).items() if k in KEY_FIELDS or v != defaults[k]}

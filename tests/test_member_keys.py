@@ -221,3 +221,19 @@ def test_member_keys_do_not_drift(template):
 def test_the_shared_first_member_has_one_key_across_methods():
     firsts = {PINNED[t][0] for t in ("starsse-demo", "sse-demo", "fge-demo", "swag-demo", "laplace-demo")}
     assert len(firsts) == 1
+
+
+def test_a_recipe_field_added_later_leaves_the_keys_alone_at_its_default():
+    import dataclasses
+
+    from enstune.recipe import KEY_FIELDS, Recipe, keyed_fields
+
+    @dataclasses.dataclass(frozen=True)
+    class Later(Recipe):  # a field a later version adds, with a default that trains as before
+        nesterov: bool = False
+
+    assert keyed_fields(Later()) == keyed_fields(Recipe())
+    assert keyed_fields(Later(nesterov=True)) == keyed_fields(Recipe()) | {"nesterov": True}
+    # The fields of version 1 stay in every key, at any value; the others only away from their defaults.
+    assert set(keyed_fields(Recipe())) == KEY_FIELDS
+    assert keyed_fields(Recipe(precision="fp32"))["precision"] == "fp32"
