@@ -21,10 +21,12 @@ once, none lost or stuck, at most 10% extra member trainings, 0 tracebacks.
 
 Measured on 2 CPU cores (`python benchmarks/chaos.py --storage all --minutes 7 --seed 0`):
 
-    storage     once twice  lost running  waiting  trainings  begun  undisturbed  extra  tracebacks  faults
-    journal       12     0     0       0        0         24     30           25    20%           0  4 SIGKILL, 1 SIGTERM, 255 s
-    postgresql    12     0     0       0        0         25     27           25     8%           0  2 SIGTERM, 2 restarts, 270 s
-    proxy         12     0     0       0        0         25     27           25     8%           0  1 SIGKILL, 2 SIGTERM, 1 restart, 227 s
+    storage     once twice lost running waiting trainings begun undisturbed extra tracebacks faults
+    journal       12     0    0       0       0        24    30          25   20%          0 5 kills, 255 s
+    postgresql    12     0    0       0       0        25    27          25    8%          0 2 kills, 2 restarts, 270 s
+    proxy         12     0    0       0       0        25    27          25    8%          0 3 kills, 1 restart, 227 s
+
+(kills: journal 4 SIGKILL and 1 SIGTERM, PostgreSQL 2 SIGTERM, proxy 1 SIGKILL and 2 SIGTERM)
 
 Every point ran once, none was lost or left queued or running, no worker printed a traceback. Each
 extra training is the member a killed or stopped worker had in progress, one per signal that
