@@ -28,12 +28,13 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import Deferred, EnstuneError
 from enstune.storage.heartbeat import beats_for
+from enstune.storage import optuna_private as op
+from enstune.storage.optuna_private import BaseHeartbeat, is_heartbeat_enabled
 
 OWNER_ATTR = "claims_of"  # study system attribute of a companion: the study whose members it claims
 MEMBER, OWNER, BEATING = "member", "owner", "beating"  # claim system attributes
@@ -150,7 +151,7 @@ class Claims:
             check_stop()
             mine = self._open(key)
             holder = self._holder(key)
-            if holder is not None and holder._trial_id == mine:
+            if holder is not None and op.trial_id(holder) == mine:
                 if (found := lookup(key)) is None:
                     return Lease(self, mine)
                 # The last holder completed between this worker's look at the cache and its claim.
@@ -171,13 +172,13 @@ class Claims:
 
         while holder.state == TrialState.RUNNING:
             if self._stale(holder):
-                self._end(holder._trial_id, TrialState.FAIL)
-                return self.storage.get_trial(holder._trial_id)  # it may have completed first
+                self._end(op.trial_id(holder), TrialState.FAIL)
+                return self.storage.get_trial(op.trial_id(holder))  # it may have completed first
             if not wait:
                 raise Held(key, holder.system_attrs.get(OWNER, "another worker"))
             check_stop()
             time.sleep(self.poll)
-            holder = self.storage.get_trial(holder._trial_id)
+            holder = self.storage.get_trial(op.trial_id(holder))
         return holder
 
     def _open(self, key: str) -> int:
@@ -195,13 +196,13 @@ class Claims:
         """The claim that trains ``key``: its first RUNNING claim (only those: the read stays small)."""
         running = self.storage.get_all_trials(self.study_id(), deepcopy=False, states=(TrialState.RUNNING,))
         return min((t for t in running if t.system_attrs.get(MEMBER) == key),
-                   key=lambda t: (t.number, t._trial_id), default=None)
+                   key=lambda t: (t.number, op.trial_id(t)), default=None)
 
     def _stale(self, claim: FrozenTrial) -> bool:
         """Whether the worker holding ``claim`` went silent or died (the storage's heartbeat judges)."""
         if not claim.system_attrs.get(BEATING):
             # Timed from when this process first saw it so, not from its start: another host's clock.
-            seen = self._unmarked.setdefault(claim._trial_id, time.monotonic())
+            seen = self._unmarked.setdefault(op.trial_id(claim), time.monotonic())
             if time.monotonic() - seen > 2 * (self.heartbeat.get_heartbeat_interval() or 0):
                 return True
         return self.heartbeat.is_stale(self.study_id(), claim)

@@ -91,7 +91,6 @@ class Objective:
         self.seen: collections.Counter[TrialState] | None = None  # the study's trials by state, before the next trial
         self.ended: tuple[str, float | None] = ("FAIL", None)  # the last trial's state and value, as Optuna has them
         self.counted: Census | None = None  # the study's census, taken with the last trial's results
-        reporter.evaluation_planned(ws.evaluation_cost(spec))
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.trial_id, self.members_done, self.ended, self.counted = trial_id(trial), 0, ("FAIL", None), None

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from enstune.claims import claims_for
@@ -33,6 +32,8 @@ from enstune.storage import MAX_RETRY, PATIENCE, home_dir, open_storage, open_st
 from enstune.storage import retry
 from enstune.storage.heartbeat import TakenOver, beating, beats_for, fenced
 from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec
+from enstune.storage import optuna_private as op
+from enstune.storage.optuna_private import is_heartbeat_enabled, storage_of
 
 MAX_HEARTBEAT = 86_400  # seconds: a day between heartbeats is as long as one may be
 log = logging.getLogger("enstune.worker")
@@ -113,7 +114,7 @@ def requeue(study: optuna.Study, trial_id: int) -> int | None:
     None when the trial did not fail, was over the budget, or its point raised more errors than
     the retry limit allows (an interruption never counts).
     """
-    trial = study._storage.get_trial(trial_id)
+    trial = storage_of(study).get_trial(trial_id)
     if trial.state != TrialState.FAIL or trial.user_attrs.get(retry.OVER_BUDGET):
         return None
     again = retry.requeue(study, trial)
@@ -144,22 +145,22 @@ class _Recorded:
     def __call__(self, trial: optuna.Trial) -> float:
         from enstune.training import stop_when
 
-        beats = beating(trial._trial_id)
+        beats = beating(op.trial_id(trial))
         try:
             # Once another worker failed the trial (its heartbeats looked silent), training stops within a step.
             with stop_when(beats.check) if beats is not None else contextlib.nullcontext():
                 return self.objective(trial)
         except (optuna.TrialPruned, OverBudget):
-            if fenced(trial._trial_id, trial.study._storage):
+            if fenced(op.trial_id(trial), storage_of(trial.study)):
                 _LEFT.add(trial.number)
             raise
         except Exception as exc:
-            if _taken_over(exc) or fenced(trial._trial_id, trial.study._storage):
+            if _taken_over(exc) or fenced(op.trial_id(trial), storage_of(trial.study)):
                 _LEFT.add(trial.number)
             elif not _storage_fault(exc):
                 text = str(exc).splitlines()[0] if str(exc) else ""
                 with contextlib.suppress(Exception), _deferred_signals():  # the error, not this write, is reported
-                    trial.study._storage.set_trial_system_attr(trial._trial_id, retry.ERROR_ATTR,
+                    storage_of(trial.study).set_trial_system_attr(op.trial_id(trial), retry.ERROR_ATTR,
                                                         f"{type(exc).__name__}: {text}"[:1000])
             raise
 
@@ -280,6 +281,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec))
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
     objective = Objective(spec, ws, executor, reporter)
+    reporter.evaluation_planned(ws.evaluation_cost(spec))  # the worker's first line: what each trial will cost
     deadline = None if timeout is None else time.monotonic() + timeout
     with reporter, contextlib.closing(executor):
         work(study, spec, objective, reporter, n_trials, deadline)
@@ -307,7 +309,7 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
     may start, the worker fails the trials of workers gone silent every heartbeat interval, which
     re-queues them.
     """
-    storage = study._storage
+    storage = storage_of(study)
     beats = optuna.storages.fail_stale_trials if is_heartbeat_enabled(storage) else None
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ran, ended, pending = 0, None, None
@@ -376,13 +378,13 @@ def _fate(study: optuna.Study, objective: Objective, exc: Exception) -> str:
     if objective.trial_id is None:
         return text
     try:
-        trial = study._storage.get_trial(objective.trial_id)
+        trial = storage_of(study).get_trial(objective.trial_id)
         with _deferred_signals():
             attempt = requeue(study, objective.trial_id)
     except Exception:  # noqa: BLE001 - the storage is gone too: the trial is retried as a silent worker's
         return f"{text} (its trial is retried once its heartbeat goes silent)"
     if attempt is not None:
-        raised = len(retry.errors(study._storage.get_trial(objective.trial_id)))
+        raised = len(retry.errors(storage_of(study).get_trial(objective.trial_id)))
         return f"trial {trial.number} failed ({text}); re-queued (attempt {attempt}, error {raised} of at most " \
                f"{MAX_RETRY + 1})"
     if trial.state != TrialState.FAIL:
@@ -394,7 +396,7 @@ def _fate(study: optuna.Study, objective: Objective, exc: Exception) -> str:
 def _left(study: optuna.Study, objective: Objective) -> str:
     """What became of the trial another worker failed while this one ran it (it judged its heartbeats silent)."""
     try:
-        number = f"trial {study._storage.get_trial(objective.trial_id).number}" if objective.trial_id is not None \
+        number = f"trial {storage_of(study).get_trial(objective.trial_id).number}" if objective.trial_id is not None \
             else "a trial"
     except Exception:  # noqa: BLE001 - the storage is away: its id names it
         number = f"trial id {objective.trial_id}"
@@ -407,7 +409,7 @@ def _outcome(study: optuna.Study, objective: Objective) -> str:
     """Re-queue the trial an interrupt cut short; say what became of it."""
     if objective.trial_id is None:
         return "no trial was running"
-    trial = study._storage.get_trial(objective.trial_id)
+    trial = storage_of(study).get_trial(objective.trial_id)
     if trial.state == TrialState.RUNNING:  # cut inside Optuna's own bookkeeping: the heartbeat retries it
         return f"trial {trial.number} is left running; a worker retries it when its heartbeat goes silent"
     if trial.state != TrialState.FAIL:

@@ -32,9 +32,9 @@ class BulkStorage(Protocol):
 
 def native(storage: BaseStorage) -> BaseStorage:
     """The storage that serves the calls: the database under Optuna's cache, or ``storage`` itself."""
-    from optuna.storages._cached_storage import _CachedStorage
+    from enstune.storage.optuna_private import uncached
 
-    return storage._backend if isinstance(storage, _CachedStorage) else storage
+    return uncached(storage)
 
 
 def set_trial_attrs(storage: BaseStorage, trial_id: int, user: dict[str, Any] | None = None,

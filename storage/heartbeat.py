@@ -27,12 +27,13 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
 from enstune.errors import EnstuneError
 from enstune.storage.bulk import native, set_trial_attrs
-from enstune.storage.optuna_private import BaseHeartbeatThread, NullHeartbeatThread, is_heartbeat_enabled
+from enstune.storage import optuna_private as op
+from enstune.storage.optuna_private import (BaseHeartbeat, BaseHeartbeatThread, NullHeartbeatThread, is_heartbeat_enabled,
+                                            rdb_models)
 from enstune.storage.resilient import ResilientRDBStorage, dialect_upsert, one_try
 
 HEARTBEAT_ATTR = "heartbeat"
@@ -79,7 +80,7 @@ def _own(beat: Any, trial_id: int) -> bool:  # noqa: ANN401 - a stored attribute
 def _stale_now(trial: FrozenTrial) -> bool:
     """Whether ``trial``'s own last beat names a process of this host that is gone: stale at once, whatever its age."""
     beat = trial.system_attrs.get(HEARTBEAT_ATTR)
-    return _own(beat, trial._trial_id) and _gone(beat)
+    return _own(beat, op.trial_id(trial)) and _gone(beat)
 
 
 def _owner() -> dict[str, Any]:
@@ -142,7 +143,7 @@ class AttributeHeartbeat(BaseHeartbeat):
         now = time.time()
         if now < self._quiet.get(study_id, now):
             owners = self._owners.get(study_id, {})
-            if not (gone := [trial_id for trial_id, beat in owners.items() if _gone(beat)]):
+            if not (gone := [owner for owner, beat in owners.items() if _gone(beat)]):
                 return []
             self._quiet[study_id] = now  # failed (or finished meanwhile): the next check reads again
             return gone
@@ -152,9 +153,9 @@ class AttributeHeartbeat(BaseHeartbeat):
         for trial in self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)):
             beat = trial.system_attrs.get(HEARTBEAT_ATTR)
             # A retry copies its failed predecessor's attributes, heartbeat included: not its own.
-            if beat is not None and beat.get("trial", trial._trial_id) == trial._trial_id:
+            if beat is not None and beat.get("trial", op.trial_id(trial)) == op.trial_id(trial):
                 last, gone = beat["time"], _gone(beat)
-                owners[trial._trial_id] = beat
+                owners[op.trial_id(trial)] = beat
             else:
                 # Not yet beating (or started by a worker without heartbeats): judged by its start. A
                 # start without a time zone is a server's local time (through a proxy), which this
@@ -163,9 +164,9 @@ class AttributeHeartbeat(BaseHeartbeat):
                 if start is not None and start.tzinfo is not None:
                     last = start.timestamp()
                 else:
-                    last = unbeaten[trial._trial_id] = self._unbeaten.get(study_id, {}).get(trial._trial_id, now)
+                    last = unbeaten[op.trial_id(trial)] = self._unbeaten.get(study_id, {}).get(op.trial_id(trial), now)
             if now - last > grace or gone:
-                stale.append(trial._trial_id)
+                stale.append(op.trial_id(trial))
             quiet = min(quiet, last + grace)
         self._unbeaten[study_id] = unbeaten  # a study's check leaves another's (the member claims') alone
         # With a stale trial found, the next check reads again: whoever fails it, or a late beat, changes what it sees.
@@ -174,7 +175,7 @@ class AttributeHeartbeat(BaseHeartbeat):
 
     def is_stale(self, study_id: int, trial: FrozenTrial) -> bool:
         """Whether running ``trial`` of the study is stale, judged as the study's trials are, its own beat read afresh."""
-        return _stale_now(trial) or trial._trial_id in self._get_stale_trial_ids(study_id)
+        return _stale_now(trial) or op.trial_id(trial) in self._get_stale_trial_ids(study_id)
 
     def get_heartbeat_interval(self) -> int | None:
         """Seconds between heartbeats."""
@@ -254,15 +255,15 @@ class HeartbeatRDBStorage(ResilientRDBStorage):
 
     def is_stale(self, study_id: int, trial: FrozenTrial) -> bool:
         """Whether running ``trial`` of the study is stale, judged as the study's trials are, its own beat read afresh."""
-        return _stale_now(trial) or trial._trial_id in self._get_stale_trial_ids(study_id)
+        return _stale_now(trial) or op.trial_id(trial) in self._get_stale_trial_ids(study_id)
 
 
 @functools.cache
 def _beat_upsert(dialect: str) -> Any:  # noqa: ANN401 - a SQLAlchemy Insert
     """The upsert of a trial's row in Optuna's heartbeat table, at the database's time, built once."""
     import sqlalchemy
-    from optuna.storages._rdb import models
 
+    models = rdb_models()
     table = models.TrialHeartbeatModel.__table__
     insert = dialect_upsert(dialect)(table).values(trial_id=sqlalchemy.bindparam("trial_id"),
                                                    heartbeat=sqlalchemy.func.now())
@@ -272,8 +273,8 @@ def _beat_upsert(dialect: str) -> Any:  # noqa: ANN401 - a SQLAlchemy Insert
 def _beat_row(session: Any, trial_id: int, dialect: str) -> None:
     """Record a heartbeat of ``trial_id`` in Optuna's heartbeat table, at the database's time, within ``session``."""
     import sqlalchemy
-    from optuna.storages._rdb import models
 
+    models = rdb_models()
     if dialect_upsert(dialect) is not None:
         session.execute(_beat_upsert(dialect), {"trial_id": trial_id})
         return

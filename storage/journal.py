@@ -30,10 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
-from optuna.storages.journal._file import get_lock_file
-from optuna.storages.journal._storage import JournalOperation
 
 from enstune.storage.retry import StorageUnavailable
+from enstune.storage.optuna_private import JournalOperation, get_lock_file
 
 _BLOCK = 1 << 16
 _OPS = frozenset(int(op) for op in JournalOperation)

@@ -45,6 +45,11 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
+def uncached(storage: BaseStorage) -> BaseStorage:
+    """The storage that serves the calls: the database under Optuna's cache (``_CachedStorage._backend``), or itself."""
+    return storage._backend if isinstance(storage, CachedStorage) else storage
+
+
 def as_asked(trial: optuna.Trial) -> FrozenTrial:
     """``trial`` as Optuna holds it in the worker: read when it was asked for, updated by this worker's writes."""
     return trial._cached_frozen_trial

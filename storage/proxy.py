@@ -127,8 +127,9 @@ class ProxyStorage(GrpcStorageProxy):
 
     def _setup(self) -> None:
         import grpc
-        from optuna.storages._grpc.auto_generated.api_pb2_grpc import StorageServiceStub
-        from optuna.storages._grpc.client import GrpcClientCache
+        from enstune.storage.optuna_private import grpc_client
+
+        StorageServiceStub, GrpcClientCache = grpc_client()  # noqa: N806 - classes
 
         channel = grpc.insecure_channel(f"{self._host}:{self._port}", options=_CHANNEL)
         self._channel = grpc.intercept_channel(channel, _lost(self._name))
@@ -246,7 +247,9 @@ def _service(storage: optuna.storages.BaseStorage) -> Any:  # noqa: ANN401 - a g
 
 def server(storage: optuna.storages.BaseStorage, host: str, port: int) -> Any:  # noqa: ANN401 - a grpc.Server
     """Optuna's gRPC storage proxy server for ``storage`` on ``host``:``port``, with enstune's service; not started."""
-    from optuna.storages._grpc.server import make_server
+    from enstune.storage.optuna_private import grpc_server_factory
+
+    make_server = grpc_server_factory()
 
     # What run_grpc_proxy_server starts, with enstune's service added before it starts.
     built = make_server(storage, f"[{host}]" if ":" in host else host, port, ThreadPoolExecutor(max_workers=THREADS))

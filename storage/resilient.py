@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from enstune.errors import EnstuneError
 from enstune.storage.bulk import Tally
 from enstune.storage.trials import read_trial, read_trials
+from enstune.storage.optuna_private import rdb_models, scoped_session
 
 log = logging.getLogger("enstune.storage")
 
@@ -84,7 +85,7 @@ def _tally(rows: list[Any]) -> Tally:
 @functools.cache
 def _attr_upsert(dialect: str, table: str) -> Any:  # noqa: ANN401 - a SQLAlchemy Insert
     """The upsert Optuna issues per key into attribute table ``table``, run once with every row as parameters."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     insert = dialect_upsert(dialect)(models.BaseModel.metadata.tables[table])
     return insert.on_conflict_do_update(index_elements=["trial_id", "key"],
@@ -95,7 +96,7 @@ def _attr_upsert(dialect: str, table: str) -> Any:  # noqa: ANN401 - a SQLAlchem
 def _census(maximize: bool, below: bool) -> Any:  # noqa: ANN401 - a SQLAlchemy Select
     """Trials of study ``:study_id`` (numbered below ``:below``) by state, and the best value of the COMPLETE ones."""
     import sqlalchemy as sa
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial, value = models.TrialModel.__table__, models.TrialValueModel.__table__
     # A COMPLETE trial's value by its index, not a join: a join's plan may read every study's values.
@@ -114,7 +115,7 @@ def _census(maximize: bool, below: bool) -> Any:  # noqa: ANN401 - a SQLAlchemy 
 def _trial_state() -> Any:  # noqa: ANN401 - a SQLAlchemy Select
     """The state of trial ``:trial_id``."""
     import sqlalchemy as sa
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial = models.TrialModel.__table__
     return sa.select(trial.c.state).where(trial.c.trial_id == sa.bindparam("trial_id"))
@@ -125,7 +126,7 @@ def _running_beats() -> Any:  # noqa: ANN401 - a SQLAlchemy Select
     """Each running trial of study ``:study_id`` with a row in Optuna's heartbeat table: its last beat, now, and the
     heartbeat attribute that names who beats (NULL where there is none)."""
     import sqlalchemy as sa
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial, beat = models.TrialModel.__table__, models.TrialHeartbeatModel.__table__
     attr = models.TrialSystemAttributeModel.__table__
@@ -166,7 +167,7 @@ class ResilientRDBStorage(RDBStorage):
 
     def create_new_study(self, directions: Sequence[StudyDirection], study_name: str | None = None) -> int:
         """Optuna's, with a name too long for the database refused in one line (not a raw DataError)."""
-        from optuna.storages._rdb import models
+        models = rdb_models()
 
         limit = models.StudyModel.__table__.c.study_name.type.length
         if study_name is not None and len(study_name) > limit:
@@ -176,18 +177,16 @@ class ResilientRDBStorage(RDBStorage):
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
         """Optuna's, read as plain rows (``enstune.storage.trials``)."""
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
+        
+        with scoped_session(self.scoped_session) as session:
             return read_trial(session, trial_id)
 
     def _get_trials(self, study_id: int, states: Container[TrialState] | None, included_trial_ids: set[int],
                     trial_id_greater_than: int) -> list[FrozenTrial]:
         """Optuna's (what its storage cache reads), read as plain rows (``enstune.storage.trials``)."""
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
+        models = rdb_models()
+        
+        with scoped_session(self.scoped_session) as session:
             models.StudyModel.find_or_raise_by_id(study_id, session)
             return read_trials(session, study_id, states, included_trial_ids, trial_id_greater_than)
 
@@ -200,9 +199,8 @@ class ResilientRDBStorage(RDBStorage):
         per key runs once for all of them; elsewhere Optuna's per-key statements. ``census_of`` =
         (study id, maximize): the study's census (see ``census``), in the same transaction.
         """
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session, True) as session:
+        
+        with scoped_session(self.scoped_session, True) as session:
             state = session.execute(_trial_state(), {"trial_id": trial_id}).scalar_one_or_none()
             if state is None:
                 raise KeyError(f"no trial with id {trial_id}")
@@ -216,7 +214,7 @@ class ResilientRDBStorage(RDBStorage):
         """Upsert a trial's attributes within ``session`` (its trial already checked to be updatable)."""
         import json
 
-        from optuna.storages._rdb import models
+        models = rdb_models()
 
         for model, attrs in ((models.TrialUserAttributeModel, user), (models.TrialSystemAttributeModel, system)):
             if not attrs:
@@ -234,9 +232,8 @@ class ResilientRDBStorage(RDBStorage):
         Reading the trials themselves to count them costs half a dozen queries (one per child
         table) and grows with the study. The best value is the best finite one of a COMPLETE trial.
         """
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
+        
+        with scoped_session(self.scoped_session) as session:
             params = {"study_id": study_id} if below is None else {"study_id": study_id, "below": below}
             return _tally(session.execute(_census(maximize, below is not None), params).all())
 
@@ -255,9 +252,8 @@ class ResilientRDBStorage(RDBStorage):
         import json
 
         import sqlalchemy as sa
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(self.scoped_session) as session:
+        
+        with scoped_session(self.scoped_session) as session:
             rows = session.execute(_running_beats(), {"study_id": study_id}).all()
             up = None
             if rows and self.engine.name == "postgresql":

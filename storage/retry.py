@@ -76,8 +76,10 @@ def requeue(study: optuna.Study, trial: FrozenTrial, fresh: bool = False) -> Fro
     template = optuna.trial.create_trial(state=TrialState.WAITING, params=trial.params,
                                          distributions=trial.distributions, user_attrs=trial.user_attrs,
                                          system_attrs=system)
-    trial_id = study._storage.create_new_trial(study._study_id, template)
-    return study._storage.get_trial(trial_id)
+    from enstune.storage.optuna_private import storage_of, study_id
+
+    created = storage_of(study).create_new_trial(study_id(study), template)
+    return storage_of(study).get_trial(created)
 
 
 class Requeue:

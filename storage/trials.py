@@ -20,6 +20,8 @@ from typing import Any
 from optuna import distributions
 from optuna.trial import FrozenTrial, TrialState
 
+from enstune.storage.optuna_private import rdb_models
+
 CHUNK = 500  # ids per IN list, as Optuna's eager loading sends them (SQLite allows 999 parameters at least)
 
 
@@ -27,7 +29,7 @@ def read_trials(session: Any, study_id: int, states: Container[TrialState] | Non
                 included_trial_ids: Iterable[int] = (), trial_id_greater_than: int = -1) -> list[FrozenTrial]:
     """Trials of ``study_id`` (in ``states``, if given) as ``RDBStorage._get_trials`` selects them, by trial id."""
     import sqlalchemy as sa
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial = models.TrialModel.__table__
     where = [trial.c.study_id == study_id]
@@ -47,7 +49,7 @@ def read_trials(session: Any, study_id: int, states: Container[TrialState] | Non
 
 def read_trial(session: Any, trial_id: int) -> FrozenTrial:
     """One trial as ``RDBStorage.get_trial`` returns it; KeyError (Optuna's message) if there is none."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     rows = _trial_rows(session, models.TrialModel.__table__.c.trial_id == trial_id)
     if not rows:
@@ -58,7 +60,7 @@ def read_trial(session: Any, trial_id: int) -> FrozenTrial:
 def _trial_rows(session: Any, *where: Any) -> list[Any]:
     """(id, number, state, start, complete) of the trials matching ``where``, by trial id."""
     import sqlalchemy as sa
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     trial = models.TrialModel.__table__
     return session.execute(sa.select(trial.c.trial_id, trial.c.number, trial.c.state, trial.c.datetime_start,
@@ -84,7 +86,7 @@ def _distribution(text: str) -> distributions.BaseDistribution:
 
 def _build(session: Any, rows: list[Any]) -> list[FrozenTrial]:
     """FrozenTrials of ``rows`` (id, number, state, start, complete), with their child tables' rows."""
-    from optuna.storages._rdb import models
+    models = rdb_models()
 
     ids = [r[0] for r in rows]
     params: dict[int, dict[str, Any]] = defaultdict(dict)

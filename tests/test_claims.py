@@ -210,7 +210,9 @@ def test_concurrent_workers_train_member_1_once_and_give_a_single_workers_result
 
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_a_killed_holder_on_this_host_is_taken_over_within_one_heartbeat_interval(kind, request, tmp_path):
-    long_beat = 60  # a claim silent for two of these would take two minutes to expire
+    # A claim silent for two of these would take ten minutes to expire: half of one is ample room, even
+    # on a loaded machine, for a takeover by the holder's liveness.
+    long_beat = 300
     url = url_of(kind, request.getfixturevalue("pg") if kind == "postgresql" else None)
     name = f"dead-{uuid.uuid4().hex[:8]}"
     cache = MemberCache(FileSystemArtifactStore(tmp_path))
