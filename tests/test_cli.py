@@ -6,7 +6,7 @@ import pytest
 from optuna.storages.journal import JournalFileBackend
 from typer.testing import CliRunner
 
-from cli_helpers import TINY, TINY_SET
+from cli_helpers import TINY, TINY_SET, one_line_error
 from enstune.cli import app
 from enstune.errors import EnstuneError
 
@@ -15,14 +15,6 @@ runner = CliRunner()
 
 def invoke(*args: str, input: str | None = None):
     return runner.invoke(app, list(args), input=input)
-
-
-def one_line_error(result, fragment: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0]
 
 
 @pytest.mark.parametrize("columns", ["40", "200"])

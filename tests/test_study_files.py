@@ -7,6 +7,7 @@ import optuna
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
+from cli_helpers import one_line_error
 from enstune.cli import app
 from enstune.config import load_template, to_dict
 from enstune.storage import open_storage
@@ -16,14 +17,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-def one_line_error(result, fragment: str) -> None:
-    assert result.exit_code != 0
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert fragment in lines[0]
 
 
 def test_a_study_file_on_a_base_is_stored_by_content_and_named_after_the_file(tmp_path):
