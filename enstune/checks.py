@@ -11,7 +11,7 @@ from enstune.config import (LATER_MEMBER_AXES, SHARED_PARAMS, TRIAL_PARAMS, Stud
 from enstune.data import list_datasets, reads_files
 from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
-from enstune.methods import get_method
+from enstune.methods import MemberJob, get_method
 from enstune.models import check_drop_path
 from enstune.optim import OPTIMIZERS
 from enstune.pruning import PRUNERS, SAMPLERS
@@ -64,11 +64,8 @@ def _check_option_axes(spec: StudySpec, methods: list[str], known: list[str]) ->
                               + (f" or an option of this study's methods: {', '.join(known)}" if known else ""))
         for method in (m for m in methods if name in get_method(m).options):
             for value in p.choices or (p.low, p.high):
-                options = tuple(sorted({**spec.options, name: value}.items()))
-                cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members,
-                                  options=options)
                 try:  # a method checks its options as it plans
-                    get_method(method).plan(cfg)
+                    _plan(spec, method, {name: value})
                 except ConfigError as exc:
                     raise ConfigError(f"space.{name} = {value}: {exc}") from None
 
@@ -83,11 +80,16 @@ def check_auto_augment(policy: str, config: str) -> None:
     timm_augment(config, 224, (0.485, 0.456, 0.406), "bicubic")
 
 
+def _plan(spec: StudySpec, method: str, options: dict[str, float] | None = None) -> list[MemberJob]:
+    """The plan of ``method`` on the spec's ×1 recipe, with ``options`` over the spec's own."""
+    cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members,
+                      options=tuple(sorted((spec.options | (options or {})).items())))
+    return get_method(method).plan(cfg)
+
+
 def _check_checkpoints(spec: StudySpec, method: str) -> None:
     """A task that lists checkpoint files lists every one a plan of ``method`` starts from."""
-    cfg = TrialConfig(task=spec.task, recipe=spec.finetune, method=method, members=spec.members,
-                      options=tuple(sorted(spec.options.items())))
-    starts = [job.checkpoint for job in get_method(method).plan(cfg) if job.checkpoint is not None]
+    starts = [job.checkpoint for job in _plan(spec, method) if job.checkpoint is not None]
     needed = max(starts, default=0) + 1
     # An empty list: the dataset pre-trains its own checkpoints, as many as a plan asks for.
     if spec.task.checkpoints and needed > len(spec.task.checkpoints):

@@ -44,7 +44,6 @@ class Selection:
 
     study: str
     size: int  # at most this many members (the study's K unless asked otherwise)
-    members_per_trial: int  # the study's K: the best trial's ensemble is compared at this size
     candidates: int  # distinct members read from the cache
     skipped: int  # members whose cache entry is missing or damaged
     members: list[dict[str, Any]]  # {trial, index, key, weight}, in the order first taken
@@ -56,7 +55,7 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
-        out = {"study": self.study, "size": self.size, "members_per_trial": self.members_per_trial,
+        out = {"study": self.study, "size": self.size, "members_per_trial": self.at_trial_size["size"],
                "candidates": self.candidates, "skipped": self.skipped, **self.metrics, "members": self.members,
                "best_trial": self.best_trial, "at_trial_size": self.at_trial_size, "best_member": self.best_member}
         return out if self.soup is None else out | {"soup": self.soup}
@@ -207,6 +206,6 @@ def select(name: str, size: int | None = None, storage_url: str | None = None, a
     best_member = (first.ref() | ensemble_metrics(first.val, val_y, "val")
                    | ensemble_metrics(first.test, test_y, "test"))
     picked = list(dict.fromkeys(taken))
-    return Selection(name, size, k, len(found), skipped, chosen["members"], chosen["metrics"], best, best_member,
+    return Selection(name, size, len(found), skipped, chosen["members"], chosen["metrics"], best, best_member,
                      {"size": k, "members": same["members"]} | same["metrics"],
                      _soup(spec, ws, [found[i] for i in picked]) if ws is not None else None)
