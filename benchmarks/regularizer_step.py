@@ -72,7 +72,7 @@ def main() -> None:
         print(f"{name:<10} {'plain':<12} {plain * 1000:>9.1f} {1.0:>6.2f}", flush=True)
         terms: list[tuple[str, Callable]] = [(r, get_regularizer(r).make(ctx)) for r in list_regularizers()
                                               if r != "rtd"]
-        terms += [(f"rtd@{sub}", get_regularizer("rtd").make(dataclasses.replace(ctx, subsample=sub)))
+        terms += [(f"rtd@{sub}", get_regularizer("rtd").make(dataclasses.replace(ctx, options={"subsample": sub})))
                   for sub in (32, 64, 128)]
         for label, term in terms:
             t = _step_time(build(reference), x, y, term, args.steps)

@@ -91,13 +91,16 @@ def templates_show(
     name: Annotated[str, typer.Argument(help="A template's name or a study file, PATH.toml.")],
 ) -> None:
     """Print a template (or study file) as TOML, its base merged in: a study file to start from."""
-    from enstune.checks import load_checked
+    from enstune.checks import load_checked, study_settings, task_settings
     from enstune.config import resolved_data, to_toml
+    from enstune.settings import describe
 
-    load_checked(name)  # a template or file that would not create a study says so here
+    spec = load_checked(name)  # a template or file that would not create a study says so here
     data, template = resolved_data(name)
+    notes = describe("options", study_settings(spec)) + describe("task.options", task_settings(spec))
     sys.stdout.write(f"# {name}: {template}'s keys with its bases merged; `enstune study create FILE.toml` reads it\n"
-                     + to_toml(data))
+                     + to_toml(data) + "".join(f"\n{line}" for line in ["# The settings its plugins read:", *notes])
+                     + "\n")
 
 
 @study_app.command("create")
@@ -131,20 +134,12 @@ def study_run(
     wait_storage: Annotated[float, typer.Option("--wait-storage", help="Seconds to wait for a storage that is down when the worker starts (later calls wait 600).")] = 600.0,  # noqa: E501
 ) -> None:
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
-    import contextlib
-
     from enstune import study as st
-    from enstune.progress import LogReporter, Reporter, RichReporter, log_lines
+    from enstune.progress import reporting
     from enstune.publish import publish
     from enstune.worker import run
 
-    def reporter(budget: int) -> Reporter:
-        # A person at a terminal watches live bars; a batch job's log (a file, a pipe) gets a
-        # timestamped line per event as it happens, and so do log records and warnings.
-        return RichReporter(budget, console=err) if interactive else LogReporter(sys.stderr, budget)
-
-    interactive = sys.stderr.isatty()
-    with contextlib.nullcontext() if interactive else log_lines(sys.stderr):
+    with reporting(sys.stderr, err) as reporter:
         study = run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
                     reporter_factory=reporter, heartbeat=heartbeat, artifacts=artifacts, per_member=per_member,
                     wait_storage=wait_storage)
@@ -262,24 +257,16 @@ def regimes(
 ) -> None:
     """Label every trial that ran more-local, optimal or semi-local, with its evidence, confidence and a regime map."""
     from enstune.publish import study_regimes
-    from enstune.regimes import Thresholds, regime_map
+    from enstune.regimes import Thresholds, study_dict, study_tables
 
     th = Thresholds(band, alpha, barrier, degradation)
     labelled, info = study_regimes(name, storage, th)
     if as_json:
-        sys.stdout.write(json.dumps({"study": name, "thresholds": th.__dict__, "rules": th.describe(),
-                                     "trials": [g.to_dict() for g in labelled]}, indent=2) + "\n")
+        sys.stdout.write(json.dumps(study_dict(name, th, labelled), indent=2) + "\n")
         return
     out.print(th.describe(), markup=False, highlight=False)
-    table = Table("#", "method", "lr_mult", "epoch_mult", "regime", "conf.", "val ens", "gain", "degr.", "val div.",
-                  "barrier", "why", title=f"regimes of {name} (* partial: labelled from the members it had)")
-    for g in labelled:
-        table.add_row(str(g.number), g.method, str(g.lr_mult), str(g.epoch_mult), g.label + ("*" if g.partial else ""),
-                      f"{g.confidence:.2f}", f"{g.val_ens_acc:.3f}", f"{g.gain:+.3f}", f"{g.degradation:+.3f}",
-                      _fmt(g.diversity, ".1f"), _fmt(g.barrier, ".3f"), g.reason)
-    out.print(table)
-    for method in sorted({g.method for g in labelled}):
-        out.print(regime_table(regime_map(labelled, info["trials"], method), method))
+    for table in study_tables(name, labelled, info["trials"]):
+        out.print(table)
 
 
 @app.command()
@@ -293,27 +280,18 @@ def recommend(
     as_json: AsJson = False,
 ) -> None:
     """Propose (lr_mult, epoch_mult) for a dataset from finished studies and the paper's Table 3."""
-    from enstune.recommend import enqueue, known_datasets, knows, propose
+    from enstune import recommend as rec
 
-    proposals = propose(dataset, method, top, storage)
-    queued = enqueue(enqueue_into, proposals, method, storage) if enqueue_into else []
-    if not knows(proposals):  # a new dataset: what it gets is the other datasets' pooled optima
-        err.print(f"note: nothing is known of dataset {dataset!r} (no finished study of it, not in the paper's "
-                  f"Table 3; known: {', '.join(known_datasets(storage))}): the proposals pool the other datasets' "
-                  f"optima", markup=False, highlight=False)
+    proposals = rec.propose(dataset, method, top, storage)
+    queued = rec.enqueue(enqueue_into, proposals, method, storage) if enqueue_into else []
+    if not rec.knows(proposals):
+        err.print(rec.unknown_note(dataset, storage), markup=False, highlight=False)
     if as_json:
-        sys.stdout.write(json.dumps({"dataset": dataset, "method": method, "known": knows(proposals),
-                                     "proposals": [p.to_dict() for p in proposals],
-                                     "enqueued": [p.to_dict() for p in queued]}, indent=2) + "\n")
+        sys.stdout.write(json.dumps(rec.proposals_dict(dataset, method, proposals, queued), indent=2) + "\n")
         return
-    table = Table("rank", "lr_mult", "epoch_mult", "from", "evidence", title=f"{method} on {dataset}")
-    for i, p in enumerate(proposals, 1):
-        table.add_row(str(i), str(p.lr_mult), str(p.epoch_mult), p.tier, "; ".join(p.sources))
-    out.print(table)
+    out.print(rec.proposals_table(proposals, dataset, method))
     if enqueue_into:
-        out.print(f"queued {len(queued)} of {len(proposals)} in study {enqueue_into} (the others are outside its "
-                  f"search space)" if len(queued) < len(proposals) else
-                  f"queued {len(queued)} in study {enqueue_into}", markup=False, highlight=False)
+        out.print(rec.queued_line(enqueue_into, queued, proposals), markup=False, highlight=False)
 
 
 @app.command("select")
@@ -331,21 +309,13 @@ def select_members(
 
     sel = select(name, size, storage, artifacts, soup)
     if sel.skipped:
-        err.print(f"warning: {sel.skipped} of {sel.skipped + sel.candidates} members skipped: their cache entries "
-                  f"are missing or damaged", markup=False, highlight=False)
+        err.print(sel.skipped_note(), markup=False, highlight=False)
     if as_json:
         sys.stdout.write(json.dumps(sel.to_dict(), indent=2) + "\n")
         return
-    table = Table("", "size", "val acc", "val nll", "test acc", "test nll", "test ece", title=f"selection from {name}")
-    for row in sel.rows():
-        table.add_row(*row)
-    out.print(table)
-    taken = ", ".join(f"trial {r['trial']} #{r['index']}" + (f" ×{r['weight']}" if r["weight"] > 1 else "")
-                      for r in sel.members)
-    out.print(f"members ({sel.candidates} distinct read): {taken}", markup=False, highlight=False)
-    if sel.soup is not None:
-        out.print("soup: " + ", ".join(f"trial {r['trial']} #{r['index']}" for r in sel.soup["members"]),
-                  markup=False, highlight=False)
+    out.print(sel.table())
+    for line in sel.summary_lines():
+        out.print(line, markup=False, highlight=False)
 
 
 @app.command()
@@ -363,18 +333,6 @@ def report(
         raise EnstuneError(f"study {name} has no completed trial yet: nothing to draw")
     for path in paths:
         out.print(str(path), markup=False, highlight=False)
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def regime_table(grid: dict[str, Any], method: str) -> Table:
-    """The regime map (``enstune.regimes.regime_map``) as a rich table."""
-    table = Table("lr_mult \\ epoch_mult", *map(str, grid["epoch_mult"]), title=f"regime map ({method})")
-    for lr in grid["lr_mult"]:
-        table.add_row(str(lr), *[grid["cells"].get((lr, ep), "") for ep in grid["epoch_mult"]])
-    return table
 
 
 @app.command()

@@ -24,6 +24,7 @@ class Checkpoints:
 
     def __init__(self, task: Task, home: Path, data: TaskData) -> None:
         self.task, self.home, self.data = task, Path(home), data
+        self.head = task.option("head", "new")  # a family without a head setting starts every member from a new one
         self._digests: dict[Path, str] = {}
         self._bodies: dict[int, dict[str, torch.Tensor]] = {}
 
@@ -56,12 +57,12 @@ class Checkpoints:
         """The task's network from checkpoint ``index`` with a new head (the caller seeds its initialisation)."""
         if index not in self._bodies:
             model = from_pretrained(self.task.model, self.path(index), self.data.num_classes,
-                                    prefix=self.task.checkpoint_prefix, head=self.task.head,
+                                    prefix=self.task.checkpoint_prefix, head=self.head,
                                     class_names=self.data.classes)
             # The file is read (and a zero-shot head computed) once per worker; a new head is drawn per member.
             head = classifier_prefix(model) + "."
             self._bodies[index] = {k: v.clone() for k, v in model.state_dict().items()
-                                   if self.task.head == "zeroshot" or not k.startswith(head)}
+                                   if self.head == "zeroshot" or not k.startswith(head)}
             return model
         model = create_model(self.task.model, self.data.num_classes)  # draws the head as from_pretrained does
         missing, _ = model.load_state_dict(self._bodies[index], strict=False)

@@ -8,15 +8,16 @@ from pathlib import Path
 
 from enstune.config import (LATER_MEMBER_AXES, SHARED_PARAMS, TRIAL_PARAMS, StudySpec, TrialConfig, load_template,
                             study_methods)
-from enstune.data import list_datasets, reads_files
+from enstune.data import dataset_settings, list_datasets, reads_files
 from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
 from enstune.methods import MemberJob, get_method
-from enstune.models import check_drop_path
-from enstune.optim import OPTIMIZERS
+from enstune.models import check_drop_path, model_settings
+from enstune.optim import OPTIMIZERS, check_optimizer, with_options
 from enstune.pruning import PRUNERS, SAMPLERS
 from enstune.regularizers import get_regularizer
 from enstune.schedules import SCHEDULES
+from enstune.settings import Setting, check_options
 
 
 def check_spec(spec: StudySpec) -> StudySpec:
@@ -36,15 +37,16 @@ def check_spec(spec: StudySpec) -> StudySpec:
     if spec.finetune.auto_augment:
         check_auto_augment(spec.finetune.augment, spec.finetune.auto_augment)
     methods = study_methods(spec)
-    known = sorted(set().union(*(get_method(m).options for m in methods)))
-    for name in spec.options:
-        if name not in known:
-            raise ConfigError(f"options.{name}: no method of this study reads it; "
-                              f"{'known: ' + ', '.join(known) if known else 'its methods take no options'}")
+    declared = study_settings(spec)
+    check_options(spec.options, declared, "options.", "the study's methods, regularizer and optimizer")
+    if spec.task.options:  # a network's family is looked up only then: naming a timm network imports timm
+        check_options(spec.task.options, task_settings(spec), "task.options.",
+                      f"the dataset {spec.task.dataset} and the model {spec.task.model}")
+    check_optimizer(with_options(spec.finetune, spec.options))
     for method in methods:
         get_method(method).check(spec)
         _check_checkpoints(spec, method)
-    _check_option_axes(spec, methods, known)
+    _check_option_axes(spec, methods, declared)
     for name in spec.space:
         reasons = [unread(spec, m, name) for m in methods]
         if all(reasons):
@@ -53,15 +55,42 @@ def check_spec(spec: StudySpec) -> StudySpec:
     return spec
 
 
-def _check_option_axes(spec: StudySpec, methods: list[str], known: list[str]) -> None:
-    """A search axis that is no trial parameter is an option of the study's methods (the axis sets it, over
-    ``options``); each of its values one its methods accept."""
+def study_settings(spec: StudySpec) -> dict[str, Setting]:
+    """What the study's methods, regularizer and optimizer read from ``options``, by name."""
+    owners = [(f"method {m}", get_method(m).options) for m in study_methods(spec)]
+    if spec.regularizer != "none":
+        owners.append((f"regularizer {spec.regularizer}", get_regularizer(spec.regularizer).settings))
+    owners.append((f"optimizer {spec.finetune.optimizer}", OPTIMIZERS.get(spec.finetune.optimizer).settings))
+    declared: dict[str, Setting] = {}
+    where: dict[str, str] = {}
+    for owner, settings in owners:
+        for name, setting in settings.items():
+            if declared.setdefault(name, setting) != setting:  # one option, one meaning within a study
+                raise ConfigError(f"options.{name} means two things here: {where[name]} and {owner} both declare it")
+            where.setdefault(name, owner)
+    return declared
+
+
+def task_settings(spec: StudySpec) -> dict[str, Setting]:
+    """What the task's dataset and model family read from ``task.options``, by name."""
+    return dataset_settings(spec.task.dataset) | model_settings(spec.task.model)
+
+
+def _check_option_axes(spec: StudySpec, methods: list[str], declared: dict[str, Setting]) -> None:
+    """A search axis that is no trial parameter is an option of the study's plugins (the axis sets it, over
+    ``options``); each of its values one its plugin takes."""
     for name, p in spec.space.items():
         if name in TRIAL_PARAMS:
             continue
-        if name not in known:
+        if name not in declared:
+            if name in task_settings(spec):
+                raise ConfigError(f"space.{name}: a setting of the task is one per study (a worker holds one task's "
+                                  f"data and network); set task.options.{name}, or create a study per value")
+            known = ", ".join(sorted(declared))
             raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)}"
-                              + (f" or an option of this study's methods: {', '.join(known)}" if known else ""))
+                              + (f" or an option of this study's plugins: {known}" if known else ""))
+        for value in p.choices or (p.low, p.high):
+            declared[name].check(f"space.{name}", value)
         for method in (m for m in methods if name in get_method(m).options):
             for value in p.choices or (p.low, p.high):
                 try:  # a method checks its options as it plans
@@ -104,8 +133,8 @@ def load_checked(template: str, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def read_params(spec: StudySpec, method: str) -> frozenset[str]:
-    """The search parameters a trial of ``method`` reads under ``spec``: trial parameters and its options."""
-    names = (*TRIAL_PARAMS, *get_method(method).options)
+    """The search parameters a trial of ``method`` reads under ``spec``: trial parameters and its plugins' options."""
+    names = (*TRIAL_PARAMS, *study_settings(spec))
     return frozenset(name for name in names if unread(spec, method, name) is None)
 
 
@@ -118,7 +147,15 @@ def unread(spec: StudySpec, method: str, name: str) -> str | None:
     if spec.members == 1 and name in LATER_MEMBER_AXES:
         return "it acts on members 2..K and members is 1"
     method_ = get_method(method)
-    return None if name in method_.reads or name in method_.options else f"method {method} never reads it"
+    if name in method_.reads or name in method_.options:
+        return None
+    if spec.regularizer != "none" and name in get_regularizer(spec.regularizer).settings:
+        if spec.members == 1:
+            return "it acts on members 2..K and members is 1"
+        return None if "alpha" in method_.reads else f"method {method} trains no member {spec.regularizer} acts on"
+    if name in OPTIMIZERS.get(spec.finetune.optimizer).settings:
+        return None
+    return f"method {method} never reads it"
 
 
 def check_new(spec: StudySpec, home: Path) -> list[str]:

@@ -18,7 +18,7 @@ from enstune.errors import ConfigError
 from enstune.spec import (  # noqa: F401 - the face of the spec's types
     LATER_MEMBER_AXES, MAX_BATCH, MAX_EPOCHS, MAX_EPOCH_MULT, MAX_GRID, MAX_HEARTBEAT, MAX_IMAGES,
     MAX_INTERP_POINTS, MAX_LR_MULT, MAX_MEMBERS, MAX_SEED, MAX_STEPS, MAX_TRIALS, MAX_WORKERS, Param,
-    SHARED_PARAMS, StudySpec, TRIAL_PARAMS, Task, TrialConfig, _show, build, to_dict)
+    SHARED_PARAMS, StudySpec, TRIAL_PARAMS, Task, TrialConfig, _show, build, migrate, to_dict)
 from enstune.spec_rules import (  # noqa: F401 - and of its rules
     RECIPE_RULES, STUDY_RANGES, spec_from_dict, study_methods, validate)
 

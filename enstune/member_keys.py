@@ -15,7 +15,7 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
     its recipe and seed, frozen stages, its maker and settings, and its regularizer with the keys of the members it reads."""
     task_part = {"dataset": task.dataset, "model": task.model, "val_fraction": task.val_fraction,
                  "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
-                 "head": task.head}
+                 "head": task.option("head", "new")}
     # Settings added later: absent at their defaults, so members cached before them keep their keys.
     task_part |= {key: value for key, value in (("drop_path_rate", task.drop_path_rate), ("crop_pct", task.crop_pct))
                   if value is not None}
@@ -28,6 +28,10 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
         if job.refs:  # a maker reads the jobs it refers to (SPRO's vertices, SWAG's moments, the member to align to)
             parts["make"]["refs"] = ref_keys
     if job.regularizer != "none" and job.alpha != 0:  # alpha 0 is the plain member and shares its key
-        parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap, "subsample": job.subsample,
-                        "refs": ref_keys}
+        # Version 1 holds RTD's subsample in every regularized key (it was a field of the spec): at its default too.
+        options = dict(job.reg_options)
+        parts["reg"] = {"name": job.regularizer, "alpha": job.alpha, "tap": job.tap,
+                        "subsample": options.pop("subsample", 64), "refs": ref_keys}
+        if options:  # any other setting enters only away from its default
+            parts["reg"]["options"] = options
     return content_key(**parts)

@@ -293,3 +293,17 @@ def log_lines(stream: TextIO) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         optuna_log.handlers[:], optuna_log.propagate = saved
+
+
+@contextlib.contextmanager
+def reporting(stream: TextIO, console: Console) -> Iterator[Callable[[int], Reporter]]:
+    """Within: a worker's reporter factory (its budget -> a reporter) for progress shown on ``stream``.
+
+    A person at a terminal watches live bars on ``console``; a batch job's log (a file, a pipe) gets a
+    timestamped line per event as it happens, and so do log records and warnings.
+    """
+    if stream.isatty():
+        yield lambda budget: RichReporter(budget, console=console)
+        return
+    with log_lines(stream):
+        yield lambda budget: LogReporter(stream, budget)

@@ -79,6 +79,8 @@ class Recipe:
     precision: str = "auto"  # one of PRECISIONS
     compile: bool = False  # torch.compile the network for training (minutes of compilation per member process)
     channels_last: bool = True  # convolutional networks on a GPU train in channels-last memory format
+    # The optimizer's own settings away from their defaults (enstune.optim), sorted: a trial's, from the study's options.
+    optim: tuple[tuple[str, Any], ...] = ()
 
     @property
     def augmentation(self) -> Augmentation:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 # StarSSE paper, Table 3: (pre-training, dataset, method) -> optimal (lr_mult, epoch_mult).
 PAPER_OPTIMA: dict[tuple[str, str, str], tuple[float, float]] = {}
@@ -92,6 +95,36 @@ def known_datasets(storage_url: str | None = None) -> list[str]:
 def knows(proposals: list[Proposal]) -> bool:
     """Whether any proposal comes from the dataset itself (its own studies or the paper), not only from others."""
     return any(p.tier.startswith("this dataset") for p in proposals)
+
+
+def unknown_note(dataset: str, storage_url: str | None = None) -> str:
+    """What a dataset nothing is known of gets instead: the other datasets' pooled optima."""
+    return (f"note: nothing is known of dataset {dataset!r} (no finished study of it, not in the paper's Table 3; "
+            f"known: {', '.join(known_datasets(storage_url))}): the proposals pool the other datasets' optima")
+
+
+def proposals_dict(dataset: str, method: str, proposals: list[Proposal], queued: list[Proposal]) -> dict[str, Any]:
+    """The proposals for ``method`` on ``dataset`` and those ``enqueue`` queued, as JSON-serialisable data."""
+    return {"dataset": dataset, "method": method, "known": knows(proposals),
+            "proposals": [p.to_dict() for p in proposals], "enqueued": [p.to_dict() for p in queued]}
+
+
+def proposals_table(proposals: list[Proposal], dataset: str, method: str) -> Table:
+    """The proposals, ranked, each with where it comes from, as a rich table."""
+    # Only the command line draws it: importing this module stays light.
+    from rich.table import Table
+
+    table = Table("rank", "lr_mult", "epoch_mult", "from", "evidence", title=f"{method} on {dataset}")
+    for i, p in enumerate(proposals, 1):
+        table.add_row(str(i), str(p.lr_mult), str(p.epoch_mult), p.tier, "; ".join(p.sources))
+    return table
+
+
+def queued_line(name: str, queued: list[Proposal], proposals: list[Proposal]) -> str:
+    """What ``enqueue`` of ``proposals`` into study ``name`` did, in one line."""
+    if len(queued) < len(proposals):
+        return f"queued {len(queued)} of {len(proposals)} in study {name} (the others are outside its search space)"
+    return f"queued {len(queued)} in study {name}"
 
 
 def rank(dataset: str, method: str, known: list[Optimum]) -> list[Proposal]:

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
 from enstune.errors import EnstuneError
 from enstune.evaluation import unpack_correct
@@ -273,3 +274,37 @@ def regime_map(labelled: list[Regime], rows: list[dict[str, Any]], method: str) 
             cells[(g.lr_mult, g.epoch_mult)] = cell_text(g)
     return {"lr_mult": sorted({k[0] for k in cells}), "epoch_mult": sorted({k[1] for k in cells if k[1] is not None}),
             "cells": cells}
+
+
+def study_dict(name: str, th: Thresholds, labelled: list[Regime]) -> dict[str, Any]:
+    """Study ``name``'s labelled trials with the thresholds and rules in force, as JSON-serialisable data."""
+    return {"study": name, "thresholds": th.__dict__, "rules": th.describe(), "trials": [g.to_dict() for g in labelled]}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def trials_table(labelled: list[Regime], name: str) -> Table:
+    """Study ``name``'s labelled trials, each with its evidence, as a rich table."""
+    table = Table("#", "method", "lr_mult", "epoch_mult", "regime", "conf.", "val ens", "gain", "degr.", "val div.",
+                  "barrier", "why", title=f"regimes of {name} (* partial: labelled from the members it had)")
+    for g in labelled:
+        table.add_row(str(g.number), g.method, str(g.lr_mult), str(g.epoch_mult), g.label + ("*" if g.partial else ""),
+                      f"{g.confidence:.2f}", f"{g.val_ens_acc:.3f}", f"{g.gain:+.3f}", f"{g.degradation:+.3f}",
+                      _fmt(g.diversity, ".1f"), _fmt(g.barrier, ".3f"), g.reason)
+    return table
+
+
+def map_table(grid: dict[str, Any], method: str) -> Table:
+    """A regime map (``regime_map``) as a rich table."""
+    table = Table("lr_mult \\ epoch_mult", *map(str, grid["epoch_mult"]), title=f"regime map ({method})")
+    for lr in grid["lr_mult"]:
+        table.add_row(str(lr), *[grid["cells"].get((lr, ep), "") for ep in grid["epoch_mult"]])
+    return table
+
+
+def study_tables(name: str, labelled: list[Regime], rows: list[dict[str, Any]]) -> list[Table]:
+    """The trials table of study ``name``, then the regime map of each of its methods (``rows``: its trial rows)."""
+    methods = sorted({g.method for g in labelled})
+    return [trials_table(labelled, name), *(map_table(regime_map(labelled, rows, m), m) for m in methods)]

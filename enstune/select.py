@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from optuna.trial import TrialState
+from rich.table import Table
 
 from enstune import study as st
 from enstune.cache import MemberCache
@@ -79,6 +80,28 @@ class Selection:
         if self.soup is not None:
             out.append(row("greedy soup", len(self.soup["members"]), self.soup))
         return out
+
+    def table(self) -> Table:
+        """``rows`` as a rich table."""
+        table = Table("", "size", "val acc", "val nll", "test acc", "test nll", "test ece",
+                      title=f"selection from {self.study}")
+        for row in self.rows():
+            table.add_row(*row)
+        return table
+
+    def summary_lines(self) -> list[str]:
+        """The members taken (with their weights) and, when there is one, the soup's."""
+        taken = ", ".join(f"trial {r['trial']} #{r['index']}" + (f" ×{r['weight']}" if r["weight"] > 1 else "")
+                          for r in self.members)
+        lines = [f"members ({self.candidates} distinct read): {taken}"]
+        if self.soup is not None:
+            lines.append("soup: " + ", ".join(f"trial {r['trial']} #{r['index']}" for r in self.soup["members"]))
+        return lines
+
+    def skipped_note(self) -> str:
+        """How many members could not be read, and why."""
+        return (f"warning: {self.skipped} of {self.skipped + self.candidates} members skipped: their cache entries "
+                f"are missing or damaged")
 
 
 def _fmt(value: float | None) -> str:

@@ -25,16 +25,19 @@ class Task:
     data_dir: str = "{home}/data"
     val_fraction: float = 0.1
     split_seed: int = 0
-    partition: int = 1  # SUN-397's train/test partition (1..10; the paper uses the first)
     workers: int = 8  # DataLoader workers of streamed (folder) datasets
-    # Where folder datasets decode JPEGs: "workers" (PIL), "device" (torchvision's decode_jpeg there), "auto" (device on CUDA)
-    decode: str = "auto"
     checkpoint_prefix: str = ""  # a key prefix to strip from the checkpoints' state dicts
-    head: str = "new"  # "new": a random head; "zeroshot": CLIP's zero-shot classifier from the class names
     # timm's stochastic depth while training (None: the network's own default, 0.1 for timm's Swin, 0 for ResNets).
     drop_path_rate: float | None = None
     # Evaluation: resize to size / crop_pct, then centre-crop (None: the backbone's own, e.g. 0.9 for Swin-T's tag).
     crop_pct: float | None = None
+    # The dataset's and the model family's own settings (SUN-397's partition, CLIP's head, …): each declares
+    # the names it reads and their defaults (``enstune.settings``); a name left out has its default.
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def option(self, name: str, default: Any) -> Any:
+        """The task's setting ``name``, else ``default``."""
+        return self.options.get(name, default)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ MAX_EPOCHS = 10_000  # the ×1 recipe's epochs (and warm-up epochs)
 MAX_STEPS = 10**9  # warm-up steps
 MAX_EPOCH_MULT = 100  # a cycle trains at most 100 × the ×1 epochs
 MAX_LR_MULT = 1000  # a cycle's lr at most 1000 × the ×1 lr
-MAX_BATCH = 2**20  # batch_size and RTD's subsample
+MAX_BATCH = 2**20  # batch_size
 MAX_WORKERS = 256  # DataLoader processes
 MAX_INTERP_POINTS = 1000  # each point is a model with recalibrated BN
 MAX_IMAGES = 10**7  # bn_images, curve_images, ood_images
@@ -87,14 +90,13 @@ class StudySpec:
     # Completed trials of the same method before the pruner judges anyone.
     prune_startup_trials: int = 4
     # An extra loss term for members 2..K (enstune.regularizers), weighted by the trial's alpha,
-    # comparing the output of module ``tap`` ("": the head's input); RTD looks at ``subsample`` rows.
+    # comparing the output of module ``tap`` ("": the head's input).
     regularizer: str = "none"
     tap: str = ""
-    subsample: int = 64
     space: dict[str, Param] = field(default_factory=dict)
-    # Settings of the study's methods beyond the search axes (e.g. distillation's beta and tau); each
-    # method declares the names it reads and their defaults (``Method.options``).
-    options: dict[str, float] = field(default_factory=dict)
+    # Settings of the study's methods, regularizer and optimizer beyond the search axes (distillation's beta
+    # and tau, RTD's subsample, …); each declares the names it reads and their defaults (``enstune.settings``).
+    options: dict[str, Any] = field(default_factory=dict)
     # Evaluators run on every completed trial (see enstune.evaluation.evaluators).
     evaluate: tuple[str, ...] = ("calibration", "diversity", "soups", "connectivity", "ood")
     interp_points: int = 11  # points on each interpolation segment, end points included
@@ -128,12 +130,32 @@ class TrialConfig:
     seed: int = 0
     regularizer: str = "none"
     tap: str = ""
-    subsample: int = 64
-    options: tuple[tuple[str, float], ...] = ()  # the spec's method options, sorted by name
+    options: tuple[tuple[str, Any], ...] = ()  # the spec's options and the trial's option axes, sorted by name
 
-    def option(self, name: str, default: float) -> float:
-        """The spec's method option ``name``, else ``default``."""
+    def option(self, name: str, default: Any) -> Any:
+        """The trial's option ``name``, else ``default``."""
         return dict(self.options).get(name, default)
+
+
+# Where settings that plugins now declare once lived on shared types, and the value each then had by default:
+# a stored spec or a study file that gives one is read with it moved into the ``options`` of its owner.
+MOVED_TO_OPTIONS = {("task", "partition"): 1, ("task", "decode"): "auto", ("task", "head"): "new", ("", "subsample"): 64}
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec dict with settings of earlier versions moved to today's places (one at its old default dropped)."""
+    data = dict(data)
+    for (table, name), default in MOVED_TO_OPTIONS.items():
+        if table and isinstance(data.get(table), dict) and name in data[table]:
+            data[table] = node = dict(data[table])
+        elif not table and name in data:
+            node = data
+        else:
+            continue
+        value, options = node.pop(name), node.get("options", {})
+        if value != default and isinstance(options, dict):  # a table given wrong is refused by ``build``
+            node["options"] = {name: value, **options}
+    return data
 
 
 def _type_name(t: Any) -> str:

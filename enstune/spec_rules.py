@@ -15,7 +15,7 @@ from enstune.recipe import POLICIES, PRECISIONS, Recipe
 from enstune.spec import (
     MAX_BATCH, MAX_EPOCHS, MAX_EPOCH_MULT, MAX_GRID, MAX_HEARTBEAT, MAX_IMAGES, MAX_INTERP_POINTS, MAX_LR_MULT,
     MAX_MEMBERS, MAX_SEED, MAX_STEPS, MAX_TRIALS, MAX_WORKERS, Param, StudySpec, TRIAL_PARAMS, Task,
-    _check_fields, _finite, _show, build)
+    _check_fields, _finite, _show, build, migrate)
 
 
 def validate(spec: StudySpec) -> StudySpec:
@@ -34,7 +34,7 @@ STUDY_RANGES = (("members", 1, MAX_MEMBERS, MAX_MEMBERS, ""), ("n_trials", 1, MA
                 ("seed", 0, MAX_SEED, "2**32-1", ""), ("prune_startup_trials", 0, MAX_TRIALS, "10**6", ""),
                 ("interp_points", 2, MAX_INTERP_POINTS, MAX_INTERP_POINTS, ""),
                 ("bn_images", 1, MAX_IMAGES, "10**7", ""), ("curve_images", 1, MAX_IMAGES, "10**7", ""),
-                ("ood_images", 0, MAX_IMAGES, "10**7", " (0: whole sets)"), ("subsample", 4, MAX_BATCH, "2**20", ""),
+                ("ood_images", 0, MAX_IMAGES, "10**7", " (0: whole sets)"),
                 ("heartbeat", 1, MAX_HEARTBEAT, f"{MAX_HEARTBEAT} seconds", ""))
 
 
@@ -54,19 +54,14 @@ def _validate_study(spec: StudySpec) -> None:
 
 
 def _validate_task(task: Task) -> None:
-    """The task: split, partition, loader workers, head, and the paths' placeholders."""
+    """The task: split, loader workers, network settings, and the paths' placeholders (its options are its
+    dataset's and model's, checked where a study is created)."""
     if not 0.0 < task.val_fraction < 1.0:
         raise ConfigError(f"task.val_fraction must be in (0, 1), got {task.val_fraction}")
     if not 0 <= task.split_seed <= MAX_SEED:
         raise ConfigError(f"task.split_seed must be in 0..2**32-1, got {_show(task.split_seed)}")
-    if not 1 <= task.partition <= 10:
-        raise ConfigError(f"task.partition must be in 1..10, got {_show(task.partition)}")
     if not 0 <= task.workers <= MAX_WORKERS:
         raise ConfigError(f"task.workers must be in 0..{MAX_WORKERS}, got {_show(task.workers)}")
-    if task.decode not in ("workers", "device", "auto"):
-        raise ConfigError(f"task.decode must be workers, device or auto, got {task.decode!r}")
-    if task.head not in ("new", "zeroshot"):
-        raise ConfigError(f"task.head must be new or zeroshot, got {task.head!r}")
     if task.drop_path_rate is not None and not 0.0 <= task.drop_path_rate < 1.0:
         raise ConfigError(f"task.drop_path_rate must be in [0, 1) (or absent: the network's default), "
                           f"got {task.drop_path_rate}")
@@ -110,6 +105,7 @@ RECIPE_RULES: dict[str, tuple[Any, str]] = {
     "color_contrast": (lambda v: 0 <= v[0] <= v[1], "[low, high] with 0 <= low <= high ([1, 1]: off)"),
     "color_saturation": (lambda v: 0 <= v[0] <= v[1], "[low, high] with 0 <= low <= high ([1, 1]: off)"),
     "color_hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5] (0: off)"),
+    "optim": (lambda v: not v, "empty (an optimizer's own settings are set in [options])"),
 }
 
 
@@ -135,8 +131,8 @@ def _axis_rule(name: str) -> tuple[type, Any, str]:
         kind = typing.get_type_hints(Recipe)[name]
         ok, rule = RECIPE_RULES[name]
         return kind, ok, f"{'whole numbers' if kind is int else 'finite numbers'} {rule}"
-    if name not in TRIAL_PARAMS:  # a method's option (checked against the methods where a study is created)
-        return float, lambda v: True, "finite numbers"
+    if name not in TRIAL_PARAMS:  # a plugin's option (checked against its declaration where a study is created)
+        return object, lambda v: True, "numbers, strings or booleans"
     return {
         "lr_mult": (float, lambda v: 0 < v <= MAX_LR_MULT, f"numbers > 0 and <= {MAX_LR_MULT}"),
         "epoch_mult": (float, lambda v: 0 < v <= MAX_EPOCH_MULT,
@@ -163,14 +159,21 @@ def _validate_axis(name: str, p: Param, sampler: str) -> None:
     """One axis: choices or a range, and every value it can take against the rule of its parameter."""
     if name not in TRIAL_PARAMS and not name.isidentifier():
         raise ConfigError(f"unknown search parameter {name!r}; expected one of: {', '.join(TRIAL_PARAMS)} "
-                          f"or a method's option")
+                          f"or an option of the study's plugins")
     kind, ok, wanted = _axis_rule(name)
     values = _axis_values(name, p, sampler, kind)
     shown = _show(list(values))
-    if not all((isinstance(v, str) if kind is str else _number(kind, v)) and ok(v) for v in values):
+    if not all(_of_kind(kind, v) and ok(v) for v in values):
         raise ConfigError(f"space.{name} must be {wanted}, got {shown}")
     if len(set(values)) != len(values):  # 1 and 1.0 are the same choice too
         raise ConfigError(f"space.{name} lists a choice twice, got {shown}")
+
+
+def _of_kind(kind: type, v: Any) -> bool:
+    """Whether ``v`` is a value of ``kind`` (``object``: any TOML scalar, a plugin's setting checks it further)."""
+    if kind is object:
+        return isinstance(v, (str, bool)) or _number(float, v)
+    return isinstance(v, str) if kind is str else _number(kind, v)
 
 
 def _axis_values(name: str, p: Param, sampler: str, kind: type) -> tuple[Any, ...]:
@@ -187,7 +190,7 @@ def _axis_values(name: str, p: Param, sampler: str, kind: type) -> tuple[Any, ..
         raise ConfigError(f"space.{name}: a log range takes no step")
     if sampler == "grid":
         raise ConfigError(f"space.{name}: the grid sampler needs choices")
-    if kind is not float and not all(isinstance(v, int) and not isinstance(v, bool)
+    if kind not in (float, object) and not all(isinstance(v, int) and not isinstance(v, bool)
                                      for v in (p.low, p.high, 1 if p.step is None else p.step)):
         # A range from TOML holds floats, and Optuna would sample floats from it.
         raise ConfigError(f"space.{name} takes a list of choices (a low/high range samples floats), got "
@@ -231,4 +234,4 @@ def study_methods(spec: StudySpec) -> tuple[str, ...]:
 
 def spec_from_dict(data: dict[str, Any]) -> StudySpec:
     """Build and validate a StudySpec from a plain dict."""
-    return validate(build(StudySpec, data))
+    return validate(build(StudySpec, migrate(data)))

@@ -17,11 +17,12 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from enstune.checks import check_new, check_spec, load_checked, read_params
+from enstune.checks import check_new, check_spec, load_checked, read_params, study_settings
 from enstune.claims import NAME_LIMIT, SUFFIX, claims_owner, companion_name, companions
-from enstune.config import Param, StudySpec, TrialConfig, build, is_study_file, spec_from_dict, to_dict
+from enstune.config import Param, StudySpec, TrialConfig, build, is_study_file, migrate, spec_from_dict, to_dict
 from enstune.errors import ConfigError, EnstuneError
 from enstune.methods import get_method
+from enstune.optim import with_options
 from enstune.storage import bulk, home_dir, mask_url, open_storage, resolve_url
 from enstune.storage.optuna_private import storage_of, study_id, trial_id
 
@@ -38,10 +39,10 @@ logging.getLogger("optuna.study._optimize").addFilter(lambda record: " failed wi
 WHOLE_AXES = frozenset({"seed", "freeze", "epochs"})  # sampled as integers; every other range as floats
 
 
-def _suggest(trial: optuna.Trial, name: str, p: Param) -> Any:
+def _suggest(trial: optuna.Trial, name: str, p: Param, whole: bool = False) -> Any:
     if p.choices:
         return trial.suggest_categorical(name, list(p.choices))
-    if name in WHOLE_AXES:
+    if whole or name in WHOLE_AXES:
         return trial.suggest_int(name, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
     return trial.suggest_float(name, float(p.low), float(p.high), log=p.log, step=p.step)
 
@@ -58,18 +59,54 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
     """Sample the spec's search space into a TrialConfig; a trial samples only what its method reads."""
     method = _suggest(trial, "method", spec.space["method"]) if "method" in spec.space else spec.method
     read = read_params(spec, method)
-    values = {name: _suggest(trial, name, p) for name, p in spec.space.items() if name in read and name != "method"}
+    declared = study_settings(spec)
+    values = {name: _suggest(trial, name, p, name in declared and declared[name].kind is int)
+              for name, p in spec.space.items() if name in read and name != "method"}
+    # An axis named as one of the plugins' options sets that option for the trial; each value as its setting takes it
+    # (a whole number where a float is due is one), so that equal values give equal member keys.
+    options = {k: declared[k].check(k, v) for k, v in (spec.options | {k: values.pop(k) for k in list(values)
+                                                                        if k in declared}).items()}
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
-    # An axis named as one of the method's options sets that option for the trial.
-    options = spec.options | {k: values.pop(k) for k in list(values) if k in get_method(method).options}
-    return TrialConfig(task=spec.task, recipe=recipe, method=method, members=spec.members,
-                       regularizer=spec.regularizer, tap=spec.tap, subsample=spec.subsample,
-                       options=tuple(sorted(options.items())), **values)
+    return TrialConfig(task=spec.task, recipe=with_options(recipe, options), method=method, members=spec.members,
+                       regularizer=spec.regularizer, tap=spec.tap, options=tuple(sorted(options.items())), **values)
 
 
 def load_spec(study: optuna.Study, wait: float = 0.0) -> StudySpec:
     """The StudySpec stored with ``study``, waiting up to ``wait`` seconds for a creator to store it."""
-    return stored_spec(_wait_ready(study, wait), study.study_name)
+    return stored_spec(_spec_data(storage_of(study), study_id(study), study.study_name, wait), study.study_name)
+
+
+def spec_of(storage: Any, name: str, wait: float = 0.0) -> StudySpec:
+    """``load_spec`` of study ``name``, read through ``storage`` with ``_load``'s refusals, no Study loaded."""
+    # A worker needs the spec before it can load its study (the sampler, pruner and heartbeat come from it).
+    return stored_spec(_spec_data(storage, _study_id(storage, name), name, wait), name)
+
+
+def missing(name: str) -> EnstuneError:
+    """The one-line error of a study name that this storage does not hold."""
+    return EnstuneError(f"no study named {name!r} in this storage")
+
+
+def _study_id(storage: Any, name: str) -> int:
+    """Study ``name``'s id; refused when there is none or it holds another study's member claims."""
+    try:
+        sid = storage.get_study_id_from_name(name)
+    except KeyError:
+        raise missing(name) from None
+    if (owner := claims_owner(storage.get_study_system_attrs(sid))) is not None:
+        raise EnstuneError(f"{name!r} holds the member claims of study {owner!r}; it is not a study of its own")
+    return sid
+
+
+def _spec_data(storage: Any, sid: int, name: str, wait: float) -> dict[str, Any]:
+    """The stored spec dict of study ``sid``; a study being created by another process gets ``wait`` seconds."""
+    deadline = time.monotonic() + wait
+    while (data := storage.get_study_user_attrs(sid).get(SPEC_ATTR)) is None:
+        if time.monotonic() > deadline:
+            raise EnstuneError(f"study {name!r} has no enstune spec (not created by enstune, or its "
+                               f"creation was interrupted: delete it with `enstune study delete`)")
+        time.sleep(0.2)
+    return data
 
 
 def stored_spec(data: dict[str, Any], name: str) -> StudySpec:
@@ -83,7 +120,7 @@ def stored_spec(data: dict[str, Any], name: str) -> StudySpec:
         return check_spec(spec_from_dict(data))
     except EnstuneError as exc:
         try:
-            spec = build(StudySpec, data)  # the stored types, without today's ranges and cross-checks
+            spec = build(StudySpec, migrate(data))  # the stored types, without today's ranges and cross-checks
         except EnstuneError:
             raise exc from None
         warnings.warn(f"study {name!r} was created by an earlier enstune and today's checks refuse its spec ({exc}); "
@@ -92,13 +129,11 @@ def stored_spec(data: dict[str, Any], name: str) -> StudySpec:
 
 
 def _load(name: str, storage: Any) -> optuna.Study:
+    _study_id(storage, name)
     try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        raise EnstuneError(f"no study named {name!r} in this storage") from None
-    if (owner := claims_owner(storage_of(study).get_study_system_attrs(study_id(study)))) is not None:
-        raise EnstuneError(f"{name!r} holds the member claims of study {owner!r}; it is not a study of its own")
-    return study
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:  # deleted in between
+        raise missing(name) from None
 
 
 def budget(spec: StudySpec) -> int:
@@ -126,17 +161,6 @@ def grid_points(spec: StudySpec) -> list[dict[str, Any]]:
 def _unsourced(data: dict[str, Any]) -> dict[str, Any]:
     """A spec dict without its ``source`` note: the same spec made from a file or by --set is the same study."""
     return {k: v for k, v in data.items() if k != "source"}
-
-
-def _wait_ready(study: optuna.Study, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
-    """The stored spec dict; a study being created by another process gets ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while (data := study.user_attrs.get(SPEC_ATTR)) is None:
-        if time.monotonic() > deadline:
-            raise EnstuneError(f"study {study.study_name!r} has no enstune spec (not created by enstune, or its "
-                               f"creation was interrupted: delete it with `enstune study delete`)")
-        time.sleep(0.2)
-    return data
 
 
 def check_name(name: str) -> None:
@@ -189,7 +213,8 @@ def create(template: str, name: str | None = None, storage_url: str | None = Non
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     except optuna.exceptions.DuplicatedStudyError:
-        if _unsourced(_same_spec_dict(_wait_ready(_load(name, storage)))) != _unsourced(wanted):
+        if _unsourced(_same_spec_dict(_spec_data(storage, _study_id(storage, name), name, READY_TIMEOUT))) != \
+                _unsourced(wanted):
             raise EnstuneError(f"study {name!r} already exists with a different spec") from None
         return name, False
     try:

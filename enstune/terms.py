@@ -15,6 +15,7 @@ from enstune.models import classifier_prefix, create_model, load_checkpoint
 from enstune.recipe import Augmentation
 from enstune.regularizers import Context, get_regularizer
 from enstune.regularizers.ewc import fisher_diagonal
+from enstune.settings import resolved
 from enstune.training import ExtraLoss
 
 State = dict[str, torch.Tensor]
@@ -42,9 +43,10 @@ class Terms:
         checkpoint = job.checkpoint if job.checkpoint is not None else 0
         pretrained = None if source is None else (lambda: self.fisher(checkpoint, source))
         check_tap(model, job.tap, self.checkpoints.task.model)
+        regularizer = get_regularizer(job.regularizer)
         ctx = Context(refs, lambda state: self.build(state, device), classifier_prefix(model), job.seed, pretrained,
-                      job.tap, job.subsample)
-        term = get_regularizer(job.regularizer).make(ctx)
+                      job.tap, resolved(dict(job.reg_options), regularizer.settings))  # every setting, defaults too
+        term = regularizer.make(ctx)
         return lambda model, x, y, features, logits: job.alpha * term(model, x, y, features, logits)
 
     def fisher(self, index: int, source: TaskData) -> tuple[State, State]:

@@ -28,10 +28,10 @@ from enstune.members import Workspace
 from enstune.objective import Objective, OverBudget
 from enstune.progress import Reporter
 from enstune.pruning import make_pruner, make_sampler
-from enstune.storage import MAX_RETRY, PATIENCE, home_dir, open_storage, open_storage_patiently
+from enstune.storage import MAX_RETRY, PATIENCE, enable_heartbeat, home_dir, open_storage, open_storage_patiently
 from enstune.storage import retry
 from enstune.storage.heartbeat import TakenOver, beating, beats_for, fenced
-from enstune.study import READY_TIMEOUT, Census, _load, budget, census, load_spec
+from enstune.study import READY_TIMEOUT, Census, _load, budget, census, missing, spec_of
 from enstune.storage import optuna_private as op
 from enstune.storage.optuna_private import is_heartbeat_enabled, storage_of
 
@@ -257,19 +257,18 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
         raise ConfigError(f"--wait-storage must be a number of seconds >= 0, got {wait_storage}")
     if heartbeat is not None and not 1 <= heartbeat <= MAX_HEARTBEAT:
         raise ConfigError(f"--heartbeat must be at least 1 second and at most {MAX_HEARTBEAT}, got {heartbeat}")
-    # The study's spec says the heartbeat the real storage opens with. A storage that is down is
-    # waited for, as every later call waits for it: a worker started during a restart is not lost.
-    first = open_storage_patiently(storage_url, patience=wait_storage)
-    spec = load_spec(_load(name, first), wait=READY_TIMEOUT)
-    # Else its pooled database connection (or its channel to a storage proxy) stays open for the worker's life, unused.
-    if isinstance(first, optuna.storages.RDBStorage):
-        first.engine.dispose()
-    elif isinstance(first, optuna.storages.GrpcStorageProxy):
-        first.close()
+    # A storage that is down is waited for, as every later call waits for it: a worker started during
+    # a restart is not lost. The study's spec, read before the study is loaded, says its sampler,
+    # pruner and heartbeat; the heartbeat is then turned on in the storage already open.
+    storage = open_storage_patiently(storage_url, patience=wait_storage)
+    spec = spec_of(storage, name, wait=READY_TIMEOUT)
     _check_shares(spec, per_member)
-    heartbeat = _heartbeat(spec, heartbeat)
-    storage = open_storage_patiently(storage_url, heartbeat=heartbeat, patience=wait_storage)
-    study = _load(name, storage)
+    storage = enable_heartbeat(storage, _heartbeat(spec, heartbeat))
+    try:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec),
+                                  pruner=make_pruner(spec))
+    except KeyError:  # deleted since its spec was read
+        raise missing(name) from None
     executor = Executor(slots(devices, per_member, spec.task, home_dir(), artifacts))  # processes start on first use
     todo, running = _open_trials(study, spec)
     todo = todo if n_trials is None else min(n_trials, todo)
@@ -278,7 +277,6 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     ws = Workspace(spec.task, home_dir(), open_artifacts(artifacts), claims_for(storage, name))
     freeze = spec.space.get("freeze")
     ws.preflight(executor.devices[0], spec.finetune, spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec), pruner=make_pruner(spec))
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
     objective = Objective(spec, ws, executor, reporter)
     reporter.evaluation_planned(ws.evaluation_cost(spec))  # the worker's first line: what each trial will cost

@@ -175,22 +175,24 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
     on this host is gone) is failed and re-queued with the same parameters. ``connections`` sizes
     a database's connection pool (default: a worker's, ``POOL``).
     """
-    import optuna
-
-    from enstune.storage.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage
-    from enstune.storage.journal import journal_backend
-    from enstune.storage.retry import Requeue
-
-    url = resolve_url(url)
     if heartbeat is not None and heartbeat < 1:
         raise EnstuneError(f"--heartbeat must be at least 1 second, got {heartbeat}")
+    storage = _open(resolve_url(url), connections)
+    return enable_heartbeat(storage, heartbeat) if heartbeat else storage
+
+
+def _open(url: str | None, connections: int | None):  # noqa: ANN202 - optuna BaseStorage
+    """``open_storage`` without heartbeats: the embedded journal (``url`` None), a database or a storage proxy."""
+    import optuna
+
+    from enstune.storage.heartbeat import HeartbeatRDBStorage
+    from enstune.storage.journal import journal_backend
+
     if url is None:
         path = home_dir() / "studies.journal"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            if not heartbeat:
-                return optuna.storages.JournalStorage(journal_backend(path))
-            return HeartbeatJournalStorage(journal_backend(path), heartbeat, Requeue())
+            return optuna.storages.JournalStorage(journal_backend(path))
         except OSError as exc:
             raise EnstuneError(f"cannot keep studies in {path} (set {ENV_HOME} to a writable directory): "
                                f"{exc.strerror or exc}") from None
@@ -199,7 +201,7 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
                                f"{ENV_HOME} elsewhere") from None
     scheme = url.split(":", 1)[0].split("+", 1)[0]
     if scheme == "grpc":
-        return _open_proxy(url, heartbeat)
+        return _open_proxy(url)
     if scheme not in _RDB_SCHEMES:
         raise EnstuneError(f"unsupported storage URL {mask_url(url)}; use sqlite:///…, postgresql+psycopg://…, "
                            f"grpc://HOST:PORT")
@@ -214,16 +216,9 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
         engine_kwargs.update(pool_size=connections, max_overflow=0)
     if scheme == "postgresql":
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
-        beat = {} if not heartbeat else {
-            "heartbeat_interval": heartbeat, "grace_period": 2 * heartbeat,
-            "heartbeat_stale_trial_callback": Requeue()}
     for attempt in range(SCHEMA_ATTEMPTS):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return HeartbeatRDBStorage(url, engine_kwargs=engine_kwargs, **beat)
+            return HeartbeatRDBStorage(url, engine_kwargs=engine_kwargs)
         except Exception as exc:  # noqa: BLE001 - every failure to connect is the same user error
             # Workers opening a fresh database at once race to create Optuna's tables; the
             # losers see a duplicate key and find the tables there when they try again.
@@ -234,6 +229,38 @@ def open_storage(url: str | None = None, heartbeat: int | None = None, *,  # noq
             error = StorageDown if scheme == "postgresql" and _down(exc) else EnstuneError
             raise error(f"cannot open storage {mask_url(url)}: {mask_url_text(reason, url)}") from None
     raise AssertionError("unreachable")
+
+
+def enable_heartbeat(storage, interval: int):  # noqa: ANN001, ANN201 - optuna BaseStorage
+    """``storage`` from ``open_storage(url)``, beating every ``interval`` s as ``open_storage(url, interval)``.
+
+    Use what this returns from then on; nothing is read or connected again. A database gets the
+    heartbeat settings its constructor takes, and is returned. The embedded journal and a proxy's
+    client come back as their heartbeat class over ``storage``'s own state (its journal as read,
+    its channel), which ``storage`` shares.
+    """
+    from optuna.storages import JournalStorage
+
+    from enstune.storage.heartbeat import HeartbeatJournalStorage, HeartbeatRDBStorage, check_interval
+    from enstune.storage.optuna_private import set_heartbeat
+    from enstune.storage.proxy import HeartbeatProxyStorage, ProxyStorage
+    from enstune.storage.retry import Requeue
+
+    if interval < 1:
+        raise EnstuneError(f"--heartbeat must be at least 1 second, got {interval}")
+    check_interval(interval)
+    if isinstance(storage, HeartbeatRDBStorage):
+        set_heartbeat(storage, interval, 2 * interval, Requeue())
+        return storage
+    beating = {JournalStorage: HeartbeatJournalStorage, ProxyStorage: HeartbeatProxyStorage}.get(type(storage))
+    if beating is None:
+        raise TypeError(f"no heartbeats on a {type(storage).__name__} (open it with open_storage)")
+    # Their __init__ is the plain class's and then _start_heartbeats: the first half is done in ``storage``.
+    # (Python refuses to change ``storage``'s own class: the heartbeat mixin's bases lay it out apart.)
+    turned = beating.__new__(beating)
+    turned.__dict__.update(vars(storage))
+    turned._start_heartbeats(interval, Requeue())
+    return turned
 
 
 def proxy_address(url: str) -> tuple[str, int]:
@@ -253,21 +280,17 @@ def proxy_address(url: str) -> tuple[str, int]:
     return host, port or PROXY_PORT
 
 
-def _open_proxy(url: str, heartbeat: int | None):  # noqa: ANN202 - optuna GrpcStorageProxy
+def _open_proxy(url: str):  # noqa: ANN202 - optuna GrpcStorageProxy
     """A client of the storage proxy at ``url`` (``enstune storage proxy``), checked to answer."""
     import optuna
 
-    from enstune.storage.proxy import HeartbeatProxyStorage, ProxyStorage
-    from enstune.storage.retry import Requeue
+    from enstune.storage.proxy import ProxyStorage
 
     host, port = proxy_address(url)
     host = f"[{host}]" if ":" in host else host  # an IPv6 address, as gRPC targets write it
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if not heartbeat:
-            storage = ProxyStorage(host, port, mask_url(url))
-        else:
-            storage = HeartbeatProxyStorage(host, port, mask_url(url), heartbeat, Requeue())
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # Optuna's proxy client
+        storage = ProxyStorage(host, port, mask_url(url))
     try:
         storage.wait_server_ready(timeout=CONNECT_TIMEOUT)
     except ConnectionError:

@@ -191,6 +191,8 @@ class HeartbeatJournalStorage(AttributeHeartbeat, JournalStorage):
 
     def __init__(self, backend: Any, interval: int,
                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None) -> None:
+        # Nothing but JournalStorage's own and the heartbeat's state: ``enable_heartbeat`` makes one of these
+        # from an opened JournalStorage's state and ``_start_heartbeats`` alone.
         check_interval(interval)
         JournalStorage.__init__(self, backend)
         self._start_heartbeats(interval, on_stale)

@@ -11,6 +11,8 @@ and these functions. What each is for:
   storages implement;
 - the RDB storage's ORM models and session scope (``optuna.storages._rdb``), for reads and writes
   in one transaction;
+- the RDB storage's heartbeat settings, which its constructor keeps as attributes, set on a storage
+  already opened (a worker learns its study's interval only from the storage);
 - the cache in front of an RDB storage (``optuna.storages._cached_storage``);
 - the journal's lock file and operation codes (``optuna.storages.journal``);
 - the gRPC proxy's client stub, client cache and server factory (``optuna.storages._grpc``).
@@ -18,10 +20,11 @@ and these functions. What each is for:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages._cached_storage import _CachedStorage as CachedStorage  # noqa: F401
 from optuna.storages._heartbeat import (  # noqa: F401
     BaseHeartbeat, BaseHeartbeatThread, NullHeartbeatThread, is_heartbeat_enabled)
@@ -67,6 +70,15 @@ def scoped_session(session_maker: Any, ignore_integrity_error: bool = False) -> 
     from optuna.storages._rdb.storage import _create_scoped_session
 
     return _create_scoped_session(session_maker, ignore_integrity_error)
+
+
+def set_heartbeat(rdb: RDBStorage, interval: int, grace_period: int | None,
+                  on_stale: Callable[[optuna.Study, FrozenTrial], None] | None) -> None:
+    """Heartbeats on opened ``rdb``, kept as its constructor keeps its heartbeat arguments (it derives nothing more)."""
+    rdb.heartbeat_interval = interval
+    rdb.grace_period = grace_period
+    # The deprecated name is the same callback, as the constructor sets it.
+    rdb.heartbeat_stale_trial_callback = rdb.failed_trial_callback = on_stale
 
 
 def grpc_client() -> tuple[Any, Any]:

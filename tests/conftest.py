@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,16 @@ def home(tmp_path, monkeypatch):
     monkeypatch.delenv("ENSTUNE_STORAGE", raising=False)
     return tmp_path / "runs"
 
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory) -> Path:
+    """The demo's pre-trained checkpoints folder, made once (in a process of its own): copy it into a runs directory."""
+    home = tmp_path_factory.mktemp("pretrained")
+    code = ("from pathlib import Path; from enstune.checks import load_checked; from enstune.members import Workspace; "
+            f"Workspace(load_checked('starsse-demo').task, Path({str(home)!r})).checkpoints.path(0)")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ENSTUNE_HOME": str(home)})
+    return home / "pretrained"
 
 
 def reachable_tmpdir(prefix: str) -> Path:
@@ -39,3 +51,14 @@ def pg():
     yield c
     c.down(purge=True)
     shutil.rmtree(root, ignore_errors=True)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: a quarter minute or more of wall time, most of it waiting on workers, "
+                                       "servers or timeouts")
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first (otherwise in collection order): parallel workers (``-n``) then overlap their waits with
+    the rest of the suite instead of finishing on them."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

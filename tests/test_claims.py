@@ -178,6 +178,7 @@ def test_the_claims_study_is_no_study_of_its_own(home):
     assert optuna.get_all_study_names(open_storage()) == []
 
 
+@pytest.mark.slow
 def test_concurrent_workers_train_member_1_once_and_give_a_single_workers_results(home):
     from enstune.worker import run
 

@@ -68,7 +68,8 @@ def test_apply_overrides_leaves_input_alone():
     ("finetune.schedule=saw", "unknown schedule 'saw'"),
     ("finetune.betas=[0.9]", "finetune.betas must be a list of 2"),
     ("finetune.augment=mixup", "finetune.augment must be default, randaugment or none, got 'mixup'"),
-    ("task.head=linear", "task.head must be new or zeroshot"),
+    ('task.options.head="linear"', "task.options.head: the dataset demo and the model demo_mlp read no such option"),
+    ("task.head=zeroshot", "task.options.head: the dataset demo and the model demo_mlp read no such option"),
     ("finetune.warmup_epochs=-1", "finetune.warmup_epochs must be in 0..10000, got -1.0"),
     ("finetune.label_smoothing=2", "finetune.label_smoothing must be in [0, 1), got 2.0"),
     ("space.method.choices=[]", "space.method needs a list of choices"),
@@ -167,7 +168,9 @@ TPE = 'sampler="tpe"'
     (["bn_images=1000000000000000"], "bn_images must be in 1..10**7, got 1000000000000000"),
     (["curve_images=100000000"], "curve_images must be in 1..10**7"),
     (["ood_images=100000000"], "ood_images must be in 0..10**7 (0: whole sets)"),
-    (["subsample=1000000000"], "subsample must be in 4..2**20"),
+    (['regularizer="rtd"', "options.subsample=1000000000"], "options.subsample must be a whole number in 4..1048576"),
+    (['regularizer="rtd"', "space.subsample.choices=[3, 64]"], "space.subsample must be a whole number in 4..1048576"),
+    (["options.nesterov=true", "finetune.momentum=0"], "finetune.optimizer sgd: Nesterov momentum requires a momentum"),
     (['evaluate=["soups", "soups"]'], "evaluate lists an evaluator twice, got ['soups', 'soups']"),
     (["heartbeat=0"], "heartbeat must be in 1..86400 seconds, got 0"),
     (["heartbeat=-5"], "heartbeat must be in 1..86400 seconds, got -5"),
@@ -240,7 +243,7 @@ NAN = float("nan")
     ({"task.checkpoints": ("a.pt", 1)}, "task.checkpoints[1] must be str, got 1"),
     ({"task.checkpoints": "a.pt"}, "task.checkpoints must be a list, got 'a.pt'"),
     ({"task.val_fraction": NAN}, "task.val_fraction must be finite, got nan"),
-    ({"task.partition": True}, "task.partition must be int, got True"),
+    ({"task.split_seed": True}, "task.split_seed must be int, got True"),
     ({"finetune.epochs": 2.5}, "finetune.epochs must be int, got 2.5"),
     ({"finetune.lr": float("inf")}, "finetune.lr must be finite, got inf"),
     ({"space": {"lr": Param(low=NAN, high=1.0)}}, "space.lr.low must be finite, got nan"),
@@ -269,7 +272,8 @@ def test_a_spec_built_by_hand_is_checked_like_one_from_toml(changes, message):
     [TPE, "space.lr={low=1e-4, high=0.1, log=true}", "space.lr_mult={low=0.5, high=4, step=0.5}"],
     [MSE, "space.alpha.choices=[-31.6, 0, 31.6]"],
     ['task.data_dir="{home}/data"', 'task.checkpoints=["{home}/{{braces}}.pt"]'],
-    ["bn_images=10000000", "curve_images=1", "ood_images=0", "subsample=4", "task.workers=0"],
+    ["bn_images=10000000", "curve_images=1", "ood_images=0", "task.workers=0"],
+    ['regularizer="rtd"', "options.subsample=4", "space.subsample.choices=[4, 1048576]", "options.nesterov=true"],
     [f"space.seed.choices={list(range(625))}"],  # a grid of exactly 10000 points
 ])
 def test_edge_values_are_accepted(overrides):
@@ -307,12 +311,13 @@ def test_a_methods_option_is_a_search_axis():
 
 
 @pytest.mark.parametrize("template, overrides, message", [
-    ("distilled-demo", ["space.beta.choices=[0.2, 1.6]"], "space.beta = 1.6: options.beta must be in [0, 1]"),
+    ("distilled-demo", ["space.beta.choices=[0.2, 1.6]"], "space.beta must be a finite number in 0..1, got 1.6"),
     ("starsse-demo", ["space.beta.choices=[0.2]"], "unknown search parameter 'beta'; expected one of: method, "
                                                    "lr_mult, epoch_mult, alpha, freeze, scale, seed, epochs, lr, "
-                                                   "weight_decay or an option of this study's methods: div_color"),
+                                                   "weight_decay or an option of this study's plugins: div_color"),
+    ("starsse-demo", ["space.partition.choices=[1, 2]"], "unknown search parameter 'partition'"),
     ("distilled-demo", ["space.tau.choices=[1, 0]"], "space.tau = 0: options.beta must be in [0, 1] and options.tau > 0"),
-    ("distilled-demo", ['space.tau.choices=["x"]'], "space.tau must be finite numbers"),
+    ("distilled-demo", ['space.tau.choices=["x"]'], "space.tau must be a finite number >= 0, got 'x'"),
     ("distilled-demo", ["space.2x.choices=[1]"], "unknown search parameter '2x'"),
 ])
 def test_an_option_axis_is_checked_where_the_study_is_created(template, overrides, message):

@@ -372,7 +372,7 @@ def _write_sun(root: Path) -> dict:
 
 def test_sun397_reads_the_official_partition_and_readable_names(tmp_path, home):
     files = _write_sun(tmp_path)
-    data = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), partition=2, val_fraction=0.2, workers=0),
+    data = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 2}, val_fraction=0.2, workers=0),
                           home)
     assert data.classes == ("abbey", "airplane cabin", "bakery shop") and data.num_classes == 3
     train = sorted(zip(data.train.files + data.val.files, (data.train.y.tolist() + data.val.y.tolist())))
@@ -382,16 +382,16 @@ def test_sun397_reads_the_official_partition_and_readable_names(tmp_path, home):
     assert data.test.files == [files[k][0].lstrip("/") for k in keys] and data.test.y.tolist() == [0, 1, 2]
     x, y = _epoch(data.test.bind(CPU, P32, Augmentation()))
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
-    first = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), partition=1, workers=0), home)
+    first = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 1}, workers=0), home)
     assert sorted(first.test.files) == sorted(files[k][i].lstrip("/") for k in keys for i in (2, 3))
     with pytest.raises(EnstuneError, match="Training_03.txt and Testing_03.txt not found") as err:
-        load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), partition=3), home)
+        load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 3}), home)
     assert str(tmp_path / "Partitions") in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(EnstuneError, match="partition must be 1..10, got 11"):
-        load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), partition=11), home)
+        load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 11}), home)
     (tmp_path / "SUN397" / files["/a/abbey"][0].lstrip("/")).unlink()
     with pytest.raises(EnstuneError, match="lists 1 images missing under"):
-        load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), partition=2), home)
+        load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 2}), home)
 
 
 def test_folder_digest_follows_paths_sizes_and_labels_and_subsets_select_files(tmp_path, home):

@@ -12,6 +12,8 @@ not one CPU's digits:
     native, 1 thread   as native, to the last digit
 """
 
+import pytest
+
 from enstune import study as st
 from enstune.worker import run
 
@@ -20,6 +22,7 @@ ORDER = [(16, 0.25), (4, 0.25), (1, 0.25), (64, 0.25), (4, 0.5), (1, 0.5), (16, 
          (16, 1), (64, 1), (1, 1), (4, 1), (1, 2), (16, 2), (4, 2), (64, 2)]
 
 
+@pytest.mark.slow
 def test_the_default_study_cuts_past_the_basin_and_labels_every_setting():
     st.create("starsse-demo")
     study = run("starsse-demo")

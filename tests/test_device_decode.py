@@ -145,7 +145,7 @@ def test_files_the_device_decoder_cannot_take_are_decoded_by_pil(tree, tmp_path,
 
 
 def test_decode_is_checked_kept_by_subsets_and_shards_and_ranks_share_device_batches(tree):
-    with pytest.raises(EnstuneError, match="decode must be one of workers, device, auto, got 'gpu'"):
+    with pytest.raises(EnstuneError, match="decode must be one of workers, device or auto, got 'gpu'"):
         FolderSplit(tree.root, tree.files, tree.y, decode="gpu")
     assert tree.decode == "auto" and not tree.bind(CPU, P32, Augmentation()).on_device  # auto on a CPU: workers
     device = _bound(tree, "device")

@@ -40,16 +40,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory) -> Path:
-    """The demo's pre-trained checkpoint, made once (in a process of its own) for every test's runs directory."""
-    home = tmp_path_factory.mktemp("pretrained")
-    code = ("from pathlib import Path; from enstune.checks import load_checked; from enstune.members import Workspace; "
-            f"Workspace(load_checked('starsse-demo').task, Path({str(home)!r})).checkpoints.path(0)")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ENSTUNE_HOME": str(home)})
-    return home / "pretrained"
-
-
 @pytest.fixture()
 def env(home, pretrained) -> dict[str, str]:
     """The environment of this test's processes: its own runs directory, with the checkpoint in it."""
@@ -103,6 +93,7 @@ def heartbeat_rows(url: str, trial_ids: list[int]) -> set[int]:
     return {r[0] for r in rows}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backing", ["postgresql", "journal"])
 def test_two_workers_through_the_proxy_complete_the_study_in_the_storage_behind_it(backing, pg, home, env):
     name = f"through-{backing}"
@@ -121,6 +112,7 @@ def test_two_workers_through_the_proxy_complete_the_study_in_the_storage_behind_
         assert heartbeat_rows(pg.url(), [t._trial_id for t in done]) == {t._trial_id for t in done}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_behind_the_proxy_has_its_trial_failed_and_requeued(pg, env):
     name = "killed-behind-proxy"
     with proxy("--storage", pg.url(), env=env) as (url, _, _):
@@ -152,6 +144,7 @@ def test_a_worker_killed_behind_the_proxy_has_its_trial_failed_and_requeued(pg, 
     assert retry.user_attrs["resumed_from_member"] == 3 and retry.user_attrs["cached_members"] == 2
 
 
+@pytest.mark.slow
 def test_a_worker_rides_out_a_restart_of_the_proxy(pg, env):
     name, port = "proxy-restart", free_port()
     with proxy("--storage", pg.url(), env=env, port=port) as (url, _, first):
@@ -281,6 +274,7 @@ def one_line_error(rc: int, stderr: str, *needles: str) -> None:
         assert needle in stderr, stderr
 
 
+@pytest.mark.slow
 def test_an_unreachable_proxy_is_a_one_line_error(home):
     url = f"grpc://127.0.0.1:{free_port()}"
     results = wait_all([cli("study", "run", "x", "--storage", url, "--wait-storage", "0"), cli("study", "create", "starsse-demo",

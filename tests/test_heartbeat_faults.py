@@ -72,6 +72,7 @@ def _beat_age(storage, study_id: int, trial_id: int) -> float:
     return storage.heartbeat_ages(study_id).get(trial_id, float("inf"))
 
 
+@pytest.mark.slow
 def test_heartbeats_resume_within_seconds_of_a_database_restart_and_silence_while_down_is_no_fault(pg, home):
     url = pg.url()
     mine, judge = open_storage(url, heartbeat=2), open_storage(url, heartbeat=2)
@@ -148,6 +149,7 @@ def _sets(overrides: list[str]) -> list[str]:
     return [a for o in overrides for a in ("--set", o)]
 
 
+@pytest.mark.slow
 def test_a_worker_whose_trial_was_failed_elsewhere_leaves_it_within_an_interval_and_writes_nothing_over_it(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
@@ -189,6 +191,7 @@ def test_a_worker_whose_trial_was_failed_elsewhere_leaves_it_within_an_interval_
     assert retry.errors(done[0]) == [] and done[0].user_attrs["cached_members"] >= 2
 
 
+@pytest.mark.slow
 def test_workers_keep_their_trials_through_a_long_database_restart(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}

@@ -197,9 +197,9 @@ PINNED = {
 }
 
 
-def plan_keys(template: str) -> list[str]:
+def plan_keys(template: str, overrides: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The keys of the template's first grid point's plan, parents and references chained as a worker chains them."""
-    spec = load_checked(template, [])
+    spec = load_checked(template, overrides)
     cfg = trial_config(optuna.trial.FixedTrial(grid_points(spec)[0] if spec.space else {}), spec)
     keys: dict[int, str] = {}
     for job in regularize(get_method(cfg.method).plan(cfg), cfg):

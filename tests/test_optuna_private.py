@@ -48,3 +48,29 @@ def test_the_journal_and_grpc_parts_are_where_they_were(tmp_path):
     stub, cache = op.grpc_client()
     assert stub.__name__ == "StorageServiceStub" and cache.__name__ == "GrpcClientCache"
     assert callable(op.grpc_server_factory())
+
+
+def test_heartbeats_set_on_an_opened_rdb_storage_are_the_constructors(tmp_path):
+    import time
+    import warnings
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    failed = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        built = RDBStorage(url, heartbeat_interval=1, grace_period=1,
+                           heartbeat_stale_trial_callback=lambda study, trial: failed.append(trial.number))
+    opened = RDBStorage(url)
+    study = optuna.create_study(study_name="s", storage=opened)
+    trial = study.ask()  # before heartbeats: Optuna warns of an ask on a storage with heartbeats
+    assert not op.is_heartbeat_enabled(opened)
+    op.set_heartbeat(opened, 1, 1, built.get_heartbeat_stale_trial_callback())
+    assert opened.__getstate__() == built.__getstate__(), "the constructor keeps nothing else of its heartbeat"
+    assert op.is_heartbeat_enabled(opened) and opened.get_heartbeat_interval() == 1
+    # Optuna's stale check reads them: a trial silent past the grace period fails, its callback called.
+    opened.record_heartbeat(op.trial_id(trial))
+    time.sleep(2.5)  # the database's clock counts whole seconds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL and failed == [0]

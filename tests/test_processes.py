@@ -33,6 +33,7 @@ def _first(ws: Workspace, **recipe):
     return dataclasses.replace(job, recipe=dataclasses.replace(job.recipe, **recipe))
 
 
+@pytest.mark.slow
 def test_a_ddp_member_on_two_ranks_equals_its_one_process_twin_after_a_failed_one(ws, home):
     # The network's BatchNorm layers frozen (eval mode), so that nothing but the split of each batch
     # differs: 45-example batches of the 99 training examples give shares of 23 and 22, then 5 and 4,
@@ -79,6 +80,7 @@ def test_devices_and_groups_are_checked():
         device_groups([CPU, torch.device("cuda", 0)], 2)
 
 
+@pytest.mark.slow
 def test_a_study_runs_with_a_process_per_device_and_with_members_over_two_ranks(home, tmp_path):
     from typer.testing import CliRunner
 

@@ -73,6 +73,21 @@ def test_recommend_command_uses_finished_studies(home):
     assert runner.invoke(app, ["recommend", "--dataset", "demo", "--method", "nope"]).exit_code == 1
 
 
+def test_recommend_enqueue_says_how_many_proposals_the_study_took(home):
+    runner = CliRunner()
+    created = runner.invoke(app, ["study", "create", "starsse-demo", "--name", "tpe", *TINY_SET,
+                                  "--set", "sampler=tpe"])
+    assert created.exit_code == 0, created.output
+    # cifar10: the paper's two optima (lr_mult 2) fit the space, the third proposal (lr_mult 4) does not.
+    some = runner.invoke(app, ["recommend", "--dataset", "cifar10", "--top", "3", "--enqueue", "tpe"])
+    assert some.exit_code == 0, some.output
+    assert some.stdout.splitlines()[-1] == "queued 2 of 3 in study tpe (the others are outside its search space)"
+    every = runner.invoke(app, ["recommend", "--dataset", "cifar10", "--top", "2", "--enqueue", "tpe", "--json"])
+    assert [p["lr_mult"] for p in json.loads(every.stdout)["enqueued"]] == [2.0, 2.0]
+    every = runner.invoke(app, ["recommend", "--dataset", "cifar10", "--top", "2", "--enqueue", "tpe"])
+    assert every.stdout.splitlines()[-1] == "queued 2 in study tpe"
+
+
 def test_folder_datasets_are_told_apart_by_their_folder_and_an_unknown_one_says_so(home):
     from enstune.config import load_template, to_dict
     from enstune.data import dataset_label

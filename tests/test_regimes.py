@@ -11,7 +11,8 @@ from cli_helpers import TINY_SET
 from enstune.cli import app
 from enstune.errors import EnstuneError
 from enstune.evaluation import pack_correct, unpack_correct
-from enstune.regimes import Thresholds, classify, holm_worse, paired_se, regime_map
+from enstune.publish import study_regimes
+from enstune.regimes import Thresholds, classify, holm_worse, paired_se, regime_map, study_dict
 
 
 def _correct(bits: str) -> str:
@@ -171,6 +172,8 @@ def test_regimes_command_on_a_real_study(home):
     assert {t["label"] for t in info["trials"]} <= {"more-local", "optimal", "semi-local"}
     assert "optimal" in {t["label"] for t in info["trials"]}
     assert all(0 <= t["confidence"] <= 1 for t in info["trials"])
+    # The command's defaults are the library's: what it prints is what a caller of the library gets.
+    assert info == json.loads(json.dumps(study_dict("r", Thresholds(), study_regimes("r")[0])))
     table = runner.invoke(app, ["regimes", "r"])
     assert table.exit_code == 0 and "regime map" in table.stdout and "Holm" in table.stdout
     assert runner.invoke(app, ["regimes", "nope"]).exit_code == 1

@@ -156,6 +156,7 @@ def test_storage_commands_start_reuse_and_stop_a_local_cluster(monkeypatch):
     assert not (home / "postgres").exists()
 
 
+@pytest.mark.slow
 def test_eight_concurrent_creates_make_one_study_with_its_grid_queued_once(pg):
     url = pg.url()
     procs = [cli("study", "create", "starsse-demo", "--name", "race", "--storage", url) for _ in range(8)]
@@ -320,6 +321,7 @@ def test_the_worker_reports_each_trial_with_the_studys_best(home):
     assert trials[1].value == trials[1].intermediate_values[3], "a pruned trial is reported with Optuna's value"
 
 
+@pytest.mark.slow
 def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
@@ -358,6 +360,7 @@ def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
     assert retry.params == everything[victim].params
 
 
+@pytest.mark.slow
 def test_workers_ride_out_a_database_restart(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
@@ -425,6 +428,7 @@ def test_masking_hides_every_form_of_password(url):
     assert "cr3t" not in message and "db.example" in message
 
 
+@pytest.mark.slow
 def test_a_worker_started_while_the_database_is_down_waits_for_it(pg, home):
     url = pg.url()
     assert CliRunner().invoke(app, ["study", "create", "starsse-demo", "--name", "late", "--storage", url,

@@ -45,3 +45,25 @@ def test_a_spec_whose_keys_no_longer_fit_is_one_line(home):
     _store("odd", lambda spec: spec.update(no_such_key=1))
     shown = runner.invoke(app, ["study", "show", "odd"])
     assert shown.exit_code == 1 and "no_such_key" in shown.stderr and "Traceback" not in shown.output
+
+
+def test_a_spec_stored_before_plugin_settings_moved_runs_with_them_in_options(home):
+    create = ["study", "create", "sse-rtd-demo", "--name", "moved", *TINY_SET, "--set", "n_trials=1",
+              "--set", "evaluate=[]", "--set", "sampler=\"tpe\"", "--set", "space={}"]
+    assert runner.invoke(app, create).exit_code == 0
+
+    def earlier(spec):  # every Task field and the spec's own RTD field were stored
+        del spec["options"], spec["task"]["options"]
+        spec["task"] |= {"partition": 1, "decode": "auto", "head": "new"}
+        spec["subsample"] = 16
+
+    _store("moved", earlier)
+    shown = runner.invoke(app, ["study", "show", "moved", "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert "warning" not in shown.stderr  # migrated, not merely tolerated
+    spec = json.loads(shown.stdout)["spec"]
+    assert spec["options"] == {"subsample": 16} and spec["task"]["options"] == {}
+    ran = runner.invoke(app, ["study", "run", "moved"])
+    assert ran.exit_code == 0, ran.output
+    trial = optuna.load_study(study_name="moved", storage=open_storage(None)).trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE

@@ -150,7 +150,7 @@ def test_clip_recipe():
     assert (ft.batch_size, ft.warmup_steps, ft.label_smoothing) == (512, 500, 0.134)
     assert (ft.augment, ft.randaugment_ops, ft.randaugment_magnitude) == ("randaugment", 0, 19)
     assert ft.cycle_warmup and ft.cycle(2, 1).warmup(2000) == 500  # every cycle warms up
-    assert len(spec.task.checkpoints) == 1 and spec.task.head == "zeroshot"
+    assert len(spec.task.checkpoints) == 1 and spec.task.options == {"head": "zeroshot"}
 
 
 def test_models_resolve_offline_with_the_papers_preprocessing():

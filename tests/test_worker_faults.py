@@ -42,6 +42,7 @@ def _wait_for_a_member(home: Path, name: str, proc: subprocess.Popen, timeout: f
     raise AssertionError(f"no member finished in time: {proc.poll()}, {proc.stderr.read() if proc.stderr else ''}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_requeues_the_trial_in_progress_and_a_new_worker_finishes_the_grid(home, sig, code):
     st.create("starsse-demo", name="sig", overrides=SLOW)

@@ -8,23 +8,34 @@ from typing import Any
 
 from enstune.data._base import TaskData
 from enstune.registry import Registry
+from enstune.settings import Setting
 
 DATASETS: Registry[Callable[[Any, Path], TaskData]] = Registry("dataset")
 # Datasets that read nothing under task.data_dir (the demo makes its own), and those whose data_dir is
 # what names the data (any tree of class folders): a study on pets and one on cars are two datasets.
 NO_FILES: set[str] = set()
 NAMED_BY_FOLDER: set[str] = set()
+SETTINGS: dict[str, dict[str, Setting]] = {}  # the settings each dataset reads from ``task.options``
 
 
-def register_dataset(name: str, *, files: bool = True,
-                     named_by_folder: bool = False) -> Callable[[Callable[[Any, Path], TaskData]], Any]:
+def register_dataset(name: str, *, files: bool = True, named_by_folder: bool = False,
+                     settings: dict[str, Setting] | None = None) -> Callable[[Callable[[Any, Path], TaskData]], Any]:
     """A decorator that registers a dataset builder; ``files=False``: it reads no data_dir; ``named_by_folder``: its
-    data_dir's last component names the data (``enstune.recommend`` tells such datasets apart by it)."""
+    data_dir's last component names the data (``enstune.recommend`` tells such datasets apart by it); ``settings``:
+    what it reads from ``task.options``."""
+    register = DATASETS.register(name)  # refuses a name registered twice before anything else is recorded
     if not files:
         NO_FILES.add(name)
     if named_by_folder:
         NAMED_BY_FOLDER.add(name)
-    return DATASETS.register(name)
+    SETTINGS[name] = dict(settings or {})
+    return register
+
+
+def dataset_settings(name: str) -> dict[str, Setting]:
+    """The settings dataset ``name`` reads from ``task.options``."""
+    DATASETS.get(name)
+    return SETTINGS[name]
 
 
 def reads_files(name: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from enstune.data._base import TaskData
 from enstune.data._registry import register_dataset
-from enstune.data.folders import folder_task
+from enstune.data.folders import FOLDER_SETTINGS, folder_task
 from enstune.errors import EnstuneError
 
 # The classes in the paper's code's label order (its labels_maps).
@@ -69,7 +69,7 @@ def _listed(root: Path, listing: str, findings: dict[str, str], where: dict[str,
     return [where[n] for n in names], [FINDINGS.index(findings[n]) for n in names]
 
 
-@register_dataset("chestx")
+@register_dataset("chestx", settings=FOLDER_SETTINGS)
 def chestx(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     """ChestX-ray14 under ``task.data_dir`` (or its chestx/ or ChestX-ray14/): seven single-finding classes."""
     root = _release(Path(task.data_dir.format(home=home)))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from enstune.data._base import TaskData
 from enstune.data._registry import register_dataset
-from enstune.data.folders import folder_task
+from enstune.data.folders import FOLDER_SETTINGS, folder_task
 from enstune.errors import EnstuneError
 
 
@@ -61,7 +61,7 @@ def domainnet(task, home: Path, domain: str) -> TaskData:  # noqa: ANN001 - enst
     return folder_task(task, home, data_dir, train, test, classes)
 
 
-@register_dataset("clipart")
+@register_dataset("clipart", settings=FOLDER_SETTINGS)
 def clipart(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     """DomainNet Clipart under ``task.data_dir``: clipart/<class>/… and clipart_train.txt, clipart_test.txt."""
     return domainnet(task, home, "clipart")

@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 
 from enstune.data._base import MIN_SHARE, Batch, Split, TaskData, carve_validation, share
 from enstune.data._registry import register_dataset
+from enstune.settings import Setting
 from enstune.data.augment import seeded
 from enstune.data.images import check_policy
 from enstune.data.jpeg import Reader, Steps, device_batch, gather, image_steps
@@ -39,8 +40,13 @@ from enstune.recipe import Augmentation
 
 PREFETCH = 2  # batches each worker keeps ready
 
+# Every dataset read through ``folder_task`` decodes JPEGs where this setting says.
+DECODE = Setting("auto", "where JPEGs are decoded: workers (PIL in the loader processes), device (torchvision's "
+                 "decode_jpeg there), auto (device when it is a GPU)", choices=("workers", "device", "auto"))
+FOLDER_SETTINGS = {"decode": DECODE}
+PARTITION = Setting(1, "SUN-397's train/test partition (the paper uses the first)", low=1, high=10)
 
-DECODES = ("workers", "device", "auto")  # where JPEGs are decoded; auto: on the device when it is a GPU
+
 
 
 def _pil_transform(steps: Steps) -> v2.Compose:
@@ -120,8 +126,7 @@ class FolderSplit(Split):
                  device: torch.device | str = "cpu", preprocess: Preprocess | None = None,
                  augmentation: Augmentation = Augmentation(), decode: str = "auto") -> None:
         check_policy(augmentation)
-        if decode not in DECODES:
-            raise EnstuneError(f"decode must be one of {', '.join(DECODES)}, got {decode!r}")
+        DECODE.check("decode", decode)
         self.root, self.files, self.workers, self.decode = Path(root), list(files), workers, decode
         self.device, self.preprocess, self.augmentation = torch.device(device), preprocess or Preprocess(), augmentation
         self.y = y.to(self.device)
@@ -251,7 +256,7 @@ def folder_task(task, home: Path, root: Path, train: tuple[Sequence[str], Sequen
         files, labels, n = readable(under, files, labels, home=home, name=f"{task.dataset} {part}",
                                     workers=task.workers)
         splits.append(FolderSplit(under, files, torch.tensor(labels, dtype=torch.long), task.workers,
-                                  decode=task.decode))
+                                  decode=task.option("decode", DECODE.default)))
         lost += n
     fit, val = carve_validation(splits[0], task.val_fraction, task.split_seed)
     return TaskData(fit, val, splits[1], num_classes=len(classes), classes=tuple(classes),
@@ -268,7 +273,7 @@ def _folders(task, home: Path, root: Path, test_dirs: Sequence[str]) -> TaskData
     return folder_task(task, home, root / "train", (files, labels), (test_files, test_labels), names, test_dir)
 
 
-@register_dataset("imagefolder", named_by_folder=True)
+@register_dataset("imagefolder", named_by_folder=True, settings=FOLDER_SETTINGS)
 def imagefolder(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     """Class folders under ``task.data_dir``/train and /test (or /val, used when there is no test/); names = folders."""
     return _folders(task, home, _root(task, home), ("test", "val"))
@@ -303,9 +308,9 @@ def _listed(sun: Path, listing: Path, class_to_idx: dict[str, int]) -> tuple[lis
     return files, labels
 
 
-@register_dataset("sun397")
+@register_dataset("sun397", settings=FOLDER_SETTINGS | {"partition": PARTITION})
 def sun397(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
-    """SUN-397 as published: ``data_dir``/SUN397/ClassName.txt, its images, and partition ``task.partition``.
+    """SUN-397 as published: ``data_dir``/SUN397/ClassName.txt, its images, and its partition (option ``partition``).
 
     The partition's files are ``Training_NN.txt`` / ``Testing_NN.txt``, in SUN397/, Partitions/ or
     SUN397/Partitions/; validation is carved from its training images. ClassName.txt is read here
@@ -320,7 +325,7 @@ def sun397(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     if not keys or not all(keys):
         raise EnstuneError(f"{names_file}: expected one class a line, like /a/abbey")
     class_to_idx = {k: i for i, k in enumerate(keys)}
-    training, testing = _partition(sun, root, task.partition)
+    training, testing = _partition(sun, root, task.option("partition", PARTITION.default))
     train_files, train_y = _listed(sun, training, class_to_idx)
     test_files, test_y = _listed(sun, testing, class_to_idx)
     classes = tuple(k.replace("/", " ").replace("_", " ") for k in keys)  # "apse/indoor" -> "apse indoor"

@@ -21,7 +21,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from enstune.data._base import TaskData
 from enstune.data._registry import register_dataset
-from enstune.data.folders import _folder, folder_task
+from enstune.data.folders import FOLDER_SETTINGS, _folder, folder_task
 from enstune.errors import EnstuneError
 
 KAGGLE = Path("ILSVRC", "Data", "CLS-LOC")  # where Kaggle's release keeps train/ and val/
@@ -93,7 +93,7 @@ def _test(root: Path, val: Path, class_to_idx: dict[str, int]) -> tuple[list[str
     return images, [class_to_idx[w] for w in wnids]
 
 
-@register_dataset("imagenet")
+@register_dataset("imagenet", settings=FOLDER_SETTINGS)
 def imagenet(task, home: Path) -> TaskData:  # noqa: ANN001 - enstune.config.Task
     """ImageNet-1k under ``task.data_dir``: train/ class folders; val/ (the test split) sorted or flat with labels."""
     root = Path(task.data_dir.format(home=home))

@@ -19,6 +19,7 @@ from torch import nn
 
 from enstune.config import StudySpec, TrialConfig
 from enstune.recipe import Augmentation, Recipe
+from enstune.settings import Setting
 
 State = dict[str, torch.Tensor]
 
@@ -37,7 +38,7 @@ class MemberJob:
     alpha: float = 0.0
     refs: tuple[int, ...] = ()
     tap: str = ""  # the module whose output the regularizer compares ("": the head's input)
-    subsample: int = 64  # RTD's rows per batch
+    reg_options: tuple[tuple[str, Any], ...] = ()  # the regularizer's settings away from their defaults, sorted
     freeze: int = 0  # leading stages kept frozen (their BatchNorm in eval mode)
     make: str = "train"  # the maker that builds the weights (enstune.methods.get_maker)
     options: tuple[tuple[str, Any], ...] = ()  # the maker's settings, sorted by name; part of the member key
@@ -135,9 +136,12 @@ def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
         return jobs
     from enstune.regularizers import get_regularizer
 
-    needs = get_regularizer(cfg.regularizer).needs
+    regularizer = get_regularizer(cfg.regularizer)
+    needs, settings = regularizer.needs, regularizer.settings
+    # Only values away from their defaults: a job that sets a setting to its default is the job that leaves it out.
+    options = tuple(sorted((k, v) for k in settings if (v := cfg.option(k, settings[k].default)) != settings[k].default))
     return [dataclasses.replace(
-        j, regularizer=cfg.regularizer, alpha=cfg.alpha, tap=cfg.tap, subsample=cfg.subsample,
+        j, regularizer=cfg.regularizer, alpha=cfg.alpha, tap=cfg.tap, reg_options=options,
         refs=tuple(sorted(set(j.refs) | ({members[0]} if needs == "first" else {i for i in members if i < j.index}))))
         if j.index in later else j for j in jobs]
 
@@ -165,8 +169,8 @@ class Method(ABC):
     # Search parameters the plan reads besides the ×1 recipe and the seed: an axis that no
     # method of a study reads would only repeat the study's trials.
     reads: ClassVar[frozenset[str]] = frozenset()
-    # The spec ``options`` the plan reads, with their defaults.
-    options: ClassVar[dict[str, float]] = {}
+    # The spec ``options`` the plan reads: their defaults and the values they take.
+    options: ClassVar[dict[str, Setting]] = {}
 
     @abstractmethod
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:

@@ -12,10 +12,13 @@ from enstune.config import TrialConfig
 from enstune.errors import ConfigError
 from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, member_seed
 from enstune.methods._registry import register_method
+from enstune.settings import Setting
 
 # The branching point as a fraction of the ×1 epochs: Appendix C, Table 5 splits ResNet20 runs at
 # t/T = 10/110 (CIFAR-10), 40/190 (CIFAR-100) and 30/130 (Tiny ImageNet).
 SPLIT = 0.2
+# Option t: where the members branch off the trunk, a fraction of the ×1 epochs (in (0, 1): ends refused as they plan).
+SPLIT_SETTING = Setting(SPLIT, "where members branch off the trunk, a fraction of the ×1 epochs", low=0.0, high=1.0)
 
 
 def split_epoch(cfg: TrialConfig) -> int:
@@ -49,7 +52,7 @@ class Constrained(Method):
     # it is not the ×1 fine-tune, but trials of one study with one seed share it all the same.
     shared_members = 1
     reads = LATER_MEMBER_PARAMS
-    options = {"t": SPLIT}
+    options = {"t": SPLIT_SETTING}
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         branch = (("carry_optimizer", True), ("span", branch_span(cfg)))

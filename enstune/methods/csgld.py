@@ -28,6 +28,7 @@ from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Built, Made, Memb
                                    member_seed)
 from enstune.methods._registry import flatten_optimizer, register_maker, register_method, unflatten_optimizer
 from enstune.recipe import Recipe
+from enstune.settings import Setting
 
 # Samples per cycle: cSGLD's CIFAR code saves the last 3 epochs of every cycle (ruqizhang/csgmcmc,
 # experiments/cifar100_csgmcmc.py: ``if (epoch%50)+1>47: # save 3 models per cycle``), as D.2 keeps.
@@ -82,7 +83,8 @@ class CSGLD(Method):
                    "with Langevin noise")
     shared_members = 1
     reads = LATER_MEMBER_PARAMS | {"lr_mult", "epoch_mult"}
-    options = {"temperature": TEMPERATURE}
+    options = {"temperature": Setting(TEMPERATURE, "the posterior's temperature (1/N: the paper's cold posterior)",
+                                      low=0.0)}
 
     def check(self, spec: StudySpec) -> None:
         """Langevin dynamics here are SGD's: another optimizer has no SGLD step."""

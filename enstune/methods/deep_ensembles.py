@@ -9,24 +9,27 @@ from enstune.errors import ConfigError
 from enstune.methods._registry import register_method
 from enstune.methods._base import LATER_MEMBER_PARAMS, MemberJob, Method, first_member
 from enstune.recipe import Diversity
+from enstune.settings import Setting
 
 # Appendix K's diversification as options: each member's lr, weight decay and epochs are its planned ones times a
 # factor drawn log-uniformly from [low, high], and div_color = 1 draws its colour-jitter limits. The defaults
 # change nothing: plans and member keys stay as without them.
-DIVERSIFY_OPTIONS = {"div_lr_low": 1.0, "div_lr_high": 1.0, "div_wd_low": 1.0, "div_wd_high": 1.0,
-                     "div_epochs_low": 1.0, "div_epochs_high": 1.0, "div_color": 0.0}
+DIVERSIFY_OPTIONS = {
+    **{f"div_{name}_{end}": Setting(1.0, f"the {end} end of member factors on the {what} (> 0)", low=0.0)
+       for name, what in (("lr", "lr"), ("wd", "weight decay"), ("epochs", "epochs")) for end in ("low", "high")},
+    "div_color": Setting(0.0, "1: each member draws its colour-jitter limits; 0: off", choices=(0.0, 1.0))}
 
 
 def diversity(cfg: TrialConfig) -> Diversity:
     """The trial's diversification from its options (a ConfigError names a bad one)."""
     ranges = {}
     for field, name in (("lr", "lr"), ("weight_decay", "wd"), ("epochs", "epochs")):
-        low, high = (cfg.option(f"div_{name}_{end}", DIVERSIFY_OPTIONS[f"div_{name}_{end}"]) for end in ("low", "high"))
+        low, high = (cfg.option(key, DIVERSIFY_OPTIONS[key].default) for key in (f"div_{name}_low", f"div_{name}_high"))
         if not 0 < low <= high:
             raise ConfigError(f"options.div_{name}_low and div_{name}_high must satisfy 0 < low <= high, "
                               f"got {low} and {high}")
         ranges[field] = (low, high)
-    color = cfg.option("div_color", DIVERSIFY_OPTIONS["div_color"])
+    color = cfg.option("div_color", DIVERSIFY_OPTIONS["div_color"].default)
     if color not in (0, 1):
         raise ConfigError(f"options.div_color must be 0 (off) or 1 (on), got {color}")
     return Diversity(**ranges, color=bool(color))

@@ -18,7 +18,8 @@ from enstune.config import TrialConfig
 from enstune.errors import ConfigError
 from enstune.methods._base import Bench, Built, Made, MemberJob, Method, first_member, member_seed
 from enstune.methods._registry import register_maker, register_method, unflatten_optimizer
-from enstune.methods.constrained import SPLIT, branch_span, trunk_job
+from enstune.methods.constrained import SPLIT_SETTING, branch_span, trunk_job
+from enstune.settings import Setting
 
 BETA = 0.2  # Section 4 and Appendix C, Table 5 (β = 1 is a constrained ensemble)
 TAU = 3.0  # Appendix C, "Optimizers"
@@ -61,7 +62,9 @@ class Distilled(Method):
     description = ("member 1: the ×1 fine-tune of checkpoint 0; member k: from member 1's run at epoch t, "
                    "distilled (Eq. 1, options beta, tau, t) from the ×1 fine-tune of checkpoint k-1")
     shared_members = 1
-    options = {"beta": BETA, "tau": TAU, "t": SPLIT}
+    options = {"beta": Setting(BETA, "the weight of the labels' cross-entropy in Eq. 1 (1: a constrained ensemble)",
+                               low=0.0, high=1.0),
+               "tau": Setting(TAU, "the distillation temperature (> 0)", low=0.0), "t": SPLIT_SETTING}
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         k = cfg.members

@@ -35,6 +35,7 @@ from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Met
                                    recalibrated)
 from enstune.methods._registry import register_maker, register_method
 from enstune.recipe import Recipe
+from enstune.settings import Setting
 
 # The SWAG repository damps with the fine-tune's weight decay (``KFACLaplace(model, eps=weight_decay)``);
 # the default is the ×1 recipe's default weight decay, and a template sets its own.
@@ -181,10 +182,11 @@ class KFACLaplace(Method):
                    "(no further training), at the trial's scale")
     shared_members = 1
     reads = frozenset({"scale"})
-    options = {"prior_precision": PRIOR_PRECISION}
+    options = {"prior_precision": Setting(PRIOR_PRECISION, "the Gaussian prior's precision, damping the KFAC "
+                                                           "factors (> 0)", low=0.0)}
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
-        prior = cfg.option("prior_precision", self.options["prior_precision"])
+        prior = cfg.option("prior_precision", PRIOR_PRECISION)
         if not prior > 0:
             raise ConfigError(f"options.prior_precision must be > 0 (it damps the KFAC factors), got {prior}")
         # The option names how the factors are averaged, so that factors summed over positions, cached before, are

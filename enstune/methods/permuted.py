@@ -21,6 +21,7 @@ from enstune.errors import ConfigError, EnstuneError
 from enstune.methods._base import Bench, Built, Made, MemberJob, Method, State, member_seed
 from enstune.methods._registry import register_maker, register_method
 from enstune.methods.deep_ensembles import DIVERSIFY_OPTIONS, GlobalDE
+from enstune.settings import Setting
 
 # For each state entry, the permutation acting on each of its axes (None: that axis stays); the
 # entries of a permutation's units are the "unit group" it names (Ainsworth et al.'s axes_to_perm).
@@ -228,8 +229,8 @@ def permute_job(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | 
 
 def _settings(options: Mapping[str, float]) -> tuple[tuple[str, int], tuple[str, int]]:
     """The maker's (iterations, seed) from the spec's options, checked."""
-    iterations = options.get("match_iterations", Permuted.options["match_iterations"])
-    seed = options.get("match_seed", Permuted.options["match_seed"])
+    iterations = options.get("match_iterations", Permuted.options["match_iterations"].default)
+    seed = options.get("match_seed", Permuted.options["match_seed"].default)
     if not (float(iterations).is_integer() and 1 <= iterations <= MAX_ITERATIONS):
         raise ConfigError(f"options.match_iterations must be a whole number in 1..{MAX_ITERATIONS}, got {iterations}")
     if not (float(seed).is_integer() and 0 <= seed <= MAX_SEED):
@@ -246,7 +247,9 @@ class Permuted(Method):
     reads = frozenset()
     # Ainsworth et al.'s weight_matching: at most 100 sweeps; the seed orders the permutations in a sweep.
     # Global DE's own options (Appendix K's diversification) shape the members that are permuted.
-    options = {**DIVERSIFY_OPTIONS, "match_iterations": 100.0, "match_seed": 0.0}
+    options = {**DIVERSIFY_OPTIONS,
+               "match_iterations": Setting(100, "weight matching's sweeps at most", low=1, high=MAX_ITERATIONS),
+               "match_seed": Setting(0, "orders the permutations within a sweep", low=0, high=MAX_SEED)}
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         settings = _settings(dict(cfg.options))

@@ -22,6 +22,7 @@ from enstune.errors import ConfigError
 from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
                                    recalibrated)
 from enstune.methods._registry import register_maker, register_method
+from enstune.settings import Setting
 
 # Added to the Gram matrix of the edges (squared weight distance): a vertex starts at the centroid of
 # the earlier ones, where the simplex is flat and its log volume -inf. The reference code adds 1e-4
@@ -157,14 +158,15 @@ class SPRO(Method):
     shared_members = 1
     reads = frozenset({"lr_mult", "epoch_mult"})
     # simplex_dim: vertices trained besides member 1 (2: a 2-simplex, Appendix C); volume_weight: λ.
-    options = {"simplex_dim": 2.0, "volume_weight": 1e-5}
+    options = {"simplex_dim": Setting(2, "vertices trained besides member 1", low=1, high=64),
+               "volume_weight": Setting(1e-5, "λ, the weight of the simplex's log-volume", low=0.0)}
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         first = first_member(cfg)
         if cfg.members == 1:
             return [first]
-        dim = cfg.option("simplex_dim", self.options["simplex_dim"])
-        weight = cfg.option("volume_weight", self.options["volume_weight"])
+        dim = cfg.option("simplex_dim", self.options["simplex_dim"].default)
+        weight = cfg.option("volume_weight", self.options["volume_weight"].default)
         if dim != int(dim) or not 1 <= dim <= 64:
             raise ConfigError(f"options.simplex_dim must be a whole number in [1, 64], got {dim=}")
         if not weight >= 0:

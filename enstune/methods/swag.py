@@ -28,6 +28,7 @@ from enstune.errors import ConfigError
 from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
                                    recalibrated)
 from enstune.methods._registry import register_maker, register_method
+from enstune.settings import Setting
 
 # SWAG's deviation matrix keeps the last 20 iterates (the repository's ``max_num_models``), all 20 of App. C.
 RANK = 20
@@ -117,12 +118,12 @@ class SWAG(Method):
     shared_members = 1
     # The walk reads the cycle multipliers, the draws the scale; sampled members are no trained ones to regularize.
     reads = frozenset({"lr_mult", "epoch_mult", "scale"})
-    options = {"rank": float(RANK)}
+    options = {"rank": Setting(RANK, "iterates kept for the low-rank part of the covariance", low=1)}
 
     def plan(self, cfg: TrialConfig) -> list[MemberJob]:
         first = first_member(cfg)
         walk = dataclasses.replace(cfg.recipe.cycle(cfg.lr_mult, cfg.epoch_mult), schedule="constant")
-        rank = cfg.option("rank", self.options["rank"])
+        rank = cfg.option("rank", RANK)
         if rank < 1 or rank != int(rank):
             raise ConfigError(f"options.rank must be a whole number >= 1 (iterates kept), got {rank}")
         moments = MemberJob(2, walk, member_seed(cfg.seed, 2), parent=1, make="swag-collect",

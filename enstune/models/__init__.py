@@ -7,7 +7,7 @@ through its own loader and key filters, and reads the input the network expects.
 from enstune.models import clip, small, timm_family  # noqa: F401  (registration)
 from enstune.models.checkpoint import load_checkpoint
 from enstune.models.factory import (check_drop_path, classifier_prefix, create_model, from_pretrained, list_models,
-                                    preprocess, stage_modules)
+                                    model_settings, preprocess, stage_modules)
 
-__all__ = ["check_drop_path", "classifier_prefix", "create_model", "from_pretrained", "list_models", "load_checkpoint", "preprocess",
-           "stage_modules"]
+__all__ = ["check_drop_path", "classifier_prefix", "create_model", "from_pretrained", "list_models", "load_checkpoint",
+           "model_settings", "preprocess", "stage_modules"]

@@ -16,6 +16,7 @@ from enstune.errors import EnstuneError
 from enstune.models.checkpoint import load_body
 from enstune.preprocess import Preprocess
 from enstune.registry import Registry
+from enstune.settings import Setting
 
 # Bare names are looked up in this order: enstune's own nets shadow a library's of the same name.
 BARE_NAME_ORDER = ("enstune", "timm")
@@ -30,8 +31,15 @@ class Family(ABC):
     ``forward_head``, ``pretrained_cfg["classifier"]``) and, where stages can be frozen, ``feature_info``.
     """
 
-    heads: tuple[str, ...] = ("new",)  # the heads ``load`` can start from
+    # What the family reads from ``task.options`` (e.g. CLIP's ``head``); the heads ``load`` can start from
+    # are its ``head`` setting's choices, else only a new one.
+    settings: dict[str, Setting] = {}
     drop_path: bool = False  # whether ``create`` takes drop_path_rate (stochastic depth)
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """The heads ``load`` can start from."""
+        return self.settings["head"].choices if "head" in self.settings else ("new",)
 
     @abstractmethod
     def has(self, arch: str) -> bool:

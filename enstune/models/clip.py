@@ -26,6 +26,7 @@ from enstune.errors import EnstuneError
 from enstune.models._registry import FAMILIES, Family
 from enstune.models.checkpoint import first_line, load_body
 from enstune.preprocess import Preprocess
+from enstune.settings import Setting
 
 PREFIX = "open_clip"
 # The keys a state dict of OpenAI's TorchScript CLIP release carries besides the weights.
@@ -80,7 +81,8 @@ class CLIPClassifier(nn.Module):
 class ClipFamily(Family):
     """open_clip's model configs (``open_clip.list_models()``), built without downloading anything."""
 
-    heads = ("new", "zeroshot")
+    settings = {"head": Setting("new", "the head members start from: new (random) or zeroshot (CLIP's zero-shot "
+                                "classifier from the class names)", choices=("new", "zeroshot"))}
 
     def has(self, arch: str) -> bool:
         import open_clip

@@ -11,6 +11,7 @@ from enstune.errors import EnstuneError
 from enstune.models._registry import FAMILIES, resolve
 from enstune.models.checkpoint import head_prefixes, load_checkpoint
 from enstune.preprocess import Preprocess
+from enstune.settings import Setting
 
 HEADS = ("new", "zeroshot")
 
@@ -35,6 +36,11 @@ def check_drop_path(name: str) -> None:
     family, _ = resolve(name)
     if not family.drop_path:
         raise EnstuneError(f"task.drop_path_rate needs a timm network (stochastic depth); {name} takes none")
+
+
+def model_settings(name: str) -> dict[str, Setting]:
+    """What model ``name``'s family reads from ``task.options``."""
+    return resolve(name)[0].settings
 
 
 def from_pretrained(name: str, path: Path, num_classes: int, *, prefix: str = "", head: str = "new",

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import nn
 
 from enstune.errors import ConfigError
 from enstune.registry import Registry
+from enstune.settings import Setting
 
 State = dict[str, torch.Tensor]
 # term(model, x, y, features, logits) -> the unweighted loss term
@@ -36,26 +38,29 @@ class Context:
     # task, made on first call (only EWC asks).
     pretrained: Callable[[], tuple[State, State]] | None = None
     tap: str = ""  # the module whose output is compared ("" : the head's input)
-    subsample: int = 64  # rows of a batch RTD looks at
+    options: dict[str, Any] = field(default_factory=dict)  # the regularizer's settings (one left out: its default)
 
 
 @dataclass(frozen=True)
 class Regularizer:
-    """A registered term: ``needs`` says which earlier members it reads (first, or all earlier)."""
+    """A registered term: ``needs`` says which earlier members it reads (first, or all earlier); ``settings`` what it
+    reads from the study's options."""
 
     name: str
     needs: str
     make: Callable[[Context], Term]
+    settings: dict[str, Setting] = field(default_factory=dict)
 
 
 REGULARIZERS: Registry[Regularizer] = Registry("regularizer")
 
 
-def register_regularizer(name: str, needs: str = "first") -> Callable[[Callable[[Context], Term]], Callable]:
-    """Register ``make(context) -> term`` under ``name``."""
+def register_regularizer(name: str, needs: str = "first", settings: dict[str, Setting] | None = None
+                         ) -> Callable[[Callable[[Context], Term]], Callable]:
+    """Register ``make(context) -> term`` under ``name``, reading ``settings`` from the study's options."""
 
     def add(make: Callable[[Context], Term]) -> Callable[[Context], Term]:
-        REGULARIZERS.add(name, Regularizer(name, needs, make))
+        REGULARIZERS.add(name, Regularizer(name, needs, make, dict(settings or {})))
         return make
 
     return add
@@ -102,13 +107,17 @@ def _mse(ctx: Context) -> Term:
     return lambda model, x, y, f, logits: F.mse_loss(f, first(model, x))
 
 
-@register_regularizer("rtd")
+SUBSAMPLE = Setting(64, "rows of a batch RTD compares (its cost grows as their cube)", low=4, high=2**20)
+
+
+@register_regularizer("rtd", settings={"subsample": SUBSAMPLE})
 def _rtd(ctx: Context) -> Term:
     from enstune.regularizers.rtd import rtd
 
     first = _reference(ctx, 1)
     generator = torch.Generator().manual_seed(ctx.seed)
-    return lambda model, x, y, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), ctx.subsample, generator)
+    subsample = ctx.options.get("subsample", SUBSAMPLE.default)
+    return lambda model, x, y, f, logits: rtd(f.flatten(1), first(model, x).flatten(1), subsample, generator)
 
 
 @register_regularizer("l2_ft")
