@@ -49,7 +49,8 @@ def main() -> None:
 
     from enstune.checks import load_checked
     from enstune.config import TrialConfig
-    from enstune.members import Workspace, recalibrate_on
+    from enstune.bench import recalibrate_on
+    from enstune.members import Workspace
     from enstune.methods import first_member
     from enstune.storage import open_artifacts
     from enstune.training import predict

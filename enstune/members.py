@@ -5,23 +5,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from enstune.bench import JobBench
 from enstune.cache import MemberCache
 from enstune.checkpoints import Checkpoints
 from enstune.claims import Claims
-from enstune.config import StudySpec, Task
+from enstune.config import Task
 from enstune.data import Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
-from enstune.evaluation.evaluators import Members
-from enstune.evaluation.weights import WeightSpace
 from enstune.member_keys import member_key
 from enstune.methods import Built, MemberJob, get_maker
 from enstune.models import create_model, list_models, preprocess, stage_modules
@@ -29,7 +27,7 @@ from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
 from enstune.storage import open_artifacts
 from enstune.terms import Terms, check_tap
-from enstune.training import EpochCallback, TrainStats, autocast, epoch_steps, predict, rank_and_world, train
+from enstune.training import EpochCallback, autocast, predict, rank_and_world
 
 
 @dataclass
@@ -136,44 +134,11 @@ class Workspace:
         model.load_state_dict(state)
         return model.to(device)
 
-    def evaluation(self, results: list[MemberResult], device: torch.device, seed: int, spec: StudySpec,
-                   on_model: Callable[[], None] | None = None) -> Members:
-        """A trial's members, ready for the evaluators, on ``device``, at the spec's evaluation sizes."""
-        # BN statistics from one augmented pass over at most bn_images training images: a smaller training
-        # set passed again adds only new augmentations of the same images, at the cost of another pass.
-        train = self.split("train", device).sample(spec.bn_images, seed)
-        # The reporter that hears of each finished model (``on_model``, its weight_model_done) hears of a long one's pass.
-        progress = getattr(getattr(on_model, "__self__", None), "weight_model_progress", None)
-
-        def bn_batches() -> Iterator[torch.Tensor]:
-            # Training-mode inputs (augmented, as BN saw them in training), the same on every call.
-            generator, seen = torch.Generator().manual_seed(seed), 0
-            for x, _ in train.training_batches(256, generator):
-                yield x
-                seen += len(x)
-                if progress is not None:  # a model's BN pass can take minutes: its progress, as training's
-                    progress(seen, len(train))
-
+    def ood(self) -> dict[str, list[Split]] | None:
+        """The task's out-of-distribution test sets by name (None: it has none), built once per worker."""
         if self._ood is None and self.data.ood is not None:
             self._ood = self.data.ood()
-        return Members([r.state for r in results], [r.val_probs for r in results], [r.test_probs for r in results],
-                       train, self.split("val", device), self.split("test", device),
-                       WeightSpace(lambda state: self.model_from(state, device), bn_batches, on_model), seed, spec.interp_points,
-                       spec.curve_images, spec.ood_images, self._ood, lambda split: self.bind(split, device))
-
-    def evaluation_cost(self, spec: StudySpec) -> str:
-        """One line: the forward passes (images through a network) the spec's evaluators take per trial, on this data."""
-        from enstune.evaluation.evaluators import forward_passes
-
-        sizes = {"train": min(spec.bn_images, len(self.data.train)), "val": len(self.data.val),
-                 "test": len(self.data.test), "curve": min(spec.curve_images, len(self.data.val))}
-        cost = forward_passes(spec.evaluate, spec.members, spec.interp_points, **sizes)
-        models = sum(m for m, _ in cost.values())
-        parts = ", ".join(f"{name} {images:,} ({m} models)" for name, (m, images) in cost.items() if m or images)
-        ood = " + the OOD sets, K + 1 passes over each" if "ood" in spec.evaluate and self.data.ood is not None else ""
-        return (f"evaluation per trial: ~{sum(i for _, i in cost.values()):,} forward passes over {models} weight-space "
-                f"models, BN recalibrated on {sizes['train']:,} training images each"
-                + (f" ({parts})" if parts else "") + ood)
+        return self._ood
 
     def job_key(self, job: MemberJob, parent: MemberResult | None, refs: dict[int, MemberResult] | None = None) -> str:
         """Content key of a job (``enstune.member_keys``): where it starts, how it trains, what it reads."""
@@ -228,7 +193,7 @@ class Workspace:
         else:
             assert parent is not None
             model = self.model_from(parent.state, device)
-        made = get_maker(job.make)(_Bench(self, job, device, refs, on_epoch), job, model,
+        made = get_maker(job.make)(JobBench(self, job, device, refs, on_epoch), job, model,
                                    None if parent is None else parent.built(), {i: r.built() for i, r in refs.items()})
         if rank_and_world()[0] > 0:  # a DDP rank but the first: rank 0 holds the same weights and predicts
             return None
@@ -237,49 +202,3 @@ class Workspace:
         return MemberResult(key, state, predict(model, self.split("val", device), precision=precision),
                             predict(model, self.split("test", device), precision=precision), made.epochs,
                             time.perf_counter() - start, extras=made.extras)
-
-
-class _Bench:
-    """A maker's view of the workspace for one job on one device (``enstune.methods.Bench``)."""
-
-    def __init__(self, ws: Workspace, job: MemberJob, device: torch.device, refs: dict[int, MemberResult],
-                 on_epoch: EpochCallback | None) -> None:
-        self.ws, self.job, self.device, self.refs, self.on_epoch = ws, job, device, refs, on_epoch
-
-    def split(self, name: str, augmentation: Augmentation = Augmentation()) -> Split:
-        """Split ``name`` bound to the job's device."""
-        return self.ws.split(name, self.device, augmentation)
-
-    def model_from(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-        """The task's network with weights ``state`` on the job's device."""
-        return self.ws.model_from(state, self.device)
-
-    def train(self, model: torch.nn.Module, job: MemberJob, **options: Any) -> TrainStats:
-        """The one training loop on ``model`` with ``job``'s recipe, seed, regularizer and frozen stages."""
-        extra = self.ws.terms.extra(job, {i: r.state for i, r in self.refs.items()}, model, self.device)
-        kwargs: dict[str, Any] = {"on_epoch": self.on_epoch, "extra": extra,
-                                  "frozen": stage_modules(model, job.freeze), "tap": job.tap}
-        return train(model, self.split("train", job.recipe.augmentation), job.recipe, seed=job.seed,
-                     **(kwargs | options))
-
-    def epoch_steps(self, recipe: Recipe) -> int:
-        """Optimizer steps in one epoch of the training loop under ``recipe`` (as many on every DDP rank)."""
-        return epoch_steps(self.split("train", recipe.augmentation), recipe.batch_size)
-
-    def recalibrate(self, model: torch.nn.Module, images: int) -> None:
-        """BatchNorm statistics of ``model`` re-estimated on at least ``images`` augmented training images, as
-        trained members saw them."""
-        recalibrate_on(self.split("train", self.job.recipe.augmentation), model, self.job.recipe.batch_size, images,
-                       torch.Generator().manual_seed(self.job.seed), self.device)
-
-
-def recalibrate_on(split: Split, model: torch.nn.Module, batch_size: int, images: int, generator: torch.Generator,
-                   device: torch.device) -> None:
-    """BatchNorm statistics of ``model`` averaged (``update_bn``) over whole epochs of ``split``'s training batches,
-    drawn with ``generator``, until at least ``images`` images (at least one epoch)."""
-    if images < 0:
-        raise ValueError(f"images must be >= 0, got {images=}")
-    # A small training set seen once gives noisy statistics; fresh augmented epochs average the noise away.
-    epochs = max(1, math.ceil(images / max(1, len(split))))
-    batches = (x for _ in range(epochs) for x, _ in split.training_batches(batch_size, generator))
-    torch.optim.swa_utils.update_bn(batches, model, device=device)

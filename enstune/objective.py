@@ -16,6 +16,7 @@ from enstune.config import StudySpec
 from enstune.errors import DivergedError
 from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
+from enstune.evaluation.trial import trial_members
 from enstune.executor import Executor, Slot
 from enstune.members import MemberResult, Workspace
 from enstune.methods import TRAINING_MAKERS, MemberJob, get_method, regularize
@@ -161,7 +162,7 @@ class Objective:
                 if step in judged and self.spec.pruner != "none" and self._should_prune(trial, attrs):
                     raise optuna.TrialPruned(f"pruned at ensemble size {step}")
             # Bound to every device of the worker, the evaluators run side by side, one per device.
-            members = [self.ws.evaluation(results, device, cfg.seed, self.spec, on_model=self.reporter.weight_model_done)
+            members = [trial_members(self.ws, results, device, cfg.seed, self.spec, on_model=self.reporter.weight_model_done)
                        for device in dict.fromkeys(self.executor.devices)]
             attrs.update(evaluate(members, self.spec.evaluate, on_step=self.reporter.evaluating))
             attach_trial_pictures(trial, trial.params, attrs, self.ws.cache.store)

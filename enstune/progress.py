@@ -47,7 +47,7 @@ class Reporter:
         """The weight-space model being built has had ``images`` of its ``total`` BN images so far."""
 
     def evaluation_planned(self, line: str) -> None:
-        """What the evaluation of each trial will cost (``Workspace.evaluation_cost``), said once as work starts."""
+        """What the evaluation of each trial will cost (``enstune.evaluation.trial.evaluation_cost``), said once as work starts."""
 
     def trial_done(self, state: str, value: float | None, best: float | None) -> None:
         """The trial ended in ``state``."""

@@ -20,6 +20,7 @@ from enstune.errors import EnstuneError
 from enstune.evaluation import accuracy
 from enstune.evaluation.evaluators import evaluate
 from enstune.evaluation.metrics import ece, nll
+from enstune.evaluation.trial import trial_members
 from enstune.members import MemberResult, Workspace
 from enstune.storage import home_dir, open_artifacts, open_storage
 
@@ -189,7 +190,7 @@ def _soup(spec: StudySpec, ws: Workspace, chosen: list[Candidate]) -> dict[str, 
             raise EnstuneError(f"member {c.key} (trial {c.trial}, member {c.index}) left the member cache "
                                f"while the soup was made")
         results.append(MemberResult(c.key, entry["state"], c.val, c.test, int(entry.get("epochs", 0)), 0.0, True))
-    members = ws.evaluation(results, torch.device("cpu"), spec.seed, spec)
+    members = trial_members(ws, results, torch.device("cpu"), spec.seed, spec)
     attrs = evaluate(members, ["soups"])
     return {"val_acc": attrs["greedy_soup_val_acc"], "test_acc": attrs["greedy_soup_test_acc"],
             "members": [chosen[i - 1].ref() for i in attrs["greedy_soup_members"]],

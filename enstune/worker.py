@@ -23,6 +23,7 @@ from enstune.claims import claims_for
 from enstune.config import StudySpec
 from enstune.data import MIN_SHARE
 from enstune.errors import ConfigError, EnstuneError
+from enstune.evaluation.trial import evaluation_cost
 from enstune.executor import Executor
 from enstune.members import Workspace
 from enstune.objective import Objective, OverBudget
@@ -279,7 +280,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     ws.preflight(executor.devices[0], spec.finetune, spec.tap, int(max(freeze.choices or (freeze.high,))) if freeze else 0)
     reporter = reporter_factory(todo) if reporter_factory else Reporter()
     objective = Objective(spec, ws, executor, reporter)
-    reporter.evaluation_planned(ws.evaluation_cost(spec))  # the worker's first line: what each trial will cost
+    reporter.evaluation_planned(evaluation_cost(ws.data, spec))  # the worker's first line: what each trial will cost
     deadline = None if timeout is None else time.monotonic() + timeout
     with reporter, contextlib.closing(executor):
         work(study, spec, objective, reporter, n_trials, deadline)

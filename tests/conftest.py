@@ -10,6 +10,10 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers (-n) share the cores: torch's intra-op threads in each (and in the workers they start)
+    # would only contend. Set before torch is imported; the suite also passes single-threaded on its own.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 

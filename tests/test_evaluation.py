@@ -55,6 +55,7 @@ def test_bn_recalibration_draws_at_most_the_training_set_once(home):
     import torch
 
     from enstune.config import load_template
+    from enstune.evaluation.trial import evaluation_cost, trial_members
     from enstune.members import Workspace
 
     spec = load_template("starsse-demo", ["bn_images=1024"])
@@ -70,10 +71,10 @@ def test_bn_recalibration_draws_at_most_the_training_set_once(home):
         def weight_model_progress(self, images, total):
             done.append((images, total))
 
-    members = ws.evaluation([], torch.device("cpu"), 0, spec, on_model=Owner().weight_model_done)
+    members = trial_members(ws, [], torch.device("cpu"), 0, spec, on_model=Owner().weight_model_done)
     seen = sum(len(x) for x in members.weights.bn_batches())
     assert seen == n and len(members.train) == n  # one pass over the training set, not 1024 images of it cycled
     assert done[-1] == (n, n)
-    assert f"BN recalibrated on {n:,} training images each" in ws.evaluation_cost(spec)
+    assert f"BN recalibrated on {n:,} training images each" in evaluation_cost(ws.data, spec)
     few = load_template("starsse-demo", ["bn_images=16"])
-    assert sum(len(x) for x in ws.evaluation([], torch.device("cpu"), 0, few).weights.bn_batches()) == 16
+    assert sum(len(x) for x in trial_members(ws, [], torch.device("cpu"), 0, few).weights.bn_batches()) == 16

@@ -8,10 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from enstune.bench import JobBench
 from enstune.checks import load_checked
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
-from enstune.members import Workspace, _Bench
+from enstune.members import Workspace
 from enstune.methods import Built, MemberJob, get_maker, get_method
 from enstune.methods.spro import JITTER, _volume_term, log_volume, simplex_weights  # registers spro, its makers
 from enstune.recipe import Recipe
@@ -128,7 +129,7 @@ def train_vertex(ws: Workspace, vertices: list[dict[str, torch.Tensor]], weight:
     job = MemberJob(n, recipe, 11, parent=1, refs=tuple(range(1, n)), make="spro-vertex",
                     options=(("volume_weight", weight),), member=False)
     model = ws.model_from(vertices[0], CPU)
-    get_maker("spro-vertex")(_Bench(ws, job, CPU, {}, None), job, model, Built(vertices[0]),
+    get_maker("spro-vertex")(JobBench(ws, job, CPU, {}, None), job, model, Built(vertices[0]),
                              {i + 1: Built(v) for i, v in enumerate(vertices)})
     assert not parametrize.is_parametrized(model) and model.state_dict().keys() == vertices[0].keys()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}

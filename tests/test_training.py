@@ -261,20 +261,29 @@ def test_a_convolutional_network_trains_channels_last_and_keeps_a_plain_state():
 
     from enstune.data import TensorSplit
 
-    x, y = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 5, (32,))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 5, (32,), generator=g)
     data = TensorSplit(x.float() / 255, y)
     states, seen = {}, {}
     for layout in (True, False):
         torch.manual_seed(0)
         model = timm.create_model("test_resnet", num_classes=5)
+        start = _flat(model.state_dict())
         conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
         train(model, data, Recipe(epochs=2, batch_size=16, lr=0.05, channels_last=layout), seed=0,
               on_epoch=lambda *_: seen.setdefault(layout, conv.weight.is_contiguous(memory_format=torch.channels_last)))
         states[layout] = model.state_dict()
     assert seen == {True: True, False: False}, "the layout in training"
-    for k, v in states[False].items():
-        assert states[True][k].is_contiguous(), f"{k}: saved as any other member"
-        assert torch.allclose(states[True][k].float(), v.float(), atol=1e-4, rtol=1e-3), k
+    assert all(v.is_contiguous() for v in states[True].values()), "saved as any other member"
+    # The two layouts train the same network, up to the kernels' rounding, which two epochs amplify: their weights
+    # differ by at most 0.0023 of what training moved them (6 data seeds, native, default and 1-thread kernels);
+    # training on transposed images, a layout mix-up, differs by 0.12-0.13 of it.
+    moved = (_flat(states[False]) - start).norm()
+    assert (_flat(states[True]) - _flat(states[False])).norm() < 0.02 * moved
+
+
+def _flat(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([v.float().flatten() for v in state.values() if v.is_floating_point()])
 
 
 def test_a_member_held_by_another_worker_goes_last_and_is_then_waited_for():
