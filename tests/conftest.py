@@ -60,6 +60,10 @@ def pg():
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a quarter minute or more of wall time, most of it waiting on workers, "
                                        "servers or timeouts")
+    if getattr(config.option, "maxschedchunk", False) is None:
+        # With -n, hand tests to the workers one at a time: the slow ones, collected first, then start on every
+        # worker at once instead of all queueing on the first (xdist otherwise sends consecutive chunks).
+        config.option.maxschedchunk = 1
 
 
 def pytest_collection_modifyitems(items):
