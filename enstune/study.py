@@ -64,8 +64,9 @@ def trial_config(trial: optuna.Trial, spec: StudySpec) -> TrialConfig:
               for name, p in spec.space.items() if name in read and name != "method"}
     # An axis named as one of the plugins' options sets that option for the trial; each value as its setting takes it
     # (a whole number where a float is due is one), so that equal values give equal member keys.
-    options = {k: declared[k].check(k, v) for k, v in (spec.options | {k: values.pop(k) for k in list(values)
-                                                                        if k in declared}).items()}
+    # (An option no plugin declares is left as it is: a spec stored by an earlier enstune, read as stored, may hold one.)
+    options = {k: declared[k].check(k, v) if k in declared else v
+               for k, v in (spec.options | {k: values.pop(k) for k in list(values) if k in declared}).items()}
     recipe = dataclasses.replace(spec.finetune, **{k: values.pop(k) for k in RECIPE_PARAMS if k in values})
     return TrialConfig(task=spec.task, recipe=with_options(recipe, options), method=method, members=spec.members,
                        regularizer=spec.regularizer, tap=spec.tap, options=tuple(sorted(options.items())), **values)
