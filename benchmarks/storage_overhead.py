@@ -92,15 +92,14 @@ def _enstune(url: str, name: str, trials: int, ready: Any) -> tuple[float, int]:
 
     from enstune.objective import Objective
     from enstune.progress import Reporter
-    from enstune.storage import open_storage
-    from enstune.study import _load, load_spec, trial_config
+    from enstune.storage import enable_heartbeat, open_storage
+    from enstune.study import spec_of, trial_config
     from enstune.pruning import make_pruner, make_sampler
     from enstune.worker import work
 
-    first = open_storage(url)
-    spec = load_spec(_load(name, first))
-    _close(first)  # as the worker does: its connection would stay open, unused
-    storage = open_storage(url, heartbeat=spec.heartbeat)
+    storage = open_storage(url)  # as the worker does: one storage, one study load
+    spec = spec_of(storage, name)
+    storage = enable_heartbeat(storage, spec.heartbeat)
     study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec),
                               pruner=make_pruner(spec))
 

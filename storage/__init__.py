@@ -34,15 +34,14 @@ class StorageDown(EnstuneError):
     """The storage does not answer now (stopped, restarting, unreachable): it may come back."""
 
 
-def open_storage_patiently(url: str | None = None, heartbeat: int | None = None,  # noqa: ANN201 - optuna BaseStorage
-                           patience: float = PATIENCE):
+def open_storage_patiently(url: str | None = None, patience: float = PATIENCE):  # noqa: ANN201 - optuna BaseStorage
     """``open_storage``, waiting up to ``patience`` seconds for a storage that is down (said once), as later calls do."""
     import logging
 
     deadline, delay, told = time.monotonic() + patience, 0.5, False
     while True:
         try:
-            storage = open_storage(url, heartbeat)
+            storage = open_storage(url)
         except StorageDown as exc:
             if time.monotonic() + delay > deadline:
                 raise
