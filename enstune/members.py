@@ -7,7 +7,6 @@ import dataclasses
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +20,13 @@ from enstune.config import Task
 from enstune.data import Split, TaskData, load_task_data
 from enstune.errors import EnstuneError
 from enstune.member_keys import member_key
-from enstune.methods import Built, MemberJob, get_maker
+from enstune.methods import MemberJob, MemberResult, get_maker
 from enstune.models import create_model, list_models, preprocess, stage_modules
 from enstune.preprocess import Preprocess
 from enstune.recipe import Augmentation, Recipe
 from enstune.storage import open_artifacts
 from enstune.terms import Terms, check_tap
 from enstune.training import EpochCallback, autocast, predict, rank_and_world
-
-
-@dataclass
-class MemberResult:
-    """A trained member: weights and predictions (CPU tensors), and what it cost."""
-
-    key: str
-    state: dict[str, torch.Tensor]
-    val_probs: torch.Tensor
-    test_probs: torch.Tensor
-    epochs: int
-    seconds: float
-    cached: bool = False
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # what later jobs read besides the weights
-
-    def built(self) -> Built:
-        """The weights and extras, as a maker reads them."""
-        return Built(self.state, self.extras)
 
 
 class Workspace:
@@ -194,7 +175,7 @@ class Workspace:
             assert parent is not None
             model = self.model_from(parent.state, device)
         made = get_maker(job.make)(JobBench(self, job, device, refs, on_epoch), job, model,
-                                   None if parent is None else parent.built(), {i: r.built() for i, r in refs.items()})
+                                   parent, refs)
         if rank_and_world()[0] > 0:  # a DDP rank but the first: rank 0 holds the same weights and predicts
             return None
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -18,8 +18,8 @@ from enstune.evaluation import EnsembleCurve, pack_correct
 from enstune.evaluation.evaluators import evaluate
 from enstune.evaluation.trial import trial_members
 from enstune.executor import Executor, Slot
-from enstune.members import MemberResult, Workspace
-from enstune.methods import TRAINING_MAKERS, MemberJob, get_method, regularize
+from enstune.members import Workspace
+from enstune.methods import TRAINING_MAKERS, MemberJob, MemberResult, get_method, regularize
 from enstune.progress import Reporter
 from enstune.report import attach_trial_pictures
 from enstune.storage.heartbeat import WORKER_ATTR

@@ -21,7 +21,8 @@ from enstune.evaluation import accuracy
 from enstune.evaluation.evaluators import evaluate
 from enstune.evaluation.metrics import ece, nll
 from enstune.evaluation.trial import trial_members
-from enstune.members import MemberResult, Workspace
+from enstune.members import Workspace
+from enstune.methods import MemberResult
 from enstune.storage import home_dir, open_artifacts, open_storage
 
 

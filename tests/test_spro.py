@@ -13,7 +13,7 @@ from enstune.checks import load_checked
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
 from enstune.members import Workspace
-from enstune.methods import Built, MemberJob, get_maker, get_method
+from enstune.methods import MemberJob, MemberResult, get_maker, get_method
 from enstune.methods.spro import JITTER, _volume_term, log_volume, simplex_weights  # registers spro, its makers
 from enstune.recipe import Recipe
 from enstune.storage import open_artifacts
@@ -129,8 +129,8 @@ def train_vertex(ws: Workspace, vertices: list[dict[str, torch.Tensor]], weight:
     job = MemberJob(n, recipe, 11, parent=1, refs=tuple(range(1, n)), make="spro-vertex",
                     options=(("volume_weight", weight),), member=False)
     model = ws.model_from(vertices[0], CPU)
-    get_maker("spro-vertex")(JobBench(ws, job, CPU, {}, None), job, model, Built(vertices[0]),
-                             {i + 1: Built(v) for i, v in enumerate(vertices)})
+    get_maker("spro-vertex")(JobBench(ws, job, CPU, {}, None), job, model, _result(vertices[0]),
+                             {i + 1: _result(v) for i, v in enumerate(vertices)})
     assert not parametrize.is_parametrized(model) and model.state_dict().keys() == vertices[0].keys()
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -181,3 +181,8 @@ def test_a_trial_through_the_workspace(ws):
     keys = [done[j.index].key for j in jobs]
     assert len(set(keys)) == len(keys)
     assert ws.run(jobs[4], done[1], CPU, refs={r: done[r] for r in jobs[4].refs}).cached
+
+
+def _result(state: dict[str, torch.Tensor]) -> MemberResult:
+    """A finished job with weights ``state`` (a maker reads nothing else of it)."""
+    return MemberResult("", state, torch.empty(0), torch.empty(0), 0, 0.0)

@@ -59,11 +59,18 @@ class MemberJob:
             raise ValueError(f"member {self.index}'s options must be sorted pairs, got {self.options}")
 
 
-@dataclass(frozen=True)
-class Built:
-    """What a finished job hands to the jobs that read it: weights, and what its maker keeps (momentum, moments)."""
+@dataclass
+class MemberResult:
+    """A finished job, trained here or found in the cache: its weights and what its maker keeps (momentum, moments),
+    which are all the jobs that read it see, its predictions (CPU tensors) and what it cost."""
 
+    key: str
     state: State
+    val_probs: torch.Tensor
+    test_probs: torch.Tensor
+    epochs: int
+    seconds: float
+    cached: bool = False
     extras: State = field(default_factory=dict)
 
 
@@ -101,8 +108,8 @@ class Bench(Protocol):
 TRAINING_MAKERS: set[str] = set()
 
 # make(bench, job, model, parent, refs) -> Made: turns ``model`` (the job's start, on the device) into the job's
-# weights in place; ``parent`` is the parent job's Built (None from a checkpoint), ``refs`` those the job reads.
-Maker = Callable[[Bench, "MemberJob", nn.Module, "Built | None", "dict[int, Built]"], Made]
+# weights in place; ``parent`` is the parent job's result (None from a checkpoint), ``refs`` those the job reads.
+Maker = Callable[[Bench, "MemberJob", nn.Module, "MemberResult | None", "dict[int, MemberResult]"], Made]
 
 
 # Augmented training images whose BatchNorm statistics a sampled member (SWAG, KFAC-Laplace, SPRO) averages:

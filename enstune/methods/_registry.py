@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from enstune.methods._base import TRAINING_MAKERS, Bench, Built, Made, Maker, MemberJob
+from enstune.methods._base import TRAINING_MAKERS, Bench, MemberResult, Made, Maker, MemberJob
 from enstune.registry import Registry
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def get_maker(name: str) -> Maker:
 
 
 @register_maker("train", trains=True)
-def train_job(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def train_job(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """The one training loop; options ``span`` (train epochs [a, b) of the recipe's schedule) and
     ``carry_optimizer`` (start from the parent's optimizer state, e.g. its momentum, and keep this job's)."""
     carry = bool(job.option("carry_optimizer", False))

@@ -24,7 +24,7 @@ from torch import nn
 
 from enstune.config import StudySpec, TrialConfig
 from enstune.errors import ConfigError
-from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Built, Made, MemberJob, Method, first_member,
+from enstune.methods._base import (LATER_MEMBER_PARAMS, Bench, Made, MemberJob, MemberResult, Method, first_member,
                                    member_seed)
 from enstune.methods._registry import flatten_optimizer, register_maker, register_method, unflatten_optimizer
 from enstune.recipe import Recipe
@@ -61,7 +61,7 @@ def sgld_cycle(recipe: Recipe, lr_mult: float, epoch_mult: float) -> Recipe:
 
 
 @register_maker("langevin", trains=True)
-def langevin(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def langevin(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """Train ``span`` of the recipe's schedule, with Langevin noise (``temperature``) from epoch ``sampling_from``
     on; the optimizer starts from the parent's state (when it kept one) and is kept for the next sample."""
     first, last = job.option("span", (0, job.recipe.epochs))

@@ -16,7 +16,7 @@ from torch import nn
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
-from enstune.methods._base import Bench, Built, Made, MemberJob, Method, first_member, member_seed
+from enstune.methods._base import Bench, Made, MemberJob, MemberResult, Method, first_member, member_seed
 from enstune.methods._registry import register_maker, register_method, unflatten_optimizer
 from enstune.methods.constrained import SPLIT_SETTING, branch_span, trunk_job
 from enstune.settings import Setting
@@ -35,7 +35,7 @@ def distillation_term(logits: torch.Tensor, teacher_logits: torch.Tensor, beta: 
 
 
 @register_maker("distill")
-def distill(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def distill(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """Train ``model`` on Eq. 1 towards the member it reads (options beta, tau, span), from its parent's momentum."""
     if len(job.refs) != 1:
         raise ValueError(f"a distilled member reads one teacher, member {job.index} reads {job.refs}")

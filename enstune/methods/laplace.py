@@ -31,7 +31,7 @@ from torch import nn
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError, EnstuneError
-from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
+from enstune.methods._base import (BN_IMAGES, Bench, Made, MemberJob, MemberResult, Method, State, first_member, member_seed,
                                    recalibrated)
 from enstune.methods._registry import register_maker, register_method
 from enstune.recipe import Recipe
@@ -159,14 +159,14 @@ def laplace_sample(model: nn.Module, factors: State, scale: float, prior_precisi
 
 
 @register_maker("kfac")
-def fisher(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def fisher(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """No training: the start model's KFAC factors on the unaugmented training split, labels drawn by the seed."""
     train = bench.split("train", job.recipe.augmentation)  # batches without a generator: in order, unaugmented
     return Made(0, kfac_factors(model, train.batches(job.recipe.batch_size), torch.Generator().manual_seed(job.seed)))
 
 
 @register_maker("laplace-sample")
-def sample(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def sample(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """Member 1 plus a draw from the parent's factors (options ``scale``, ``prior_precision``); BN re-estimated."""
     assert parent is not None, "a Laplace member starts from the step that holds the factors"
     laplace_sample(model, parent.extras, float(job.option("scale", 1.0)),

@@ -18,7 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from enstune.config import MAX_MEMBERS, MAX_SEED, StudySpec, TrialConfig
 from enstune.errors import ConfigError, EnstuneError
-from enstune.methods._base import Bench, Built, Made, MemberJob, Method, State, member_seed
+from enstune.methods._base import Bench, Made, MemberJob, MemberResult, Method, State, member_seed
 from enstune.methods._registry import register_maker, register_method
 from enstune.methods.deep_ensembles import DIVERSIFY_OPTIONS, GlobalDE
 from enstune.settings import Setting
@@ -210,7 +210,7 @@ def _check_symmetry(model: nn.Module, before: nn.Module, x: torch.Tensor) -> Non
 
 
 @register_maker("permute")
-def permute_job(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def permute_job(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """The parent's weights with their units permuted to match member ``job.refs[0]``'s (weight matching);
     options ``iterations`` and ``seed``. Nothing is trained; the permutation is kept in the extras."""
     if len(job.refs) != 1:

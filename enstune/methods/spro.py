@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
-from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
+from enstune.methods._base import (BN_IMAGES, Bench, Made, MemberJob, MemberResult, Method, State, first_member, member_seed,
                                    recalibrated)
 from enstune.methods._registry import register_maker, register_method
 from enstune.settings import Setting
@@ -121,7 +121,7 @@ def _volume_term(fixed: list[State], names: list[str], vertex: list[torch.Tensor
 
 
 @register_maker("spro-vertex")
-def train_vertex(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def train_vertex(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """The simplex's next vertex: starts at the centroid of the vertices ``refs`` and trains, with them frozen, the
     loss at a uniform random point of their simplex with it (one point per step) minus λ log the simplex's volume."""
     fixed = [refs[i].state for i in sorted(refs)]
@@ -141,7 +141,7 @@ def train_vertex(bench: Bench, job: MemberJob, model: nn.Module, parent: Built |
 
 
 @register_maker("spro-sample")
-def sample_point(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def sample_point(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """A uniform random point of the simplex of the vertices ``refs`` (drawn from the job's seed), BatchNorm
     re-estimated; its simplex weights are kept in the extras."""
     weights = simplex_weights(len(refs), torch.Generator().manual_seed(job.seed))

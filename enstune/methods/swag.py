@@ -25,7 +25,7 @@ from torch.nn.utils import vector_to_parameters
 
 from enstune.config import TrialConfig
 from enstune.errors import ConfigError
-from enstune.methods._base import (BN_IMAGES, Bench, Built, Made, MemberJob, Method, State, first_member, member_seed,
+from enstune.methods._base import (BN_IMAGES, Bench, Made, MemberJob, MemberResult, Method, State, first_member, member_seed,
                                    recalibrated)
 from enstune.methods._registry import register_maker, register_method
 from enstune.settings import Setting
@@ -83,7 +83,7 @@ def swag_sample(moments: State, scale: float, generator: torch.Generator) -> tor
 
 
 @register_maker("swag-collect")
-def collect(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def collect(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """Train the job's recipe, gathering the start model and every epoch's end into SWAG's moments (option ``rank``)."""
     moments = Moments(int(job.option("rank", RANK)))
     moments.add(flat_weights(model))
@@ -100,7 +100,7 @@ def collect(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None
 
 @register_maker("swag-sample")
 @torch.no_grad()
-def sample(bench: Bench, job: MemberJob, model: nn.Module, parent: Built | None, refs: dict[int, Built]) -> Made:
+def sample(bench: Bench, job: MemberJob, model: nn.Module, parent: MemberResult | None, refs: dict[int, MemberResult]) -> Made:
     """Weights drawn from the parent's moments with option ``scale`` and the job's seed; BN re-estimated."""
     assert parent is not None, "a SWAG member starts from the step that gathered the moments"
     theta = swag_sample(parent.extras, float(job.option("scale", 1.0)), torch.Generator().manual_seed(job.seed))
