@@ -17,7 +17,7 @@ from torch import nn
 from enstune.errors import ConfigError
 from enstune.recipe import Recipe
 from enstune.registry import Registry
-from enstune.settings import Setting, resolved
+from enstune.settings import Setting, away_from_defaults, resolved
 
 # make(param_groups, recipe, settings) -> optimizer; each group may carry its own weight_decay
 Make = Callable[[list[dict[str, Any]], Recipe, dict[str, Any]], torch.optim.Optimizer]
@@ -61,10 +61,7 @@ def list_optimizers() -> list[str]:
 
 def with_options(recipe: Recipe, options: dict[str, Any]) -> Recipe:
     """``recipe`` holding its optimizer's settings from ``options`` that are away from their defaults."""
-    declared = OPTIMIZERS.get(recipe.optimizer).settings
-    # A default left out: a recipe that sets one is the recipe that does not, in member keys too.
-    optim = tuple(sorted((k, v) for k, v in options.items() if k in declared and v != declared[k].default))
-    return dataclasses.replace(recipe, optim=optim)
+    return dataclasses.replace(recipe, optim=away_from_defaults(options, OPTIMIZERS.get(recipe.optimizer).settings))
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:

@@ -75,6 +75,12 @@ def describe(table: str, declared: Mapping[str, Setting]) -> list[str]:
     return [f"# [{table}] {name} = {shown(s.default)}  ({s.rule()}): {s.help}" for name, s in sorted(declared.items())]
 
 
+def away_from_defaults(values: Mapping[str, Any], declared: Mapping[str, Setting]) -> tuple[tuple[str, Any], ...]:
+    """The settings of ``declared`` that ``values`` sets away from their defaults, as sorted pairs: a job or recipe
+    that sets one to its default is the one that leaves it out, member key included."""
+    return tuple(sorted((k, values[k]) for k, s in declared.items() if k in values and values[k] != s.default))
+
+
 def resolved(values: Mapping[str, Any], declared: Mapping[str, Setting]) -> dict[str, Any]:
     """The value of every setting in ``declared``: ``values``' where set, else the default."""
     return {name: values.get(name, s.default) for name, s in declared.items()}

@@ -19,7 +19,7 @@ from torch import nn
 
 from enstune.config import StudySpec, TrialConfig
 from enstune.recipe import Augmentation, Recipe
-from enstune.settings import Setting
+from enstune.settings import Setting, away_from_defaults
 
 State = dict[str, torch.Tensor]
 
@@ -144,9 +144,7 @@ def regularize(jobs: list[MemberJob], cfg: TrialConfig) -> list[MemberJob]:
     from enstune.regularizers import get_regularizer
 
     regularizer = get_regularizer(cfg.regularizer)
-    needs, settings = regularizer.needs, regularizer.settings
-    # Only values away from their defaults: a job that sets a setting to its default is the job that leaves it out.
-    options = tuple(sorted((k, v) for k in settings if (v := cfg.option(k, settings[k].default)) != settings[k].default))
+    needs, options = regularizer.needs, away_from_defaults(dict(cfg.options), regularizer.settings)
     return [dataclasses.replace(
         j, regularizer=cfg.regularizer, alpha=cfg.alpha, tap=cfg.tap, reg_options=options,
         refs=tuple(sorted(set(j.refs) | ({members[0]} if needs == "first" else {i for i in members if i < j.index}))))
