@@ -129,10 +129,11 @@ def stored_spec(data: dict[str, Any], name: str) -> StudySpec:
         return spec
 
 
-def _load(name: str, storage: Any) -> optuna.Study:
+def _load(name: str, storage: Any, sampler: optuna.samplers.BaseSampler | None = None,
+          pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     _study_id(storage, name)
     try:
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:  # deleted in between
         raise missing(name) from None
 

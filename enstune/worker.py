@@ -32,7 +32,7 @@ from enstune.pruning import make_pruner, make_sampler
 from enstune.storage import MAX_RETRY, PATIENCE, enable_heartbeat, home_dir, open_storage, open_storage_patiently
 from enstune.storage import retry
 from enstune.storage.heartbeat import TakenOver, beating, beats_for, fenced
-from enstune.study import READY_TIMEOUT, Census, _load, budget, census, missing, spec_of
+from enstune.study import READY_TIMEOUT, Census, _load, budget, census, spec_of
 from enstune.storage import optuna_private as op
 from enstune.storage.optuna_private import is_heartbeat_enabled, storage_of
 
@@ -265,11 +265,7 @@ def run(name: str, storage_url: str | None = None, n_trials: int | None = None, 
     spec = spec_of(storage, name, wait=READY_TIMEOUT)
     _check_shares(spec, per_member)
     storage = enable_heartbeat(storage, _heartbeat(spec, heartbeat))
-    try:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(spec),
-                                  pruner=make_pruner(spec))
-    except KeyError:  # deleted since its spec was read
-        raise missing(name) from None
+    study = _load(name, storage, make_sampler(spec), make_pruner(spec))
     executor = Executor(slots(devices, per_member, spec.task, home_dir(), artifacts))  # processes start on first use
     todo, running = _open_trials(study, spec)
     todo = todo if n_trials is None else min(n_trials, todo)
