@@ -35,6 +35,7 @@ from enstune.storage.heartbeat import TakenOver, beating, beats_for, fenced
 from enstune.study import READY_TIMEOUT, Census, _load, budget, census, spec_of
 from enstune.storage import optuna_private as op
 from enstune.storage.optuna_private import is_heartbeat_enabled, storage_of
+from enstune.storage.signals import held
 
 MAX_HEARTBEAT = 86_400  # seconds: a day between heartbeats is as long as one may be
 log = logging.getLogger("enstune.worker")
@@ -65,7 +66,7 @@ class Interrupted(KeyboardInterrupt):
 def _interrupt(signum: int, _frame: Any) -> None:
     # A second signal ends the process at once, by the system's default action: a KeyboardInterrupt
     # could land in an interpreter's exit hook and print a traceback there. Storage writes that must
-    # not be cut hold the signal until they end (_deferred_signals).
+    # not be cut hold the signal until they end (enstune.storage.signals.held).
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _SIGNALLED.append(Interrupted(signum))
@@ -96,17 +97,6 @@ def _signals_interrupt() -> Iterator[None]:
         raise
     signal.signal(signal.SIGINT, before[0])
     signal.signal(signal.SIGTERM, before[1])
-
-
-@contextlib.contextmanager
-def _deferred_signals() -> Iterator[None]:
-    """Within: SIGINT and SIGTERM wait (a few storage writes) and are delivered on the way out."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def requeue(study: optuna.Study, trial_id: int) -> int | None:
@@ -160,7 +150,7 @@ class _Recorded:
                 _LEFT.add(trial.number)
             elif not _storage_fault(exc):
                 text = str(exc).splitlines()[0] if str(exc) else ""
-                with contextlib.suppress(Exception), _deferred_signals():  # the error, not this write, is reported
+                with contextlib.suppress(Exception), held():  # the error, not this write, is reported
                     storage_of(trial.study).set_trial_system_attr(op.trial_id(trial), retry.ERROR_ATTR,
                                                         f"{type(exc).__name__}: {text}"[:1000])
             raise
@@ -223,8 +213,8 @@ def _own_heartbeats() -> Iterator[None]:
 
 
 def _interrupted_too() -> Interrupted | None:
-    """The signal that cut short the trial in progress, if one did (Optuna raises another error over it when the
-    trial was failed elsewhere meanwhile)."""
+    """The signal that cut short the trial in progress, if one did (another error may be raised over it: Optuna's
+    when the trial was failed elsewhere meanwhile, or a library's clean-up that the signal cut)."""
     return _SIGNALLED[-1] if _SIGNALLED else None
 
 
@@ -331,10 +321,10 @@ def work(study: optuna.Study, spec: StudySpec, objective: Objective, reporter: R
                 exc.outcome = _outcome(study, objective)
                 raise
             except Exception as exc:
+                if (signal_ := _interrupted_too()) is not None:  # an error raised over the signal: still a stop
+                    signal_.outcome = _left(study, objective) if _taken_over(exc) else _outcome(study, objective)
+                    raise signal_ from None
                 if _taken_over(exc):
-                    if (signal_ := _interrupted_too()) is not None:
-                        signal_.outcome = _left(study, objective)
-                        raise signal_ from None
                     log.warning("%s; carrying on", _left(study, objective))
                 elif study.study_name not in optuna.get_all_study_names(storage):
                     raise EnstuneError(f"study {study.study_name!r} was deleted while this worker ran it; the "
@@ -374,7 +364,7 @@ def _fate(study: optuna.Study, objective: Objective, exc: Exception) -> str:
         return text
     try:
         trial = storage_of(study).get_trial(objective.trial_id)
-        with _deferred_signals():
+        with held():
             attempt = requeue(study, objective.trial_id)
     except Exception:  # noqa: BLE001 - the storage is gone too: the trial is retried as a silent worker's
         return f"{text} (its trial is retried once its heartbeat goes silent)"
@@ -409,7 +399,7 @@ def _outcome(study: optuna.Study, objective: Objective) -> str:
         return f"trial {trial.number} is left running; a worker retries it when its heartbeat goes silent"
     if trial.state != TrialState.FAIL:
         return "no trial was running"
-    with _deferred_signals():  # a second Ctrl-C now would leave the point failed and never queued again
+    with held():  # a second Ctrl-C now would leave the point failed and never queued again
         attempt = requeue(study, objective.trial_id)
     fate = f"re-queued (attempt {attempt})" if attempt is not None else "not re-queued (it failed for good)"
     return f"trial {trial.number} {fate}; its {objective.members_done} finished member(s) stay in the member cache"

@@ -12,7 +12,8 @@ does so at once. So:
   records that change nothing (their bytes go to one backup file, with one notice): byte offsets
   and record numbers, which other processes keep, stay valid, and plain Optuna reads it again;
 - an append that fails (a full disk) is cut back off the file at once, so it leaves nothing torn,
-  and is tried again while space may return; then it is one line naming the file system.
+  and is tried again while space may return; then it is one line naming the file system;
+- SIGINT and SIGTERM wait while an append holds the lock (``enstune.storage.signals``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from enstune.storage.retry import StorageUnavailable
 from enstune.storage.optuna_private import JournalOperation, get_lock_file
+from enstune.storage.signals import held
 
 _BLOCK = 1 << 16
 _OPS = frozenset(int(op) for op in JournalOperation)
@@ -122,7 +124,9 @@ class Journal(JournalFileBackend):
                 delay = min(2 * delay, 30.0)
 
     def _append(self, data: bytes) -> None:
-        with get_lock_file(self._lock), open(self._file_path, "ab") as f:
+        # A signal raised inside Optuna's lock would release another writer's lock or fail on its own
+        # removed lock file: it waits until the line is written and the lock given back.
+        with held(), get_lock_file(self._lock), open(self._file_path, "ab") as f:
             start = f.seek(0, os.SEEK_END)
             try:
                 f.write(data)
@@ -174,8 +178,8 @@ def journal_backend(path: Path) -> Journal:
     backend = Journal(path)
     if _ends_torn(path):
         try:
-            backend._lock.acquire()
-            backend._lock.release()
+            with held(), get_lock_file(backend._lock):
+                pass
         except OSError:  # cannot lock or write it: a reader can still skip the torn line, as Optuna does
             pass
     return backend

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import string
 import subprocess
 import sys
@@ -347,3 +348,90 @@ def test_a_study_name_too_long_for_the_database_is_a_one_line_error(pg):
     longest = "m" * 512
     assert st.create("starsse-demo", name=longest, storage_url=url) == (longest, True)
     assert longest in optuna.get_all_study_names(open_storage(url))
+
+
+# --- 1b. signals during journal writes ---------------------------------------------------------------------
+
+
+def _flood(signum: int, stop: threading.Event, every: float) -> None:
+    while not stop.is_set():
+        os.kill(os.getpid(), signum)
+        time.sleep(every)
+
+
+@pytest.mark.parametrize("every", [1e-3, 4e-3])
+def test_interrupts_raised_during_journal_writes_never_break_the_lock_or_a_line(tmp_path, every):
+    """Ctrl-C lands anywhere in an append: it is whole or absent, the lock is released, nothing else is raised."""
+    from enstune.storage.journal import journal_backend
+
+    journal = tmp_path / "studies.journal"
+    backend = journal_backend(journal)
+    armed = False  # the handler raises only inside the try below, and once per arming
+
+    def interrupt(_signum, _frame):
+        nonlocal armed
+        if armed:
+            armed = False
+            raise KeyboardInterrupt
+
+    interrupts, faults, appended = 0, [], 0
+    stop = threading.Event()
+    before = signal.signal(signal.SIGINT, interrupt)
+    flood = threading.Thread(target=_flood, args=(signal.SIGINT, stop, every), daemon=True)
+    flood.start()
+    try:
+        deadline = time.monotonic() + 20
+        while interrupts < 300 and time.monotonic() < deadline:
+            try:
+                armed = True
+                backend.append_logs([{"op_code": 0, "worker_id": "w", "study_name": f"s{appended}",
+                                      "directions": [1]}])
+                appended += 1
+                armed = False
+            except KeyboardInterrupt:
+                interrupts += 1
+            except Exception as exc:  # noqa: BLE001 - what an interrupt must never turn into
+                armed = False
+                faults.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        stop.set()
+        flood.join()
+        signal.signal(signal.SIGINT, before)
+    lines = journal.read_bytes().splitlines(keepends=True)
+    assert interrupts >= 100 and len(lines) >= 100, (interrupts, len(lines))
+    # Before: about 3 interrupts in 100 became "No such file or directory" (Optuna's lock, cut in its release).
+    assert faults == [], faults[:3]
+    assert not os.path.lexists(f"{journal}.lock"), "an interrupt left the lock taken"
+    assert all(json.loads(line)["op_code"] == 0 and line.endswith(b"\n") for line in lines)
+    assert len(lines) >= appended  # every append that returned is there (one cut after its write may be too)
+
+
+def test_an_interrupt_while_another_writer_holds_the_lock_waits_for_it_and_steals_nothing(tmp_path):
+    from enstune.storage.journal import journal_backend
+
+    journal = tmp_path / "studies.journal"
+    backend = journal_backend(journal)
+    other = JournalFileSymlinkLock(str(journal))  # another process, half-way through its write
+    other.acquire()
+    released: list = []
+
+    def other_writer() -> None:
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while this process waits for the lock
+        time.sleep(0.3)
+        try:
+            other.release()
+            released.append("released")
+        except RuntimeError as exc:  # Optuna's words for a lock someone else took away
+            released.append(str(exc))
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            backend.append_logs([{"op_code": 0, "worker_id": "w", "study_name": "s", "directions": [1]}])
+    finally:
+        thread.join()
+    assert released == ["released"]
+    assert [json.loads(line)["study_name"] for line in journal.read_bytes().splitlines()] == ["s"]
+    assert not os.path.lexists(f"{journal}.lock")
