@@ -148,7 +148,7 @@ class _Recorded:
         except Exception as exc:
             if _taken_over(exc) or fenced(op.trial_id(trial), storage_of(trial.study)):
                 _LEFT.add(trial.number)
-            elif not _storage_fault(exc):
+            elif not _storage_fault(exc) and _interrupted_too() is None:  # over a signal: interrupted, no error
                 text = str(exc).splitlines()[0] if str(exc) else ""
                 with contextlib.suppress(Exception), held():  # the error, not this write, is reported
                     storage_of(trial.study).set_trial_system_attr(op.trial_id(trial), retry.ERROR_ATTR,

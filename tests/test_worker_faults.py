@@ -121,6 +121,39 @@ def test_a_failed_trial_goes_back_to_the_queue_up_to_the_retry_limit_then_is_nev
     assert runner.invoke(app, ["study", "requeue", "boom"]).stdout.strip() == "0 point(s) of study boom re-queued"
 
 
+class CleanUpFails(Reporter):
+    """SIGTERM lands mid-member, and a clean-up on its way out raises over it (as Optuna's journal lock once did)."""
+
+    def epoch_done(self, epoch, epochs, loss):
+        if epoch == 2:
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            finally:
+                raise FileNotFoundError(2, "No such file or directory")  # noqa: B012 - what such a clean-up does
+
+
+def test_an_error_raised_over_a_signal_still_stops_the_worker_as_interrupted_and_costs_the_point_nothing(home):
+    from enstune.storage import retry
+    from enstune.worker import Interrupted
+
+    st.create("starsse-demo", name="cut", overrides=TINY + ["pruner='none'", "n_trials=1", "space.lr_mult.choices=[2]",
+                                                             "space.epoch_mult.choices=[1]"])
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(Interrupted) as stopped:
+            run("cut", reporter_factory=lambda budget: CleanUpFails())
+    finally:  # a stopped worker leaves the default actions in place for its way out
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+    assert stopped.value.signum == signal.SIGTERM
+    assert stopped.value.outcome.startswith("trial 0 re-queued (attempt 2)"), stopped.value.outcome
+    study = optuna.load_study(study_name="cut", storage=_journal(home))
+    (failed,) = study.get_trials(states=(W.FAIL,))
+    assert retry.ERROR_ATTR not in failed.system_attrs, "an interruption is no error of the point's"
+    (queued,) = study.get_trials(states=(W.WAITING,))
+    assert queued.system_attrs["errors"] == [] and queued.params == failed.params
+
+
 def test_an_artifact_store_that_cannot_be_written_stops_the_worker_before_a_trial(home):
     from typer.testing import CliRunner
 
