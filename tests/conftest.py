@@ -19,20 +19,34 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """A fresh ENSTUNE_HOME and no ENSTUNE_STORAGE from the environment."""
+def home(tmp_path, monkeypatch, request):
+    """A fresh ENSTUNE_HOME holding the demo's pre-trained checkpoints, and no ENSTUNE_STORAGE from the environment.
+
+    A test marked ``bare_home`` gets no runs directory made for it: it tests pre-training on first use, or what
+    is at that path.
+    """
     monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path / "runs"))
     monkeypatch.delenv("ENSTUNE_STORAGE", raising=False)
+    if request.node.get_closest_marker("bare_home") is None:
+        with_pretrained(tmp_path / "runs", request.getfixturevalue("pretrained"))
     return tmp_path / "runs"
+
+
+def with_pretrained(runs: Path, pretrained: Path) -> Path:
+    """``runs`` with a copy of the demo's pre-trained checkpoints (a copy: a test may damage its files)."""
+    shutil.copytree(pretrained, runs / "pretrained")
+    return runs
 
 
 
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
-    """The demo's pre-trained checkpoints folder, made once (in a process of its own): copy it into a runs directory."""
+    """The demo's pre-trained checkpoints folder (the three that the demo templates start from), made once per test
+    process, in a process of its own: pre-training them in every runs directory took a tenth of the suite's time."""
     home = tmp_path_factory.mktemp("pretrained")
     code = ("from pathlib import Path; from enstune.checks import load_checked; from enstune.members import Workspace; "
-            f"Workspace(load_checked('starsse-demo').task, Path({str(home)!r})).checkpoints.path(0)")
+            f"ws = Workspace(load_checked('starsse-demo').task, Path({str(home)!r})); "
+            "[ws.checkpoints.path(i) for i in range(3)]")
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ENSTUNE_HOME": str(home)})
     return home / "pretrained"
 
@@ -60,6 +74,8 @@ def pg():
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: a quarter minute or more of wall time, most of it waiting on workers, "
                                        "servers or timeouts")
+    config.addinivalue_line("markers", "bare_home: no runs directory is made for the test (none of the demo's "
+                                       "pre-trained checkpoints in it)")
     if getattr(config.option, "maxschedchunk", False) is None:
         # With -n, hand tests to the workers one at a time: the slow ones, collected first, then start on every
         # worker at once instead of all queueing on the first (xdist otherwise sends consecutive chunks).

@@ -240,6 +240,7 @@ def test_dashboard_on_a_taken_port_is_one_line_before_it_announces_itself(home):
     assert "optuna-dashboard on" not in result.output
 
 
+@pytest.mark.bare_home
 def test_a_runs_directory_that_is_a_file_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "runs").write_text("not a directory")
     monkeypatch.setenv("ENSTUNE_HOME", str(tmp_path / "runs"))

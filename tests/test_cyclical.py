@@ -10,6 +10,7 @@ from torch import nn
 import enstune.methods.csgld  # noqa: F401  (registration)
 import enstune.methods.fge  # noqa: F401
 import enstune.methods.standard_sse  # noqa: F401
+from conftest import with_pretrained
 from enstune.checks import load_checked
 from enstune.config import Task, TrialConfig
 from enstune.members import Workspace
@@ -151,8 +152,8 @@ def test_the_cycles_plain_sgd_with_langevin_noise_samples_the_posterior_at_its_t
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cyclical")
+def ws(tmp_path_factory, pretrained):
+    root = with_pretrained(tmp_path_factory.mktemp("cyclical"), pretrained)
     return Workspace(load_checked("starsse-demo").task, root, artifacts=open_artifacts(str(root / "artifacts")))
 
 

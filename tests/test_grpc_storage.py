@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -41,9 +40,8 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def env(home, pretrained) -> dict[str, str]:
+def env(home) -> dict[str, str]:
     """The environment of this test's processes: its own runs directory, with the checkpoint in it."""
-    shutil.copytree(pretrained, home / "pretrained")
     return {"ENSTUNE_HOME": str(home)}
 
 

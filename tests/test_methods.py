@@ -3,6 +3,7 @@ import math
 
 import pytest
 
+from conftest import with_pretrained
 from enstune.config import Task, TrialConfig
 from enstune.methods import MemberJob, get_maker, get_method, list_methods
 from enstune.recipe import Recipe
@@ -115,9 +116,9 @@ def template_of(method: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def shared_home(tmp_path_factory):
-    """One runs directory for the module: the demo's data and pre-trained checkpoints are made once."""
-    return tmp_path_factory.mktemp("runs")
+def shared_home(tmp_path_factory, pretrained):
+    """One runs directory for the module: the demo's data is made once."""
+    return with_pretrained(tmp_path_factory.mktemp("runs"), pretrained)
 
 
 @pytest.mark.parametrize("name", list_methods())

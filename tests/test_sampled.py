@@ -8,6 +8,7 @@ from torch import nn
 
 import enstune.methods.laplace  # noqa: F401  (registration)
 import enstune.methods.swag  # noqa: F401  (registration)
+from conftest import with_pretrained
 from enstune import study as st
 from enstune.checks import load_checked
 from enstune.config import TrialConfig
@@ -178,11 +179,11 @@ def test_laplace_draws_have_the_kronecker_covariance():
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    """One demo workspace for both trials: the checkpoint is pre-trained and member 1 trained once."""
+def ws(tmp_path_factory, pretrained):
+    """One demo workspace for both trials: member 1 is trained once."""
     from enstune.storage import open_artifacts
 
-    root = tmp_path_factory.mktemp("sampled")
+    root = with_pretrained(tmp_path_factory.mktemp("sampled"), pretrained)
     return Workspace(load_checked("swag-demo").task, root, artifacts=open_artifacts(str(root / "artifacts")))
 
 

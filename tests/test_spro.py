@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
+from conftest import with_pretrained
 from enstune.bench import JobBench
 from enstune.checks import load_checked
 from enstune.config import TrialConfig
@@ -97,9 +98,9 @@ def test_the_plan_is_member_one_vertices_then_samples():
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    """One demo workspace for the tests that train: its pre-trained checkpoint costs most of their time."""
-    home = tmp_path_factory.mktemp("spro")
+def ws(tmp_path_factory, pretrained):
+    """One demo workspace for the tests that train."""
+    home = with_pretrained(tmp_path_factory.mktemp("spro"), pretrained)
     return Workspace(load_checked("spro-demo").task, home, artifacts=open_artifacts(str(home / "artifacts")))
 
 

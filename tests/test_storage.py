@@ -29,9 +29,10 @@ from enstune.progress import Reporter
 
 ENSTUNE = str(Path(sys.executable).parent / "enstune")
 SECRET = "hunter2-Zq9"
-# Members of about a second each on the demo MLP, so a worker can be caught inside one.
-SLOW = ["members=4", "finetune.epochs=300", "space.lr_mult.choices=[0.5, 1, 2, 4]", "space.epoch_mult.choices=[1]",
-        "n_trials=4", "pruner='none'"]
+# Members of a few seconds each on the demo MLP (300 epochs: 3.7 s on one thread), so that a worker can be caught
+# inside one; evaluation beyond the value the study optimizes is none of these tests' business.
+SLOW = ["members=3", "finetune.epochs=300", "space.lr_mult.choices=[0.5, 1, 2]", "space.epoch_mult.choices=[1]",
+        "n_trials=3", "pruner='none'", 'evaluate=["calibration"]']
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -157,13 +158,13 @@ def test_storage_commands_start_reuse_and_stop_a_local_cluster(monkeypatch):
 
 
 @pytest.mark.slow
-def test_eight_concurrent_creates_make_one_study_with_its_grid_queued_once(pg):
+def test_concurrent_creates_make_one_study_with_its_grid_queued_once(pg):
     url = pg.url()
-    procs = [cli("study", "create", "starsse-demo", "--name", "race", "--storage", url) for _ in range(8)]
+    procs = [cli("study", "create", "starsse-demo", "--name", "race", "--storage", url) for _ in range(4)]
     results = wait_all(procs, timeout=120)
     assert all(rc == 0 for rc, _, _ in results), [err for _, _, err in results]
     verbs = sorted(out.split()[2] for _, out, _ in results)
-    assert verbs == ["created"] + ["exists"] * 7
+    assert verbs == ["created"] + ["exists"] * 3
     assert optuna.get_all_study_names(url).count("race") == 1
     queued = trials(url, "race")
     assert len(queued) == 16 and all(t.state == TrialState.WAITING for t in queued)
@@ -351,7 +352,7 @@ def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
     states = {t.number: t.state for t in everything}
     assert TrialState.RUNNING not in states.values() and TrialState.WAITING not in states.values()
     assert states[victim] == TrialState.FAIL
-    assert [t.state for t in everything if t.state != TrialState.FAIL].count(TrialState.COMPLETE) == 4
+    assert [t.state for t in everything if t.state != TrialState.FAIL].count(TrialState.COMPLETE) == 3
     (retry,) = [t for t in everything if t.system_attrs.get("failed_trial") == victim]
     assert retry.state == TrialState.COMPLETE
     assert retry.user_attrs["resumed_from_member"] == done_members + 1
@@ -364,7 +365,7 @@ def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
 def test_workers_ride_out_a_database_restart(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
-    quick = SLOW + ["finetune.epochs=100", "heartbeat=5"]
+    quick = SLOW + ["n_trials=2", "space.lr_mult.choices=[0.5, 2]", "heartbeat=5"]
     assert wait_all([cli("study", "create", "starsse-demo", "--name", "restart", *sets(quick), env=env)])[0][0] == 0
     workers = [cli("study", "run", "restart", env=env) for _ in range(2)]
     deadline = time.monotonic() + 240
@@ -372,13 +373,14 @@ def test_workers_ride_out_a_database_restart(pg, home):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     pg.down()
-    time.sleep(3)
+    time.sleep(6)  # longer than a heartbeat interval: the running trial's heartbeat meets the database away
     assert pg.up() == url
     results = wait_all(workers)
     assert all(rc == 0 for rc, _, _ in results), [err[-500:] for _, _, err in results]
-    assert any("retrying" in err for _, _, err in results)  # they did see the database go away
+    # They did see the database go away: a call waited it out, or a heartbeat went unrecorded and beat again.
+    assert any("retrying" in err or "not recorded" in err for _, _, err in results), [e[-500:] for _, _, e in results]
     everything = trials(url, "restart")
-    assert [t.state for t in everything].count(TrialState.COMPLETE) == 4
+    assert [t.state for t in everything].count(TrialState.COMPLETE) == 2
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in everything)
 
 

@@ -124,7 +124,7 @@ def test_reading_a_torn_journal_keeps_its_studies(home, capsys, tail):
 def test_a_file_that_is_not_a_journal_is_left_as_it_is(home):
     from enstune.storage import open_storage
 
-    home.mkdir(parents=True)
+    home.mkdir(parents=True, exist_ok=True)
     journal = home / "studies.journal"
     journal.write_bytes(b"name,score\nalice,1\nbob")
     with pytest.raises(EnstuneError, match="is not an Optuna journal"):

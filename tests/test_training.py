@@ -53,6 +53,7 @@ def test_cache_keys_follow_the_data_and_checkpoints_their_source(home, monkeypat
     assert Workspace(task, home).checkpoints.path(0) != path, "a checkpoint is named by what it was trained on"
 
 
+@pytest.mark.bare_home  # the demo pre-trains its checkpoints on first use
 def test_checkpoints_are_ordinary_files_loaded_like_downloads(ws):
     rng = torch.get_rng_state()
     path = ws.checkpoints.path(0)  # pre-trains on first use, then finds the file

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -30,9 +28,8 @@ ONE = TINY + ["n_trials=1", "members=2", "finetune.epochs=1", 'evaluate=["calibr
 
 
 @pytest.fixture()
-def counted(monkeypatch: pytest.MonkeyPatch, home: Path, pretrained: Path) -> dict[str, list[Any]]:
+def counted(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[Any]]:
     """What ``open_storage`` opened and ``optuna.load_study`` loaded from here on: each still does its own work."""
-    shutil.copytree(pretrained, home / "pretrained")
     calls: dict[str, list[Any]] = {"open_storage": [], "load_study": []}
 
     def wrap(name: str, real: Any) -> Any:  # noqa: ANN401 - a function
