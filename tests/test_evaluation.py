@@ -78,3 +78,28 @@ def test_bn_recalibration_draws_at_most_the_training_set_once(home):
     assert f"BN recalibrated on {n:,} training images each" in evaluation_cost(ws.data, spec)
     few = load_template("starsse-demo", ["bn_images=16"])
     assert sum(len(x) for x in trial_members(ws, [], torch.device("cpu"), 0, few).weights.bn_batches()) == 16
+
+
+def test_a_workers_ood_sets_are_made_once_and_only_for_the_ood_evaluator(home, monkeypatch):
+    from enstune.checks import load_checked
+    from enstune.data import demo
+    from enstune.evaluation.evaluators import evaluate
+    from enstune.evaluation.trial import trial_members
+    from enstune.members import Workspace
+    from enstune.methods import MemberResult
+    from enstune.training import predict
+
+    made = []
+    real = demo.corrupt
+    monkeypatch.setattr(demo, "corrupt", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    spec = load_checked("starsse-demo", ["ood_images=50"])
+    ws, cpu = Workspace(spec.task, home), torch.device("cpu")
+    model = ws.checkpoints.backbone(0).eval()
+    one = MemberResult("m", model.state_dict(), predict(model, ws.split("val", cpu)),
+                       predict(model, ws.split("test", cpu)), epochs=0, seconds=0.0)
+    members = trial_members(ws, [one, one], cpu, 0, spec)
+    assert evaluate(members, ["calibration", "diversity"]) and made == [], "no OOD sets for evaluators that read none"
+    first = evaluate(members, ["ood"])
+    assert len(first["ood_ens_acc_by_severity"]) == 5 and made == [1]
+    again = evaluate(trial_members(ws, [one, one], cpu, 0, spec), ["ood"])
+    assert made == [1] and again["ood_ens_acc"] == first["ood_ens_acc"], "made once per worker"

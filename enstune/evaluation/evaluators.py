@@ -38,7 +38,9 @@ class Members:
     interp_points: int = 11
     curve_images: int = 1024  # validation images for accuracy along segments and joint connectivity
     ood_images: int = 0  # images of each OOD set (0: all)
-    ood: dict[str, list[Split]] | None = None  # {family: [severity 1..5]}, unbound
+    # The OOD sets, {family: [severity 1..5]} unbound (None: the task has none), made on the first call: only the
+    # ood evaluator reads them, and making them (corrupting images, reading CIFAR-C) is a worker's cost otherwise.
+    ood: Callable[[], dict[str, list[Split]] | None] = lambda: None
     bind: Callable[[Split], Split] | None = None  # an unbound split on the evaluation device
 
     def ensemble(self, split: str) -> torch.Tensor:
@@ -160,15 +162,16 @@ def _connectivity(m: Members) -> dict[str, Any]:
 @register_evaluator("ood")
 def _ood(m: Members) -> dict[str, Any]:
     """Ensemble, mean member and uniform soup accuracy on the corrupted test sets, by severity."""
-    if not m.ood:
+    ood = m.ood()
+    if not ood:
         return {}
     k = len(m.states)
     members = [m.weights.build(s) for s in m.states]
     soup = m.weights.model(m.states, [1 / k] * k)
     assert m.bind is not None, "OOD sets need a way to bind them to the evaluation device"
-    severities = max(len(v) for v in m.ood.values())
+    severities = max(len(v) for v in ood.values())
     ens, single, soups = ([[] for _ in range(severities)] for _ in range(3))
-    for splits in m.ood.values():
+    for splits in ood.values():
         for s, unbound in enumerate(splits):
             split = m.bind(unbound.sample(m.ood_images, m.seed) if m.ood_images else unbound)
             probs = [predict(model, split) for model in members]

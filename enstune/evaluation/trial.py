@@ -38,7 +38,7 @@ def trial_members(ws: Any, results: list[Any], device: torch.device, seed: int, 
     return Members([r.state for r in results], [r.val_probs for r in results], [r.test_probs for r in results],
                    train, ws.split("val", device), ws.split("test", device),
                    WeightSpace(lambda state: ws.model_from(state, device), bn_batches, on_model), seed,
-                   spec.interp_points, spec.curve_images, spec.ood_images, ws.ood(), lambda split: ws.bind(split, device))
+                   spec.interp_points, spec.curve_images, spec.ood_images, ws.ood, lambda split: ws.bind(split, device))
 
 
 def evaluation_cost(data: TaskData, spec: StudySpec) -> str:
