@@ -135,8 +135,8 @@ def test_a_point_that_kills_its_worker_every_time_fails_for_good_after_the_cap(h
     assert fresh is not None and retry.interruptions(fresh) == 0 and retry.errors(fresh) == []
 
 
-# A single grid point of slow members (about a second each on the demo MLP), so a worker is caught inside one.
-SLOW = ["members=6", "finetune.epochs=300", "space.lr_mult.choices=[2]", "space.epoch_mult.choices=[1]",
+# A single grid point of slow members (300 epochs: 3.7 s each on one thread), so a worker is caught inside one.
+SLOW = ["members=4", "finetune.epochs=300", "space.lr_mult.choices=[2]", "space.epoch_mult.choices=[1]",
         "n_trials=1", "pruner='none'", 'evaluate=["calibration"]']
 
 
