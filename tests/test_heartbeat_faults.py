@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from enstune import study as st
 from enstune.storage import open_storage
 from enstune.storage import retry
 from enstune.storage.heartbeat import Beats, TakenOver
@@ -145,16 +146,11 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:
                             env={**os.environ, **env})
 
 
-def _sets(overrides: list[str]) -> list[str]:
-    return [a for o in overrides for a in ("--set", o)]
-
-
 @pytest.mark.slow
 def test_a_worker_whose_trial_was_failed_elsewhere_leaves_it_within_an_interval_and_writes_nothing_over_it(pg, home):
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
-    create = _cli("study", "create", "starsse-demo", "--name", "judged", *_sets(SLOW + ["heartbeat=2"]), env=env)
-    assert create.wait(timeout=300) == 0, create.communicate()
+    st.create("starsse-demo", name="judged", storage_url=url, overrides=SLOW + ["heartbeat=2"])
     worker = _cli("study", "run", "judged", env=env)
     judge = open_storage(url, heartbeat=2)
     study = optuna.load_study(study_name="judged", storage=judge)
@@ -198,8 +194,7 @@ def test_workers_keep_their_trials_through_a_long_database_restart(pg, home):
     overrides = ["members=4", "finetune.epochs=150", "space.lr_mult.choices=[0.5, 2]",
                  "space.epoch_mult.choices=[1]", "n_trials=2", "pruner='none'", 'evaluate=["calibration"]',
                  "heartbeat=2"]
-    create = _cli("study", "create", "starsse-demo", "--name", "long-restart", *_sets(overrides), env=env)
-    assert create.wait(timeout=300) == 0, create.communicate()
+    st.create("starsse-demo", name="long-restart", storage_url=url, overrides=overrides)
     workers = [_cli("study", "run", "long-restart", env=env) for _ in range(2)]
     deadline = time.monotonic() + 300
     while len([t for t in optuna.load_study(study_name="long-restart", storage=url).get_trials(states=(W.RUNNING,))

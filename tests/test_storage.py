@@ -324,10 +324,11 @@ def test_the_worker_reports_each_trial_with_the_studys_best(home):
 
 @pytest.mark.slow
 def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
+    from enstune import study as st
+
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
-    assert wait_all([cli("study", "create", "starsse-demo", "--name", "kill", *sets(SLOW + ["heartbeat=1"]),
-                         env=env)])[0][0] == 0
+    st.create("starsse-demo", name="kill", storage_url=url, overrides=SLOW + ["heartbeat=1"])  # the workers are the test
     workers = [cli("study", "run", "kill", env=env) for _ in range(3)]
     by_pid = {p.pid: p for p in workers}
 
@@ -363,10 +364,12 @@ def test_three_workers_one_killed_mid_member_nothing_lost(pg, home):
 
 @pytest.mark.slow
 def test_workers_ride_out_a_database_restart(pg, home):
+    from enstune import study as st
+
     url = pg.url()
     env = {"ENSTUNE_STORAGE": url, "ENSTUNE_HOME": str(home)}
     quick = SLOW + ["n_trials=2", "space.lr_mult.choices=[0.5, 2]", "heartbeat=5"]
-    assert wait_all([cli("study", "create", "starsse-demo", "--name", "restart", *sets(quick), env=env)])[0][0] == 0
+    st.create("starsse-demo", name="restart", storage_url=url, overrides=quick)
     workers = [cli("study", "run", "restart", env=env) for _ in range(2)]
     deadline = time.monotonic() + 240
     while not any(t.intermediate_values for t in trials(url, "restart")):
