@@ -42,12 +42,22 @@ def with_pretrained(runs: Path, pretrained: Path) -> Path:
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
     """The demo's pre-trained checkpoints folder (the three that the demo templates start from), made once per test
-    process, in a process of its own: pre-training them in every runs directory took a tenth of the suite's time."""
-    home = tmp_path_factory.mktemp("pretrained")
-    code = ("from pathlib import Path; from enstune.checks import load_checked; from enstune.members import Workspace; "
-            f"ws = Workspace(load_checked('starsse-demo').task, Path({str(home)!r})); "
-            "[ws.checkpoints.path(i) for i in range(3)]")
-    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ENSTUNE_HOME": str(home)})
+    session, in a process of its own: pre-training them in every runs directory took a tenth of the suite's time."""
+    from filelock import FileLock  # torch's own dependency
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's folder, which holds every xdist worker's
+    home = root / "pretrained-demo"
+    with FileLock(f"{home}.lock"):
+        if not home.is_dir():
+            making = Path(tempfile.mkdtemp(prefix="pretrained-", dir=root))
+            code = ("from pathlib import Path; from enstune.checks import load_checked; "
+                    "from enstune.members import Workspace; "
+                    f"ws = Workspace(load_checked('starsse-demo').task, Path({str(making)!r})); "
+                    "[ws.checkpoints.path(i) for i in range(3)]")
+            subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "ENSTUNE_HOME": str(making)})
+            making.rename(home)
     return home / "pretrained"
 
 

@@ -22,6 +22,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
+from enstune import study as st
 from enstune.cli import app
 from test_storage import CHEAP, cli, plain_and_enstune, sets, transactions, trials, wait_all
 
@@ -114,8 +115,7 @@ def test_two_workers_through_the_proxy_complete_the_study_in_the_storage_behind_
 def test_a_worker_killed_behind_the_proxy_has_its_trial_failed_and_requeued(pg, env):
     name = "killed-behind-proxy"
     with proxy("--storage", pg.url(), env=env) as (url, _, _):
-        assert wait_all([cli("study", "create", "starsse-demo", "--name", name, "--storage", url,
-                             *sets(SLOW + ["heartbeat=1"]), env=env)])[0][0] == 0
+        st.create("starsse-demo", name=name, storage_url=url, overrides=SLOW + ["heartbeat=1"])  # through the proxy
         workers = [cli("study", "run", name, "--storage", url, env=env) for _ in range(2)]
         by_pid = {p.pid: p for p in workers}
         victim, pid = None, None
@@ -146,8 +146,7 @@ def test_a_worker_killed_behind_the_proxy_has_its_trial_failed_and_requeued(pg, 
 def test_a_worker_rides_out_a_restart_of_the_proxy(pg, env):
     name, port = "proxy-restart", free_port()
     with proxy("--storage", pg.url(), env=env, port=port) as (url, _, first):
-        assert wait_all([cli("study", "create", "starsse-demo", "--name", name, "--storage", url,
-                             *sets(SLOW + ["members=2"]), env=env)])[0][0] == 0
+        st.create("starsse-demo", name=name, storage_url=url, overrides=SLOW + ["members=2"])
         worker = cli("study", "run", name, "--storage", url, env=env)
         deadline = time.monotonic() + 240
         while not any(t.intermediate_values for t in trials(pg.url(), name)):
