@@ -43,11 +43,13 @@ def held() -> Iterator[None]:
             _depth -= 1
         return
     before = {sig: signal.getsignal(sig) for sig in _SIGNALS}
-    swapped = [sig for sig, handler in before.items() if handler is not None]  # None: set outside Python
-    for sig in swapped:
-        signal.signal(sig, _note)
+    swapped: list[int] = []
     _depth = 1
     try:
+        for sig, handler in before.items():
+            if handler is not None:  # None: a handler set outside Python, left as it is
+                signal.signal(sig, _note)
+                swapped.append(sig)
         yield
     finally:
         _depth = 0
