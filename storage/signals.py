@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_depth = 0  # nesting of held() in the main thread
 _noted: list[int] = []  # signals that arrived while held, in order
 
 
@@ -31,20 +30,14 @@ def _note(signum: int, _frame: Any) -> None:
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """Within: SIGINT and SIGTERM are noted, not handled; on the way out they are raised again."""
-    global _depth
-    if threading.current_thread() is not threading.main_thread():
-        yield  # Python runs handlers in the main thread only: nothing can cut this thread's write
+    before = {sig: signal.getsignal(sig) for sig in _SIGNALS} \
+        if threading.current_thread() is threading.main_thread() else {}
+    # Another thread's write: Python runs handlers in the main thread only, so nothing can cut it. Within an
+    # outer held(): its handler is in place, and it raises what it noted on its own way out.
+    if not before or _note in before.values():
+        yield
         return
-    if _depth:
-        _depth += 1
-        try:
-            yield
-        finally:
-            _depth -= 1
-        return
-    before = {sig: signal.getsignal(sig) for sig in _SIGNALS}
     swapped: list[int] = []
-    _depth = 1
     try:
         for sig, handler in before.items():
             if handler is not None:  # None: a handler set outside Python, left as it is
@@ -52,7 +45,6 @@ def held() -> Iterator[None]:
                 swapped.append(sig)
         yield
     finally:
-        _depth = 0
         for sig in swapped:
             signal.signal(sig, before[sig])
         noted, _noted[:] = list(_noted), []
