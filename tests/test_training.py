@@ -248,10 +248,15 @@ def test_precisions_autocast_on_any_device_and_fp16_scales_its_gradients(ws):
         assert (half.val_probs.argmax(1) == y).float().mean() > 0.5, precision
 
 
-def test_a_compiled_member_trains_as_the_eager_one(ws):
+def test_a_compiled_member_trains_as_the_eager_one(ws, tmp_path):
+    from torch._inductor.utils import fresh_cache
+
     cpu = torch.device("cpu")
     eager = ws.train("k", _demo_first(ws, epochs=2), None, cpu)
-    compiled = ws.train("k", _demo_first(ws, epochs=2, compile=True), None, cpu)
+    # A cache of its own, as on a machine that never compiled: Inductor's cache key leaves out the vector ISA
+    # (ATEN_CPU_CAPABILITY), so kernels cached under AVX-512 came back under avx2 and trained to NaN.
+    with fresh_cache(dir=str(tmp_path)):
+        compiled = ws.train("k", _demo_first(ws, epochs=2, compile=True), None, cpu)
     for k, v in eager.state.items():
         assert torch.allclose(compiled.state[k].float(), v.float(), atol=1e-4, rtol=1e-4), k
     assert torch.allclose(compiled.val_probs, eager.val_probs, atol=1e-4)
