@@ -162,10 +162,13 @@ def test_a_worker_whose_trial_was_failed_elsewhere_leaves_it_within_an_interval_
             break
         time.sleep(0.2)
     (victim,) = running
-    # As a judge that found it silent would: failed and queued again, while its worker lives.
+    # As a judge that found it silent would: failed and queued again, while its worker lives. Queued first: a
+    # judge fails, then queues, and a worker that left in between found nothing queued and rightly stopped (the
+    # judge, a worker itself, runs the retry); this worker is to run it here.
+    victim.state = W.FAIL
+    retry.Requeue()(study, victim)
     judge.set_trial_state_values(victim._trial_id, W.FAIL)
     failed_at = time.time()
-    retry.Requeue()(study, judge.get_trial(victim._trial_id))
     frozen = judge.get_trial(victim._trial_id)
     out, err = worker.communicate(timeout=600)
     assert worker.returncode == 0, err
