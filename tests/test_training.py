@@ -248,6 +248,7 @@ def test_precisions_autocast_on_any_device_and_fp16_scales_its_gradients(ws):
         assert (half.val_probs.argmax(1) == y).float().mean() > 0.5, precision
 
 
+@pytest.mark.slow
 def test_a_compiled_member_trains_as_the_eager_one(ws, tmp_path):
     from torch._inductor.utils import fresh_cache
 

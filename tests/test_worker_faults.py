@@ -191,6 +191,7 @@ def test_a_worker_may_lengthen_the_studys_heartbeat_but_never_shorten_it(home):
     assert {t.state for t in optuna.load_study(study_name="beat", storage=_journal(home)).trials} == {W.WAITING}
 
 
+@pytest.mark.slow
 def test_a_worker_killed_on_the_embedded_journal_has_its_trial_retried(home):
     st.create("starsse-demo", name="oom", overrides=SLOW)
     proc = _worker("oom")
@@ -297,6 +298,7 @@ def test_a_damaged_cache_entry_is_one_warning_line_and_retrained(home):
     assert trial.user_attrs["cached_members"] == 2, "the two intact members came from the cache, one was retrained"
 
 
+@pytest.mark.slow
 def test_pre_emptions_never_use_up_the_retries_and_attempts_count_one_by_one(home):
     from enstune.storage import MAX_RETRY
 
