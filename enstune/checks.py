@@ -12,7 +12,7 @@ from enstune.data import dataset_settings, list_datasets, reads_files
 from enstune.errors import ConfigError
 from enstune.evaluation.evaluators import EVALUATORS
 from enstune.methods import MemberJob, get_method
-from enstune.models import check_drop_path, model_settings
+from enstune.models import model_settings
 from enstune.optim import OPTIMIZERS, check_optimizer, with_options
 from enstune.pruning import PRUNERS, SAMPLERS
 from enstune.regularizers import get_regularizer
@@ -32,8 +32,6 @@ def check_spec(spec: StudySpec) -> StudySpec:
         EVALUATORS.get(name)
     if spec.regularizer != "none":
         get_regularizer(spec.regularizer)
-    if spec.task.drop_path_rate is not None:
-        check_drop_path(spec.task.model)
     if spec.finetune.auto_augment:
         check_auto_augment(spec.finetune.augment, spec.finetune.auto_augment)
     methods = study_methods(spec)

@@ -17,7 +17,7 @@ from typing import Any
 from enstune.errors import ConfigError
 from enstune.spec import (  # noqa: F401 - the face of the spec's types
     LATER_MEMBER_AXES, MAX_BATCH, MAX_EPOCHS, MAX_EPOCH_MULT, MAX_GRID, MAX_HEARTBEAT, MAX_IMAGES,
-    MAX_INTERP_POINTS, MAX_LR_MULT, MAX_MEMBERS, MAX_SEED, MAX_STEPS, MAX_TRIALS, MAX_WORKERS, Param,
+    MAX_INTERP_POINTS, MAX_LR_MULT, MAX_MEMBERS, MAX_SEED, MAX_STEPS, MAX_TRIALS, Param,
     SHARED_PARAMS, StudySpec, TRIAL_PARAMS, Task, TrialConfig, _show, build, migrate, to_dict)
 from enstune.spec_rules import (  # noqa: F401 - and of its rules
     RECIPE_RULES, STUDY_RANGES, spec_from_dict, study_methods, validate)
@@ -107,10 +107,10 @@ def resolved_data(name: str) -> tuple[dict[str, Any], str]:
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"study file {name}: base must name a template, got {_show(base)}")
     if base:
-        merged = _merge(_template_data(base), data)
+        merged = _merge(_template_data(base), migrate(data))
         return merged, data.get("template", base)
     template = data.get("template", path.stem)
-    return data, template if isinstance(template, str) else path.stem
+    return migrate(data), template if isinstance(template, str) else path.stem
 
 
 def _template_data(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -125,7 +125,7 @@ def _template_data(name: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"malformed TOML in template {name!r}: {exc}") from None
     base = data.pop("base", None)
-    merged = _merge(_template_data(base, (*seen, name)), data) if base else data
+    merged = _merge(_template_data(base, (*seen, name)), migrate(data)) if base else migrate(data)
     merged.pop("template", None)  # a base's name is not its heir's
     return merged
 

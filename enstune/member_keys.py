@@ -17,8 +17,9 @@ def member_key(task: Task, data_digest: str, start: dict[str, Any], job: MemberJ
                  "split_seed": task.split_seed, "data": data_digest, "prefix": task.checkpoint_prefix,
                  "head": task.option("head", "new")}
     # Settings added later: absent at their defaults, so members cached before them keep their keys.
-    task_part |= {key: value for key, value in (("drop_path_rate", task.drop_path_rate), ("crop_pct", task.crop_pct))
-                  if value is not None}
+    # drop_path_rate, once a Task field, keeps its place here now that timm's family declares it.
+    task_part |= {key: value for key, value in (("drop_path_rate", task.option("drop_path_rate", None)),
+                                                ("crop_pct", task.crop_pct)) if value is not None}
     parts: dict[str, Any] = {"task": task_part, "start": start, "recipe": keyed_fields(job.recipe),
                              "seed": job.seed}
     if job.freeze:

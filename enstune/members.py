@@ -111,7 +111,7 @@ class Workspace:
 
     def model_from(self, state: dict[str, torch.Tensor], device: torch.device) -> torch.nn.Module:
         """The task's network with weights ``state``, on ``device``."""
-        model = create_model(self.task.model, self.data.num_classes, self.task.drop_path_rate)
+        model = create_model(self.task.model, self.data.num_classes, self.task.option("drop_path_rate", None))
         model.load_state_dict(state)
         return model.to(device)
 
@@ -169,7 +169,7 @@ class Workspace:
         torch.manual_seed(job.seed)  # the new head's initialisation
         if job.checkpoint is not None:
             model = self.checkpoints.backbone(job.checkpoint).to(device)
-            if self.task.drop_path_rate is not None:  # the same weights in the network with the spec's stochastic depth
+            if self.task.option("drop_path_rate", None) is not None:  # the same weights, the spec's stochastic depth
                 model = self.model_from(model.state_dict(), device)
         else:
             assert parent is not None

@@ -13,18 +13,27 @@ from enstune.errors import ConfigError
 
 @dataclass(frozen=True)
 class Setting:
-    """One setting: its default (whose type is the setting's), and a range ``low..high`` or a list of ``choices``."""
+    """One setting: its default (whose type is the setting's), and a range ``low..high`` or a list of ``choices``.
+
+    A default of None means "unset: the plugin's own" (timm's stochastic depth is each network's); ``of`` then
+    names the type a value has.
+    """
 
     default: Any
     help: str = ""
     low: float | None = None
     high: float | None = None
     choices: tuple[Any, ...] = ()
+    of: type | None = None
+
+    def __post_init__(self) -> None:
+        if self.default is None and self.of is None:
+            raise ValueError("a setting without a default names the type of its values (of=...)")
 
     @property
     def kind(self) -> type:
         """The type every value has (an int setting takes whole numbers, a float one any finite number)."""
-        return type(self.default)
+        return self.of or type(self.default)
 
     def rule(self) -> str:
         """What a value must be, as an error says it."""
@@ -68,6 +77,8 @@ def check_options(values: Mapping[str, Any], declared: Mapping[str, Setting], pr
 def describe(table: str, declared: Mapping[str, Setting]) -> list[str]:
     """TOML comment lines naming each setting of ``declared`` a study may give in ``table``: default, rule, help."""
     def shown(value: Any) -> str:
+        if value is None:
+            return "(unset)"
         if isinstance(value, bool):
             return "true" if value else "false"
         return f'"{value}"' if isinstance(value, str) else repr(value)

@@ -25,13 +25,11 @@ class Task:
     data_dir: str = "{home}/data"
     val_fraction: float = 0.1
     split_seed: int = 0
-    workers: int = 8  # DataLoader workers of streamed (folder) datasets
     checkpoint_prefix: str = ""  # a key prefix to strip from the checkpoints' state dicts
-    # timm's stochastic depth while training (None: the network's own default, 0.1 for timm's Swin, 0 for ResNets).
-    drop_path_rate: float | None = None
     # Evaluation: resize to size / crop_pct, then centre-crop (None: the backbone's own, e.g. 0.9 for Swin-T's tag).
     crop_pct: float | None = None
-    # The dataset's and the model family's own settings (SUN-397's partition, CLIP's head, …): each declares
+    # The dataset's and the model family's own settings (SUN-397's partition, a streamed dataset's loader workers,
+    # CLIP's head, timm's drop_path_rate, …): each declares
     # the names it reads and their defaults (``enstune.settings``); a name left out has its default.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -61,7 +59,6 @@ MAX_STEPS = 10**9  # warm-up steps
 MAX_EPOCH_MULT = 100  # a cycle trains at most 100 × the ×1 epochs
 MAX_LR_MULT = 1000  # a cycle's lr at most 1000 × the ×1 lr
 MAX_BATCH = 2**20  # batch_size
-MAX_WORKERS = 256  # DataLoader processes
 MAX_INTERP_POINTS = 1000  # each point is a model with recalibrated BN
 MAX_IMAGES = 10**7  # bn_images, curve_images, ood_images
 MAX_HEARTBEAT = 86_400  # a day
@@ -139,11 +136,16 @@ class TrialConfig:
 
 # Where settings that plugins now declare once lived on shared types, and the value each then had by default:
 # a stored spec or a study file that gives one is read with it moved into the ``options`` of its owner.
-MOVED_TO_OPTIONS = {("task", "partition"): 1, ("task", "decode"): "auto", ("task", "head"): "new", ("", "subsample"): 64}
+MOVED_TO_OPTIONS = {("task", "partition"): 1, ("task", "decode"): "auto", ("task", "head"): "new", ("", "subsample"): 64,
+                    ("task", "workers"): 8, ("task", "drop_path_rate"): None}
 
 
 def migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """A spec dict with settings of earlier versions moved to today's places (one at its old default dropped)."""
+    """A spec dict with settings of earlier versions moved to today's places (one at its old default dropped).
+
+    Each layer of a spec (a base template, the file over it, the ``--set`` overrides) is migrated before the next
+    is laid on, so a setting given at its old place belongs to the latest layer and wins over ``options``.
+    """
     data = dict(data)
     for (table, name), default in MOVED_TO_OPTIONS.items():
         if table and isinstance(data.get(table), dict) and name in data[table]:
@@ -153,8 +155,8 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
         else:
             continue
         value, options = node.pop(name), node.get("options", {})
-        if value != default and isinstance(options, dict):  # a table given wrong is refused by ``build``
-            node["options"] = {name: value, **options}
+        if isinstance(options, dict) and value is not None and (value != default or name in options):
+            node["options"] = {**options, name: value}  # a table given wrong is refused by ``build``
     return data
 
 

@@ -14,7 +14,7 @@ from enstune.errors import ConfigError
 from enstune.recipe import POLICIES, PRECISIONS, Recipe
 from enstune.spec import (
     MAX_BATCH, MAX_EPOCHS, MAX_EPOCH_MULT, MAX_GRID, MAX_HEARTBEAT, MAX_IMAGES, MAX_INTERP_POINTS, MAX_LR_MULT,
-    MAX_MEMBERS, MAX_SEED, MAX_STEPS, MAX_TRIALS, MAX_WORKERS, Param, StudySpec, TRIAL_PARAMS, Task,
+    MAX_MEMBERS, MAX_SEED, MAX_STEPS, MAX_TRIALS, Param, StudySpec, TRIAL_PARAMS, Task,
     _check_fields, _finite, _show, build, migrate)
 
 
@@ -54,17 +54,12 @@ def _validate_study(spec: StudySpec) -> None:
 
 
 def _validate_task(task: Task) -> None:
-    """The task: split, loader workers, network settings, and the paths' placeholders (its options are its
+    """The task: split, evaluation crop, and the paths' placeholders (its options are its
     dataset's and model's, checked where a study is created)."""
     if not 0.0 < task.val_fraction < 1.0:
         raise ConfigError(f"task.val_fraction must be in (0, 1), got {task.val_fraction}")
     if not 0 <= task.split_seed <= MAX_SEED:
         raise ConfigError(f"task.split_seed must be in 0..2**32-1, got {_show(task.split_seed)}")
-    if not 0 <= task.workers <= MAX_WORKERS:
-        raise ConfigError(f"task.workers must be in 0..{MAX_WORKERS}, got {_show(task.workers)}")
-    if task.drop_path_rate is not None and not 0.0 <= task.drop_path_rate < 1.0:
-        raise ConfigError(f"task.drop_path_rate must be in [0, 1) (or absent: the network's default), "
-                          f"got {task.drop_path_rate}")
     if task.crop_pct is not None and not 0.0 < task.crop_pct <= 1.0:
         raise ConfigError(f"task.crop_pct must be in (0, 1] (or absent: the backbone's), got {task.crop_pct}")
     if not task.dataset or not task.model:

@@ -60,7 +60,7 @@ def test_both_are_registered():
 
 def test_chestx_keeps_single_findings_of_the_seven_classes_and_carves_a_fifth(tmp_path, home):
     _write_chestx(tmp_path / "chestx")
-    data = load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), val_fraction=0.2, workers=0), home)
+    data = load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), val_fraction=0.2, options={"workers": 0}), home)
     assert data.classes == FINDINGS and data.num_classes == 7
     # multi-label, "No Finding", Pneumonia and Hernia are dropped: 8 training and 2 test images left
     assert (len(data.train) + len(data.val), len(data.val), len(data.test)) == (8, 2, 2)
@@ -73,21 +73,21 @@ def test_chestx_keeps_single_findings_of_the_seven_classes_and_carves_a_fifth(tm
     assert x.shape == (6, 3, 32, 32) and torch.isfinite(x).all()
     # the release unpacked at data_dir itself reads the same
     same = load_task_data(Task(dataset="chestx", data_dir=str(tmp_path / "chestx"), val_fraction=0.2,
-                               workers=0), home)
+                               options={"workers": 0}), home)
     assert same.train.files == data.train.files
 
 
 def test_chestx_errors_are_one_line_naming_the_file(tmp_path, home):
     with pytest.raises(EnstuneError, match="ChestX-ray14 not found: expected Data_Entry_2017.csv"):
-        load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), workers=0), home)
+        load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), options={"workers": 0}), home)
     _write_chestx(tmp_path / "chestx")
     (tmp_path / "chestx" / "images_001" / "images" / "00000004_000.png").unlink()
     with pytest.raises(EnstuneError, match=r"train_val_list.txt lists 1 single-finding images missing .* 00000004_000"):
-        load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), workers=0), home)
+        load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), options={"workers": 0}), home)
     _png(tmp_path / "chestx" / "images_001" / "images" / "00000004_000.png", "L", 0)
     (tmp_path / "chestx" / "test_list.txt").unlink()
     with pytest.raises(EnstuneError, match="split list not found: expected .*test_list.txt"):
-        load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), workers=0), home)
+        load_task_data(Task(dataset="chestx", data_dir=str(tmp_path), options={"workers": 0}), home)
 
 
 CLIPART = ["aircraft_carrier", "The_Eiffel_Tower", "zigzag"]
@@ -110,7 +110,7 @@ def test_clipart_reads_the_released_lists_and_names_classes_by_folder(tmp_path, 
     lists = _write_clipart(tmp_path)
     assert Image.open(tmp_path / lists["train"][0].split()[0]).format == "JPEG"
     data = load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), val_fraction=0.2, split_seed=3,
-                               workers=0), home)
+                               options={"workers": 0}), home)
     assert data.classes == ("aircraft carrier", "The Eiffel Tower", "zigzag") and data.num_classes == 3
     assert (len(data.train), len(data.val), len(data.test)) == (7, 2, 3)
     assert data.test.files == [line.split()[0] for line in lists["test"]] and data.test.y.tolist() == [0, 1, 2]
@@ -120,12 +120,12 @@ def test_clipart_reads_the_released_lists_and_names_classes_by_folder(tmp_path, 
 
 def test_clipart_errors_are_one_line(tmp_path, home):
     with pytest.raises(EnstuneError, match="DomainNet clipart not found: expected .*clipart_train.txt"):
-        load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), workers=0), home)
+        load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), options={"workers": 0}), home)
     _write_clipart(tmp_path)
     listing = tmp_path / "clipart_test.txt"
     listing.write_text(listing.read_text() + "clipart/zigzag/zigzag_000.jpg 1\n")
     with pytest.raises(EnstuneError, match=r"clipart_test.txt:4: label 1 is class 'The_Eiffel_Tower' elsewhere"):
-        load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), workers=0), home)
+        load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), options={"workers": 0}), home)
     listing.write_text("clipart/zigzag/zigzag_000.jpg\n")
     with pytest.raises(EnstuneError, match=r"clipart_test.txt:1: expected '<domain>/<class>/<file>.jpg <label>'"):
-        load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), workers=0), home)
+        load_task_data(Task(dataset="clipart", data_dir=str(tmp_path), options={"workers": 0}), home)

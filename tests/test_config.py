@@ -179,7 +179,8 @@ TPE = 'sampler="tpe"'
     # the task
     (["task.split_seed=-1"], "task.split_seed must be in 0..2**32-1, got -1"),
     (["task.split_seed=18446744073709551616"], "task.split_seed must be in 0..2**32-1, got 18446744073709551616"),
-    (["task.workers=100000"], "task.workers must be in 0..256, got 100000"),
+    # a streamed dataset's loader workers, once a field of every task: the demo, in memory, reads none
+    (["task.workers=0"], "task.options.workers: the dataset demo and the model demo_mlp read no such option"),
     (['task.data_dir="{data}/x"'],
      "task.data_dir: {home} is the only placeholder (write {{ and }} for a brace), got '{data}/x'"),
     (['task.data_dir="{home:>10}"'], "task.data_dir: {home} is the only placeholder"),  # a Path takes no format spec
@@ -272,13 +273,30 @@ def test_a_spec_built_by_hand_is_checked_like_one_from_toml(changes, message):
     [TPE, "space.lr={low=1e-4, high=0.1, log=true}", "space.lr_mult={low=0.5, high=4, step=0.5}"],
     [MSE, "space.alpha.choices=[-31.6, 0, 31.6]"],
     ['task.data_dir="{home}/data"', 'task.checkpoints=["{home}/{{braces}}.pt"]'],
-    ["bn_images=10000000", "curve_images=1", "ood_images=0", "task.workers=0"],
+    ["bn_images=10000000", "curve_images=1", "ood_images=0"],
     ['regularizer="rtd"', "options.subsample=4", "space.subsample.choices=[4, 1048576]", "options.nesterov=true"],
     [f"space.seed.choices={list(range(625))}"],  # a grid of exactly 10000 points
 ])
 def test_edge_values_are_accepted(overrides):
     spec = load_checked("starsse-demo", overrides)
     assert spec_from_dict(to_dict(spec)) == spec
+
+
+@pytest.mark.parametrize("overrides, said", [
+    (["task.workers=100000"], "task.options.workers must be a whole number in 0..256, got 100000"),
+    (["task.options.workers=-1"], "task.options.workers must be a whole number in 0..256, got -1"),
+    (["task.options.workers=2.5"], "task.options.workers must be a whole number in 0..256, got 2.5"),
+])
+def test_a_streamed_datasets_loader_workers_are_checked_at_create(overrides, said):
+    with pytest.raises(ConfigError) as info:
+        load_checked("starsse-sun397", overrides)
+    assert str(info.value) == said
+
+
+def test_loader_workers_given_where_the_task_once_held_them_are_read_as_the_datasets_option():
+    assert load_checked("starsse-sun397", ["task.workers=0"]).task.options == {"partition": 1, "workers": 0}
+    assert load_checked("starsse-sun397", ["task.workers=8"]).task.options == {"partition": 1}  # the default
+    assert load_checked("starsse-sun397", ["task.options.workers=256"]).task.options == {"partition": 1, "workers": 256}
 
 
 def test_heartbeat_is_a_study_property_with_a_default():

@@ -297,7 +297,7 @@ def test_imagefolder_carves_validation_and_streams_batches_at_the_input_size(tmp
     train_files = _tree(tmp_path / "train", classes, 4)
     test_files = _tree(tmp_path / "test", classes, 2, seed=100)
     data = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, split_seed=1,
-                               workers=0), home)
+                               options={"workers": 0}), home)
     assert data.classes == tuple(classes) and data.num_classes == 3
     assert (len(data.train), len(data.val), len(data.test)) == (9, 3, 6)
     perm = torch.randperm(12, generator=torch.Generator().manual_seed(1))
@@ -317,7 +317,7 @@ def test_imagefolder_carves_validation_and_streams_batches_at_the_input_size(tmp
 def test_folder_training_batches_are_seeded_whatever_the_workers(tmp_path, home):
     _tree(tmp_path / "train", ["a", "b"], 3)
     _tree(tmp_path / "val", ["a", "b"], 1)
-    data = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), val_fraction=0.2, workers=0), home)
+    data = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), val_fraction=0.2, options={"workers": 0}), home)
     assert len(data.test) == 2  # val/ is the test split when there is no test/
     aug = Augmentation("randaugment", 2, 9)
     train = data.train.bind(CPU, P32, aug)
@@ -341,12 +341,12 @@ def test_imagenet_takes_val_as_test_and_names_from_meta_bin(tmp_path, home):
     wnids = ["n01440764", "n01443537"]
     _tree(tmp_path / "train", wnids, 3)
     _tree(tmp_path / "val", wnids, 2, seed=50)
-    data = load_task_data(Task(dataset="imagenet", data_dir=str(tmp_path), val_fraction=0.5, workers=0), home)
+    data = load_task_data(Task(dataset="imagenet", data_dir=str(tmp_path), val_fraction=0.5, options={"workers": 0}), home)
     # named as open_clip names the 1,000 classes, meta.bin or not
     assert data.classes == ("tench", "goldfish") and (len(data.train), len(data.val), len(data.test)) == (3, 3, 4)
     assert data.test.y.tolist() == [0, 0, 1, 1]
     torch.save(({"n01440764": ("tench", "Tinca tinca"), "n01443537": ("goldfish",)}, []), tmp_path / "meta.bin")
-    data = load_task_data(Task(dataset="imagenet", data_dir=str(tmp_path), workers=0), home)
+    data = load_task_data(Task(dataset="imagenet", data_dir=str(tmp_path), options={"workers": 0}), home)
     assert data.classes == ("tench", "goldfish")
     _tree(tmp_path / "val", ["n09999999"], 1)
     with pytest.raises(EnstuneError, match="class folders that the training set lacks: n09999999"):
@@ -372,7 +372,7 @@ def _write_sun(root: Path) -> dict:
 
 def test_sun397_reads_the_official_partition_and_readable_names(tmp_path, home):
     files = _write_sun(tmp_path)
-    data = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 2}, val_fraction=0.2, workers=0),
+    data = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 2, "workers": 0}, val_fraction=0.2),
                           home)
     assert data.classes == ("abbey", "airplane cabin", "bakery shop") and data.num_classes == 3
     train = sorted(zip(data.train.files + data.val.files, (data.train.y.tolist() + data.val.y.tolist())))
@@ -382,7 +382,7 @@ def test_sun397_reads_the_official_partition_and_readable_names(tmp_path, home):
     assert data.test.files == [files[k][0].lstrip("/") for k in keys] and data.test.y.tolist() == [0, 1, 2]
     x, y = _epoch(data.test.bind(CPU, P32, Augmentation()))
     assert x.shape == (3, 3, 32, 32) and y.tolist() == [0, 1, 2]
-    first = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 1}, workers=0), home)
+    first = load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 1, "workers": 0}), home)
     assert sorted(first.test.files) == sorted(files[k][i].lstrip("/") for k in keys for i in (2, 3))
     with pytest.raises(EnstuneError, match="Training_03.txt and Testing_03.txt not found") as err:
         load_task_data(Task(dataset="sun397", data_dir=str(tmp_path), options={"partition": 3}), home)
@@ -397,7 +397,7 @@ def test_sun397_reads_the_official_partition_and_readable_names(tmp_path, home):
 def test_folder_digest_follows_paths_sizes_and_labels_and_subsets_select_files(tmp_path, home):
     _tree(tmp_path / "train", ["a", "b"], 4)
     _tree(tmp_path / "val", ["a", "b"], 1)
-    task = Task(dataset="imagenet", data_dir=str(tmp_path), workers=0)
+    task = Task(dataset="imagenet", data_dir=str(tmp_path), options={"workers": 0})
     data = load_task_data(task, home)
     first = data.train.digest()
     assert load_task_data(task, home).train.digest() == first
@@ -444,7 +444,7 @@ def test_ranks_share_out_each_batch_exactly_and_folders_decode_only_their_share(
     # images and augmentation included; a batch too small to give each rank two examples is left out.
     _tree(tmp_path / "train", ["a", "b", "c"], 4)
     _tree(tmp_path / "val", ["a", "b", "c"], 1)
-    data = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, workers=0), home)
+    data = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), val_fraction=0.25, options={"workers": 0}), home)
     aug = Augmentation("randaugment", 2, 9)
     for split in (data.train.bind(CPU, P32, aug), _ramp_split(11).bind(CPU, P224, Augmentation())):
         whole = list(split.batches(4, torch.Generator().manual_seed(3)))

@@ -24,7 +24,7 @@ NAMES = tuple(open_clip.IMAGENET_CLASSNAMES[:3])  # tench, goldfish, great white
 
 
 def _load(root: Path, home: Path) -> object:
-    return load_task_data(Task(dataset="imagenet", data_dir=str(root), val_fraction=0.5, workers=0), home)
+    return load_task_data(Task(dataset="imagenet", data_dir=str(root), val_fraction=0.5, options={"workers": 0}), home)
 
 
 def _flat_val(val: Path, labels: list[int]) -> list[str]:
@@ -103,7 +103,7 @@ def test_zero_shot_head_of_imagenet_is_open_clips_classifier_and_codes_warn(tmp_
     assert torch.allclose(model.head.weight, clip.logit_scale.exp() * expected.T, atol=1e-4)
     assert torch.allclose(F.normalize(model.head.weight, dim=1), expected.T, atol=1e-5)
     # the same folders read as an image folder of one's own keep their codes: one line says so
-    imagefolder = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), workers=0), home)
+    imagefolder = load_task_data(Task(dataset="imagefolder", data_dir=str(tmp_path), options={"workers": 0}), home)
     assert imagefolder.classes == tuple(WNIDS)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

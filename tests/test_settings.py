@@ -17,7 +17,7 @@ from enstune.methods._registry import METHODS
 from enstune.models._registry import FAMILIES
 from enstune.optim import OPTIMIZERS, Optimizer, make_optimizer
 from enstune.regularizers import REGULARIZERS
-from enstune.settings import Setting
+from enstune.settings import Setting, describe
 from enstune.study import grid_points, trial_config
 
 
@@ -48,7 +48,8 @@ def test_every_kind_of_plugin_declares_settings():
 def test_a_declared_setting_is_well_formed(kind, entry, name, setting):
     assert name.isidentifier() and name not in TRIAL_PARAMS, "a setting may not shadow a search parameter"
     assert setting.help and setting.kind in (bool, int, float, str)
-    assert setting.check(name, setting.default) == setting.default
+    if setting.default is not None:  # None: unset, the plugin's own (timm's drop_path_rate)
+        assert setting.check(name, setting.default) == setting.default
     with pytest.raises(ConfigError, match=rf"^{name} must be "):
         setting.check(name, [] if setting.kind is not str else 3)
 
@@ -92,12 +93,27 @@ def test_a_spec_stored_before_the_settings_moved_is_read_with_them_in_options():
     old = to_dict(load_checked("starsse-demo"))
     del old["options"], old["task"]["options"]
     old |= {"subsample": 32, "regularizer": "rtd"}
-    old["task"] |= {"partition": 1, "decode": "workers", "head": "new"}  # every Task field was stored
+    # every Task field was stored, at its default too
+    old["task"] |= {"partition": 1, "decode": "workers", "head": "new", "workers": 8, "drop_path_rate": None}
     old["task"]["dataset"] = "imagefolder"
     spec = spec_from_dict(old)
     # The old defaults are dropped (the dataset does not read them); a value away from one moves.
     assert spec.options == {"subsample": 32} and spec.task.options == {"decode": "workers"}
     assert spec_from_dict(to_dict(spec)) == spec
+    old["task"] |= {"workers": 0, "drop_path_rate": 0.2, "model": "test_vit"}
+    spec = spec_from_dict(old)
+    assert spec.task.options == {"decode": "workers", "workers": 0, "drop_path_rate": 0.2}
+    assert spec_from_dict(to_dict(spec)) == spec
+
+
+def test_a_setting_without_a_default_names_its_type_and_checks_values_of_it():
+    with pytest.raises(ValueError, match="names the type"):
+        Setting(None, "a rate")
+    rate = Setting(None, "a rate", low=0.0, high=0.99, of=float)
+    assert rate.kind is float and rate.check("r", 0) == 0.0 and isinstance(rate.check("r", 0), float)
+    with pytest.raises(ConfigError, match=re.escape("r must be a finite number in 0..0.99, got 1.0")):
+        rate.check("r", 1)
+    assert describe("task.options", {"rate": rate}) == ["# [task.options] rate = (unset)  (a finite number in 0..0.99): a rate"]
 
 
 def test_an_option_axis_of_a_regularizer_reaches_its_term():

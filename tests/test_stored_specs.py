@@ -54,7 +54,7 @@ def test_a_spec_stored_before_plugin_settings_moved_runs_with_them_in_options(ho
 
     def earlier(spec):  # every Task field and the spec's own RTD field were stored
         del spec["options"], spec["task"]["options"]
-        spec["task"] |= {"partition": 1, "decode": "auto", "head": "new"}
+        spec["task"] |= {"partition": 1, "decode": "auto", "head": "new", "workers": 8, "drop_path_rate": None}
         spec["subsample"] = 16
 
     _store("moved", earlier)

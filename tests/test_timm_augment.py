@@ -28,6 +28,12 @@ KEYS = {"starsse-demo": "b198a3a777c0de74c996521cd4be3f84", "starsse-cifar100": 
         "starsse-clip-imagenet": "60a2e432b67681219628c22e15e10305", "starsse-sun397": "c04a9a48f4b386f5a3729b8cd36f2351",
         "starsse-diverse-cifar100": "fc2a8b95e972ee2e4f27e5f384b25bfa"}
 SWIN_BEFORE = "5cfe308c4f92bede419ac258c3c7052d"
+# Keys computed while drop_path_rate was a field of the task (task.drop_path_rate), before timm's family declared it
+# in task.options: members cached then are found again.
+WITH_DROP_PATH = {("starsse-cifar100", "0.1"): "bd4b8513522b487b2dc8eebffde3f333",
+                  ("starsse-swint-cifar100", None): "3a64cd18201a2a0d97660d578ce430a3",
+                  ("starsse-swint-sun397", None): "9ffbd245af73983a3a6405828c3ef3be",
+                  ("starsse-swint-cifar100", "0.2"): "21920fc4af2c0057d067c967ec947ade"}
 
 
 def _first_key(name: str, overrides: tuple[str, ...] = ()) -> str:
@@ -52,19 +58,29 @@ def test_new_settings_enter_the_key_only_when_set():
     assert _first_key("starsse-swint-cifar100") != SWIN_BEFORE
 
 
+@pytest.mark.parametrize("name, rate", sorted(WITH_DROP_PATH, key=str))
+def test_keys_with_a_stochastic_depth_stay_those_of_the_task_field_it_was(name, rate):
+    if rate is None:  # the template's own 0.1
+        assert _first_key(name) == WITH_DROP_PATH[name, rate]
+        return
+    for where in ("task.drop_path_rate", "task.options.drop_path_rate"):  # the old place is read into the new one
+        assert _first_key(name, (f"{where}={rate}",)) == WITH_DROP_PATH[name, rate], where
+
+
 def test_swin_templates_train_as_the_reference_code_does():
     for name in ("starsse-swint-cifar100", "sse-swint-sun397", "localde-swint-cifar100"):
         spec = load_checked(name)
         assert spec.finetune.auto_augment == RAND and spec.finetune.augment == "default"
-        assert spec.task.drop_path_rate == 0.1 and spec.task.crop_pct == 0.875
+        assert spec.task.options["drop_path_rate"] == 0.1 and spec.task.crop_pct == 0.875
 
 
 @pytest.mark.parametrize("overrides, fragment", [
     ([f"finetune.auto_augment=nope"], "no timm auto-augment config"),
     ([f"finetune.auto_augment={RAND}", "finetune.augment=randaugment"], "one RandAugment, not two"),
     ([f"finetune.auto_augment={RAND}", "finetune.augment=none"], "takes augment"),
-    (["task.drop_path_rate=1.5"], "task.drop_path_rate must be in [0, 1)"),
-    (["task.drop_path_rate=0.1"], "needs a timm network"),
+    (["task.model=test_vit", "task.options.drop_path_rate=1.5"], "task.options.drop_path_rate must be a finite number in 0..0.99, got 1.5"),
+    (["task.model=test_vit", "task.drop_path_rate=1"], "task.options.drop_path_rate must be a finite number in 0..0.99, got 1.0"),
+    (["task.options.drop_path_rate=0.1"], "task.options.drop_path_rate: the dataset demo and the model demo_mlp read no such option"),
     (["task.crop_pct=1.5"], "task.crop_pct must be in (0, 1]"),
 ])
 def test_bad_augmentation_settings_are_refused_at_create(overrides, fragment):

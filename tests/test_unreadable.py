@@ -57,10 +57,11 @@ def _dataset(root: Path, good_per_class: int = 150) -> None:
     Image.new("RGB", HUGE, (12, 120, 240)).save(root / "test" / "b" / "huge.jpg", "JPEG", quality=50)
 
 
-def _load(root: Path, home: Path, **task) -> tuple[object, list[str]]:
+def _load(root: Path, home: Path, workers: int, **task) -> tuple[object, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        data = load_task_data(Task(dataset="imagefolder", data_dir=str(root), **task), home)
+        data = load_task_data(Task(dataset="imagefolder", data_dir=str(root), options={"workers": workers}, **task),
+                              home)
     return data, [str(w.message) for w in caught]
 
 

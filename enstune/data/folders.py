@@ -43,7 +43,9 @@ PREFETCH = 2  # batches each worker keeps ready
 # Every dataset read through ``folder_task`` decodes JPEGs where this setting says.
 DECODE = Setting("auto", "where JPEGs are decoded: workers (PIL in the loader processes), device (torchvision's "
                  "decode_jpeg there), auto (device when it is a GPU)", choices=("workers", "device", "auto"))
-FOLDER_SETTINGS = {"decode": DECODE}
+# DataLoader processes that read and decode the files (0: the training process itself; beyond 256, a typo).
+WORKERS = Setting(8, "DataLoader worker processes that read the images", low=0, high=256)
+FOLDER_SETTINGS = {"decode": DECODE, "workers": WORKERS}
 PARTITION = Setting(1, "SUN-397's train/test partition (the paper uses the first)", low=1, high=10)
 
 
@@ -251,11 +253,10 @@ def folder_task(task, home: Path, root: Path, train: tuple[Sequence[str], Sequen
     Unreadable files are left out of both (``enstune.data.scan``) and counted in the trial
     attribute ``unreadable_images``; validation is carved from what is left of the training listing.
     """
-    splits, lost = [], 0
+    splits, lost, workers = [], 0, task.option("workers", WORKERS.default)
     for part, (files, labels), under in (("train", train, root), ("test", test, test_root or root)):
-        files, labels, n = readable(under, files, labels, home=home, name=f"{task.dataset} {part}",
-                                    workers=task.workers)
-        splits.append(FolderSplit(under, files, torch.tensor(labels, dtype=torch.long), task.workers,
+        files, labels, n = readable(under, files, labels, home=home, name=f"{task.dataset} {part}", workers=workers)
+        splits.append(FolderSplit(under, files, torch.tensor(labels, dtype=torch.long), workers,
                                   decode=task.option("decode", DECODE.default)))
         lost += n
     fit, val = carve_validation(splits[0], task.val_fraction, task.split_seed)

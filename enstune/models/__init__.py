@@ -6,8 +6,8 @@ through its own loader and key filters, and reads the input the network expects.
 
 from enstune.models import clip, small, timm_family  # noqa: F401  (registration)
 from enstune.models.checkpoint import load_checkpoint
-from enstune.models.factory import (check_drop_path, classifier_prefix, create_model, from_pretrained, list_models,
-                                    model_settings, preprocess, stage_modules)
+from enstune.models.factory import (classifier_prefix, create_model, from_pretrained, list_models, model_settings,
+                                    preprocess, stage_modules)
 
-__all__ = ["check_drop_path", "classifier_prefix", "create_model", "from_pretrained", "list_models", "load_checkpoint",
+__all__ = ["classifier_prefix", "create_model", "from_pretrained", "list_models", "load_checkpoint",
            "model_settings", "preprocess", "stage_modules"]

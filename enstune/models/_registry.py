@@ -34,7 +34,6 @@ class Family(ABC):
     # What the family reads from ``task.options`` (e.g. CLIP's ``head``); the heads ``load`` can start from
     # are its ``head`` setting's choices, else only a new one.
     settings: dict[str, Setting] = {}
-    drop_path: bool = False  # whether ``create`` takes drop_path_rate (stochastic depth)
 
     @property
     def heads(self) -> tuple[str, ...]:
@@ -51,7 +50,8 @@ class Family(ABC):
 
     @abstractmethod
     def create(self, arch: str, num_classes: int) -> nn.Module:
-        """A freshly initialised network with a ``num_classes`` head."""
+        """A freshly initialised network with a ``num_classes`` head (a family that declares ``drop_path_rate`` also
+        takes it here, where set)."""
 
     def convert(self, arch: str, state: dict[str, torch.Tensor], model: nn.Module,
                 source: str) -> dict[str, torch.Tensor]:

@@ -23,19 +23,13 @@ def list_models() -> list[str]:
 
 def create_model(name: str, num_classes: int, drop_path_rate: float | None = None) -> nn.Module:
     """A freshly initialised network with a ``num_classes`` head; ``drop_path_rate``: its stochastic depth (None:
-    the network's own default)."""
+    the network's own default), for a family that declares the setting (timm's)."""
     family, arch = resolve(name)
     if drop_path_rate is None:
         return family.create(arch, num_classes)
-    check_drop_path(name)
+    if "drop_path_rate" not in family.settings:
+        raise EnstuneError(f"drop_path_rate needs a timm network (stochastic depth); {name} takes none")
     return family.create(arch, num_classes, drop_path_rate=drop_path_rate)
-
-
-def check_drop_path(name: str) -> None:
-    """Refuse a stochastic-depth rate for a network whose family takes none (timm's take one)."""
-    family, _ = resolve(name)
-    if not family.drop_path:
-        raise EnstuneError(f"task.drop_path_rate needs a timm network (stochastic depth); {name} takes none")
 
 
 def model_settings(name: str) -> dict[str, Setting]:

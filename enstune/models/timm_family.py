@@ -12,6 +12,11 @@ from enstune.errors import EnstuneError
 from enstune.models._registry import FAMILIES, Family
 from enstune.models.checkpoint import first_line
 from enstune.preprocess import Preprocess
+from enstune.settings import Setting
+
+# Unset: a network's own default, its entry function's (0.1 for Swin, 0 for ResNets). A rate of 1 drops every path.
+DROP_PATH_RATE = Setting(None, "timm's stochastic depth while training (unset: the network's own, 0.1 for Swin-T)",
+                         low=0.0, high=0.99, of=float)
 
 
 class TimmFamily(Family):
@@ -22,12 +27,11 @@ class TimmFamily(Family):
 
         return timm.is_model(arch)
 
-    drop_path = True
+    settings = {"drop_path_rate": DROP_PATH_RATE}
 
     def create(self, arch: str, num_classes: int, drop_path_rate: float | None = None) -> nn.Module:
         import timm
 
-        # Stochastic depth only where set: a network's own default (0.1 for Swin) is its entry function's.
         extra = {} if drop_path_rate is None else {"drop_path_rate": drop_path_rate}
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, **extra)
 
