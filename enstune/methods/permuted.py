@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -167,6 +166,8 @@ def weight_matching(spec: Spec, reference: Mapping[str, torch.Tensor], other: Ma
     maximises the summed inner products with the others held (Ainsworth et al. 2023, Algorithm 1); it
     stops after ``iterations`` sweeps or a sweep that improves nothing.
     """
+    from scipy.optimize import linear_sum_assignment  # half a second to import; every command loads this module
+
     axes = _axes(spec)
     sizes = {p: reference[k].shape[a] for p, ((k, a), *_) in axes.items()}
     device = next(iter(other.values())).device
