@@ -136,14 +136,14 @@ def study_run(
     """Work on a study: run trials until its budget is used (shared with every other worker)."""
     from enstune import study as st
     from enstune.progress import reporting
-    from enstune.publish import publish
+    from enstune.publish import publish_study
     from enstune.worker import run
 
     with reporting(sys.stderr, err) as reporter:
         study = run(name, storage_url=storage, n_trials=n_trials, devices=devices, timeout=timeout,
                     reporter_factory=reporter, heartbeat=heartbeat, artifacts=artifacts, per_member=per_member,
                     wait_storage=wait_storage)
-        publish(name, storage)  # the pictures and the regime note in optuna-dashboard
+        publish_study(study)  # the pictures and the regime note in optuna-dashboard, through the worker's storage
     out.print(trials_table(st.trial_rows(study), title=f"study {name}"))
     _failed_for_good(st.failed_points(study), name)
 

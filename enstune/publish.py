@@ -14,18 +14,19 @@ from enstune.storage import open_storage
 
 def publish(name: str, storage_url: str | None = None, out: Path | None = None,
             thresholds: Any = None) -> list[Path]:
-    """Save a study's pictures and regime note to the study (optuna-dashboard); with ``out``, also PNGs."""
+    """Save study ``name``'s pictures and regime note to the study (optuna-dashboard); with ``out``, also PNGs."""
+    if out is not None:
+        _writable(Path(out))  # before the storage is opened, let alone written to
+    return publish_study(st._load(name, open_storage(storage_url)), out, thresholds)
+
+
+def publish_study(study: Any, out: Path | None = None, thresholds: Any = None) -> list[Path]:
+    """``publish`` for a study already loaded (a worker's, on the storage it holds open)."""
     import optuna_dashboard
 
     if out is not None:
-        out = Path(out)
-        try:  # before anything is written to the study
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise EnstuneError(f"cannot write pictures to {out}: {exc.strerror or exc}") from None
-    storage = open_storage(storage_url)
-    study = st._load(name, storage)
-    spec = st.load_spec(study)
+        out = _writable(Path(out))
+    name, spec = study.study_name, st.load_spec(study)
     rows = st.trial_rows(study)
     th = thresholds or Thresholds()
     regimes = classify(rows, spec.method, th, spec.members)
@@ -36,6 +37,15 @@ def publish(name: str, storage_url: str | None = None, out: Path | None = None,
     if out is None:
         return []
     return [to_png(chart, out / f"{chart.key}.png") for chart in pictures]
+
+
+def _writable(out: Path) -> Path:
+    """``out``, made if missing; one that cannot be is a one-line error."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EnstuneError(f"cannot write pictures to {out}: {exc.strerror or exc}") from None
+    return out
 
 
 def study_regimes(name: str, storage_url: str | None = None,

@@ -77,6 +77,28 @@ def test_on_the_embedded_journal_a_worker_opens_once_loads_once_and_beats(counte
     _run_once(counted, "once", None, None)
 
 
+def test_the_run_command_publishes_through_the_storage_and_study_its_worker_holds(counted, home, monkeypatch):
+    import optuna_dashboard
+    from typer.testing import CliRunner
+
+    from enstune.cli import app
+
+    st.create("starsse-demo", name="once-cli", overrides=ONE)
+    opened, real = [], optuna.storages.JournalStorage.__init__
+
+    def journal(self: Any, *args: Any, **kwargs: Any) -> None:  # noqa: ANN401 - the storage's own arguments
+        opened.append(self)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages.JournalStorage, "__init__", journal)
+    counted["load_study"].clear()
+    result = CliRunner().invoke(app, ["study", "run", "once-cli"])
+    assert result.exit_code == 0, result.output
+    (loaded,) = counted["load_study"]
+    assert len(opened) == 1, "the pictures and the note are written through the worker's own storage"
+    assert "Regimes of once-cli" in optuna_dashboard.get_note(loaded), "and they are written"
+
+
 def test_a_longer_heartbeat_asked_for_is_the_one_turned_on(counted, home):
     _run_once(counted, "longer", None, 9)
 
